@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# bench/multicast.sh — multicast imaging benchmark: udpcast vs imgcast in a
+# private namespace LAN (lab/lab.sh). Run by hand, not in CI.
+#
+#   bench/multicast.sh [--tools "udpcast imgcast"] [--clients "1 4 8"]
+#                      [--loss "0 2 10"] [--size-mib 512] [--rate 1gbit]
+#                      [--timeout 900] [--reps 1]
+#
+# Each case: a master host h0 and N client hosts h1..hN on one bridge; every
+# link (both directions) limited to RATE with tbf; every client drops LOSS% of
+# the UDP it receives (nftables, random). The disk is SIZE MiB made of 1 MiB
+# blocks in a repeating pattern random, random, zeros, text (half random, a
+# quarter zeros, a quarter compressible log text), built once under
+# $WORK (default /work/benchwork/multicast) and kept for later runs.
+# Clients write to $OUTDIR (default: a tmpfs inside the lab namespace, so disk
+# speed doesn't enter; set OUTDIR to a real directory to include it).
+#
+# Measured per case: wall seconds from the master's start until the last
+# process exits (udp-receiver lingers 0.5 s, its default --exit-wait, to guard
+# the final ACK); the master's own elapsed seconds; total CPU seconds (user+sys, from /usr/bin/time) of the
+# master and all clients; every client's output hash (b2sum) against the disk.
+# Then ratios imgcast/udpcast for wall time and CPU.
+#
+# udpcast: udp-sender --min-receivers N --rexmit-hello-interval 200 (without
+# it a client that loses the one HELLO never joins) --mcast-rdv-address (the
+# default rendezvous is broadcast on the interface, which works only where
+# broadcast does). udpcast picks its data group from the sender's address
+# (234.77.0.10 here). imgcast: `img -session bench -master -clients=N
+# -disk=DISK -interface=eth0` and `img -session bench -client -disk=OUT
+# -interface=eth0`; $IMG defaults to target/release/img and is skipped with a
+# note if it doesn't exist.
+#
+# Nothing leaves the machine: the whole run happens inside `unshare -Urnm`
+# (lab_enter re-executes this script there).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+# shellcheck source=lab/lab.sh
+. "$repo/lab/lab.sh"
+
+TOOLS="udpcast imgcast"
+CLIENTS="1 4 8"
+LOSSES="0 2 10"
+SIZE_MIB=512
+RATE=1gbit
+CASE_TIMEOUT=900
+REPS=1
+ARGS=("$@")
+while [ $# -gt 0 ]; do
+    case $1 in
+        --tools) TOOLS=$2; shift 2 ;;
+        --clients) CLIENTS=$2; shift 2 ;;
+        --loss) LOSSES=$2; shift 2 ;;
+        --size-mib) SIZE_MIB=$2; shift 2 ;;
+        --rate) RATE=$2; shift 2 ;;
+        --timeout) CASE_TIMEOUT=$2; shift 2 ;;
+        --reps) REPS=$2; shift 2 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+WORK=${WORK:-/work/benchwork/multicast}
+IMG=${IMG:-$repo/target/release/img}
+DISK=$WORK/disk-${SIZE_MIB}m.raw
+TIME=/usr/bin/time # Debian package `time`; installed below if missing
+
+# ---- outside the lab: prerequisites and the disk (no network needed) ----
+if [ -z "${LAB_INSIDE:-}" ]; then
+    if [ ! -x $TIME ]; then
+        echo "installing the 'time' package for /usr/bin/time" >&2
+        apt-get install -y time >/dev/null
+    fi
+    for t in udp-sender udp-receiver b2sum openssl awk nft tc; do
+        command -v $t >/dev/null || { echo "missing $t (apt-get install udpcast coreutils openssl nftables iproute2)" >&2; exit 1; }
+    done
+    mkdir -p "$WORK"
+    if [ ! -s "$DISK" ] || [ "$(stat -c %s "$DISK")" != $((SIZE_MIB << 20)) ]; then
+        echo "building $DISK ($SIZE_MIB MiB: 1 MiB blocks random,random,zeros,text)" >&2
+        text=$WORK/text.tmp rnd=$WORK/rnd.tmp
+        quarter=$(((SIZE_MIB + 3) / 4))
+        # (producers end on SIGPIPE when head has enough: hence the `|| true`)
+        { openssl enc -aes-128-ctr -pass pass:imgcast-bench -nosalt -pbkdf2 </dev/zero 2>/dev/null || true; } |
+            head -c $((2 * quarter << 20)) >"$rnd"
+        { awk -v seed=7 -v total=$((quarter << 20)) '
+        BEGIN {
+            srand(seed)
+            n = split("accepted rejected session opened closed for user root admin backup daemon from port kernel eth0 link up down " \
+                      "timeout retry connection reset peer disk sda nvme0n1 partition mounted unmounted filesystem ext4 clean " \
+                      "journal recovery complete started stopped service network manager dhcp lease renewed address assigned " \
+                      "warning error info debug request response latency bytes sent received cache hit miss flush write read " \
+                      "block sector checksum verified failed ok pending queued worker thread pool scheduler cpu memory swap", w, " ")
+            np = split("sshd cron kernel systemd NetworkManager dhclient smartd rsyslogd dockerd nginx postgres", prog, " ")
+            while (bytes < total) {
+                line = sprintf("2024-%02d-%02dT%02d:%02d:%02d.%03dZ host-%d %s[%d]:", int(rand()*12)+1, int(rand()*28)+1,
+                               int(rand()*24), int(rand()*60), int(rand()*60), int(rand()*1000), int(rand()*64),
+                               prog[int(rand()*np)+1], int(rand()*32768))
+                k = int(rand()*10) + 4
+                for (j = 0; j < k; j++) line = line " " w[int(rand()*n)+1]
+                if (rand() < 0.3) line = line sprintf(" 10.%d.%d.%d:%d", int(rand()*256), int(rand()*256), int(rand()*256), int(rand()*65536))
+                print line
+                bytes += length(line) + 1
+            }
+        }' || true; } | head -c $((quarter << 20)) >"$text"
+        # interleave: block i takes random (i%4 = 0,1), zeros (2), text (3)
+        "${PYTHON:-python3}" - "$rnd" "$text" "$DISK.tmp" "$SIZE_MIB" <<'PY'
+import sys
+rnd, txt, out, n = open(sys.argv[1], "rb"), open(sys.argv[2], "rb"), open(sys.argv[3], "wb"), int(sys.argv[4])
+M = 1 << 20
+for i in range(n):
+    k = i % 4
+    if k == 2:
+        out.seek(M, 1)          # a hole: reads as zeros
+    else:
+        out.write((rnd if k < 2 else txt).read(M))
+out.truncate(n * M)
+PY
+        mv "$DISK.tmp" "$DISK"
+        rm -f "$text" "$rnd"
+    fi
+    b2sum "$DISK" | awk '{print $1}' >"$DISK.b2"
+    lab_enter "${ARGS[@]}"
+    exit 1 # not reached
+fi
+
+# ---- inside the lab ----
+lab_enter "${ARGS[@]}"
+OUTDIR=${OUTDIR:-$LAB_STATE/out}
+mkdir -p "$OUTDIR" "$LAB_STATE/logs"
+LOGS=$LAB_STATE/logs
+WANT=$(cat "$DISK.b2")
+RESULTS=$WORK/results-$(date +%Y%m%d-%H%M%S).tsv
+trap 'lab_down' EXIT
+RDV=231.77.0.1 # udpcast rendezvous group
+UDPCAST_SENDER_OPTS=${UDPCAST_SENDER_OPTS-}
+UDPCAST_RECEIVER_OPTS=${UDPCAST_RECEIVER_OPTS---start-timeout 60}
+
+have_img=0
+if [[ " $TOOLS " == *" imgcast "* ]]; then
+    if [ -x "$IMG" ]; then have_img=1; else echo "note: $IMG not found; skipping imgcast (build: cargo build --release -p img)"; fi
+fi
+
+# Sum user+sys seconds of /usr/bin/time -f '%e %U %S' files
+cpu_sum() { cat "$@" 2>/dev/null | awk 'NF == 3 && $1 ~ /^[0-9.]+$/ { s += $2 + $3 } END { printf "%.2f\n", s }'; }
+
+# run_case TOOL N LOSS -> prints "wall master cpu ok" (ok = number of correct outputs)
+run_case() {
+    local tool=$1 n=$2 loss=$3 i pids=() mpid t0 t1 rc ok=0 h
+    lab_up $((n + 1))
+    for ((i = 0; i <= n; i++)); do lab_rate h$i "$RATE"; done
+    for ((i = 1; i <= n; i++)); do lab_loss h$i "$loss"; done
+    rm -f "$LOGS"/*
+    for ((i = 1; i <= n; i++)); do
+        rm -f "$OUTDIR/out-h$i"
+        if [ "$tool" = udpcast ]; then
+            lab_spawn h$i "$LOGS/h$i.log" timeout "$CASE_TIMEOUT" $TIME -o "$LOGS/h$i.time" -f '%e %U %S' \
+                udp-receiver --file "$OUTDIR/out-h$i" --nokbd --interface eth0 --mcast-rdv-address $RDV \
+                $UDPCAST_RECEIVER_OPTS >/dev/null
+        else
+            lab_spawn h$i "$LOGS/h$i.log" timeout "$CASE_TIMEOUT" $TIME -o "$LOGS/h$i.time" -f '%e %U %S' \
+                "$IMG" -session bench -client -disk="$OUTDIR/out-h$i" -interface=eth0 >/dev/null
+        fi
+        pids+=("$LAB_LAST_PID")
+    done
+    sleep 0.5 # let the clients bind and join
+    t0=$(date +%s.%N)
+    if [ "$tool" = udpcast ]; then
+        lab_spawn h0 "$LOGS/h0.log" timeout "$CASE_TIMEOUT" $TIME -o "$LOGS/h0.time" -f '%e %U %S' \
+            udp-sender --file "$DISK" --nokbd --interface eth0 --min-receivers "$n" \
+            --mcast-rdv-address $RDV --rexmit-hello-interval 200 $UDPCAST_SENDER_OPTS >/dev/null
+    else
+        lab_spawn h0 "$LOGS/h0.log" timeout "$CASE_TIMEOUT" $TIME -o "$LOGS/h0.time" -f '%e %U %S' \
+            "$IMG" -session bench -master -clients="$n" -disk="$DISK" -interface=eth0 >/dev/null
+    fi
+    mpid=$LAB_LAST_PID
+    rc=0
+    lab_wait $((CASE_TIMEOUT + 10)) "$mpid" "${pids[@]}" || rc=$?
+    t1=$(date +%s.%N)
+    if [ $rc != 0 ]; then
+        echo "  $tool n=$n loss=$loss%: exit status $rc; logs:" >&2
+        for h in "$LOGS"/*.log; do echo "  == $h" >&2; tail -n 5 "$h" | tr '\r' '\n' | tail -n 5 >&2; done
+    fi
+    if [ $rc != 0 ] || [ -n "${KEEP_LOGS:-}" ]; then
+        mkdir -p "$WORK/logs/$tool-n$n-loss$loss"
+        cp "$LOGS"/* "$WORK/logs/$tool-n$n-loss$loss/"
+    fi
+    for ((i = 1; i <= n; i++)); do
+        if [ -f "$OUTDIR/out-h$i" ] && [ "$(b2sum "$OUTDIR/out-h$i" | awk '{print $1}')" = "$WANT" ]; then
+            ok=$((ok + 1))
+        fi
+        rm -f "$OUTDIR/out-h$i"
+    done
+    lab_down
+    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') $(awk 'NF == 3 { print $1 }' "$LOGS/h0.time" 2>/dev/null || echo 0) $(cpu_sum "$LOGS"/*.time) $ok"
+}
+
+echo "multicast bench: disk $SIZE_MIB MiB ($DISK), links $RATE, $(nproc) CPUs, outputs in $OUTDIR"
+printf '%-8s %7s %5s %8s %8s %8s %7s %8s\n' tool clients loss wall_s master_s cpu_s ok MB/s
+printf 'tool\tclients\tloss\twall_s\tmaster_s\tcpu_s\tok\n' >"$RESULTS"
+median() { tr ' ' '\n' | { grep . || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%s", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b; else printf "-" }'; }
+declare -A WALL CPU OK
+for n in $CLIENTS; do
+    for loss in $LOSSES; do
+        for tool in $TOOLS; do
+            [ "$tool" = imgcast ] && [ $have_img = 0 ] && continue
+            for ((rep = 1; rep <= REPS; rep++)); do
+                read -r wall master cpu ok < <(run_case "$tool" "$n" "$loss")
+                k=$tool/$n/$loss
+                WALL[$k]+=" $wall" CPU[$k]+=" $cpu" OK[$k]=$((${OK[$k]:-0} + ok))
+                printf '%-8s %7s %4s%% %8s %8s %8s %4s/%-2s %8.1f\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" "$n" \
+                    "$(awk -v w="$wall" -v s="$SIZE_MIB" 'BEGIN { print (w > 0) ? s * 1.048576 / w : 0 }')"
+                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" >>"$RESULTS"
+            done
+        done
+    done
+done
+
+echo
+echo "summary (medians over $REPS run(s); ok = correct outputs of all runs; ratios imgcast/udpcast, below 1 = imgcast better)"
+printf '%7s %5s %12s %12s %9s %12s %12s %9s %9s %9s\n' clients loss udpcast_wall udpcast_cpu udp_ok imgcast_wall imgcast_cpu img_ok wall_x cpu_x
+for n in $CLIENTS; do
+    for loss in $LOSSES; do
+        u=udpcast/$n/$loss g=imgcast/$n/$loss
+        uw=$(median <<<"${WALL[$u]:-}") uc=$(median <<<"${CPU[$u]:-}")
+        gw=$(median <<<"${WALL[$g]:-}") gc=$(median <<<"${CPU[$g]:-}")
+        printf '%7s %4s%% %12s %12s %9s %12s %12s %9s %9s %9s\n' "$n" "$loss" "${uw:--}" "${uc:--}" \
+            "${uw:+${OK[$u]:-0}/$((n * REPS))}" "${gw:--}" "${gc:--}" "${gw:+${OK[$g]:-0}/$((n * REPS))}" \
+            "$(ratio "$gw" "$uw")" "$(ratio "$gc" "$uc")"
+    done
+done
+echo "results: $RESULTS"

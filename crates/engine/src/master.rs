@@ -1,0 +1,417 @@
+//! The master: reads (and compresses) its disk or a stored image on a feeder
+//! thread, hands chunks to the protocol `Sender` as its window allows, and
+//! sends what the `Sender` asks for, paced.
+
+use std::collections::BTreeMap;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TryRecvError};
+
+use imgcast_image::{self as image, Geometry, RootHasher};
+use imgcast_proto::{self as proto, Dest, SessionKey, SessionName};
+
+use crate::io::Net;
+use crate::net::choose_interface;
+use crate::session::{
+    ClientResult, ClientRow, Control, MasterConfig, MasterReport, MasterSource, SessionEvent,
+};
+use crate::{info, EngineError};
+
+/// What the feeder thread hands to the protocol loop.
+enum Feed {
+    Chunk { index: u64, wire: Vec<u8> },
+    Done { root_hash: [u8; 32] },
+    Failed(EngineError),
+}
+
+/// Chunks read ahead of the protocol window (each up to a chunk's size).
+const FEED_QUEUE: usize = 8;
+
+/// How a master run ended, when it did not end with a report.
+pub enum MasterOutcome {
+    /// The session ran; here is its table.
+    Report(MasterReport),
+    /// Another master of the same name won the tie-break: become its client.
+    Yielded,
+}
+
+/// Runs one session as its master until every client ended, or an abort.
+pub fn run_master(
+    cfg: &MasterConfig,
+    control: &Control,
+    on_event: &mut dyn FnMut(SessionEvent),
+) -> Result<MasterOutcome, EngineError> {
+    let name = SessionName::new(&cfg.net.name).map_err(|e| EngineError::Session(e.to_string()))?;
+    let group = name.group_addr();
+    let key = match &cfg.net.key {
+        Some(pass) => {
+            Some(SessionKey::derive(pass, &name).map_err(|e| EngineError::Session(e.to_string()))?)
+        }
+        None => None,
+    };
+    // Open the source before the network: a missing disk is reported at once.
+    let (geometry, feeder_rx, feeder) = start_feeder(&cfg.source)?;
+    let iface = choose_interface(cfg.net.interface.as_deref(), group)?;
+    let mut net = Net::open(iface.clone(), group, cfg.net.port)?;
+    on_event(SessionEvent::Listening {
+        name: name.as_str().to_string(),
+        group,
+        port: cfg.net.port,
+        interface: iface.name.clone(),
+        addr: iface.addr,
+        role: "master",
+    });
+
+    let object_count = u32::try_from(geometry.chunk_count).map_err(|_| {
+        EngineError::Session(format!(
+            "{} chunks are more than a session carries",
+            geometry.chunk_count
+        ))
+    })?;
+    let mut sc = proto::SenderConfig::new(name.clone(), rand::random::<u64>(), object_count);
+    sc.session_info = info::encode(&geometry);
+    sc.key = key;
+    sc.min_clients = cfg.clients;
+    sc.timeout = cfg.timeout;
+    sc.throttle = cfg.throttle;
+    sc.max_payload = iface.max_payload();
+    sc.drop_after = cfg.net.peer_timeout;
+    sc.yield_to_earlier = cfg.may_yield;
+    let now = Instant::now();
+    let mut sender =
+        proto::Sender::new(sc, now).map_err(|e| EngineError::Session(e.to_string()))?;
+
+    let mut clients: BTreeMap<u64, ClientRow> = BTreeMap::new();
+    let mut started_at: Option<Instant> = None;
+    let mut root_hash = None;
+    let mut feed_done = false;
+    let mut pushed: u64 = 0;
+    let mut aborted = false;
+    let mut outcome = None;
+    let bytes_per_object = u64::from(geometry.chunk_size);
+    while outcome.is_none() {
+        let now = Instant::now();
+        while let Ok(d) = net.incoming.try_recv() {
+            sender.handle(d.at, d.from, &d.data);
+        }
+        if control.take_start() {
+            sender.start_now(now);
+        }
+        if control.aborted() && !aborted {
+            aborted = true;
+            sender.abort(now, "aborted by the user on the master");
+        }
+        // Feed chunks as the window allows.
+        // The Done message follows the last chunk, when the window may be full.
+        while !feed_done && (sender.want_objects() > 0 || pushed == geometry.chunk_count) {
+            match feeder_rx.try_recv() {
+                Ok(Feed::Chunk { index, wire }) => {
+                    let index = u32::try_from(index)
+                        .map_err(|_| EngineError::Session("chunk index overflow".into()))?;
+                    sender
+                        .push_object(index, wire)
+                        .map_err(|e| EngineError::Session(e.to_string()))?;
+                    pushed += 1;
+                }
+                Ok(Feed::Done { root_hash: h }) => {
+                    root_hash = Some(h);
+                    feed_done = true;
+                    sender
+                        .finish_objects(h.to_vec())
+                        .map_err(|e| EngineError::Session(e.to_string()))?;
+                }
+                Ok(Feed::Failed(e)) => {
+                    sender.abort(now, &format!("the master failed reading its source: {e}"));
+                    flush(&mut sender, &mut net, now)?;
+                    return Err(e);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let e = EngineError::Session("the reader thread ended early".into());
+                    sender.abort(now, "the master's reader failed");
+                    flush(&mut sender, &mut net, now)?;
+                    return Err(e);
+                }
+            }
+        }
+        // Send what is due; bounded so feedback is read between bursts.
+        let mut sent = 0;
+        while sent < 512 {
+            let Some(t) = sender.poll_transmit(now) else {
+                break;
+            };
+            let to = match t.dest {
+                Dest::Group => net.group,
+                Dest::Peer(a) => a,
+            };
+            net.send(to, &t.payload)?;
+            sent += 1;
+        }
+        while let Some(ev) = sender.poll_event() {
+            match ev {
+                proto::SenderEvent::ClientRegistered {
+                    client_id, addr, ..
+                } => {
+                    clients.insert(
+                        client_id,
+                        ClientRow {
+                            id: client_id,
+                            addr,
+                            result: ClientResult::Dropped("never started".into()),
+                            bytes: 0,
+                            seconds: 0.0,
+                        },
+                    );
+                    on_event(SessionEvent::ClientRegistered {
+                        id: client_id,
+                        addr,
+                        count: clients.len(),
+                    });
+                }
+                proto::SenderEvent::ClientQueued { addr, .. } => {
+                    on_event(SessionEvent::ClientQueued { addr })
+                }
+                proto::SenderEvent::Started { .. } => {
+                    started_at = Some(now);
+                    for c in clients.values_mut() {
+                        c.result = ClientResult::Dropped("no answer".into());
+                    }
+                    on_event(SessionEvent::Started {
+                        clients: clients.len(),
+                    });
+                }
+                proto::SenderEvent::ClientProgress {
+                    client_id,
+                    objects_done,
+                    ..
+                } => {
+                    let done = (u64::from(objects_done) * bytes_per_object).min(geometry.disk_size);
+                    if let Some(c) = clients.get_mut(&client_id) {
+                        c.bytes = done;
+                    }
+                    on_event(SessionEvent::Progress {
+                        id: client_id,
+                        done,
+                        total: geometry.disk_size,
+                    });
+                }
+                proto::SenderEvent::ClientDone { client_id } => {
+                    end_client(
+                        &mut clients,
+                        client_id,
+                        ClientResult::Done,
+                        started_at,
+                        geometry.disk_size,
+                        on_event,
+                    );
+                }
+                proto::SenderEvent::ClientFailed { client_id, reason } => {
+                    end_client(
+                        &mut clients,
+                        client_id,
+                        ClientResult::Failed(reason),
+                        started_at,
+                        0,
+                        on_event,
+                    );
+                }
+                proto::SenderEvent::ClientDropped { client_id, reason } => {
+                    let why = match reason {
+                        proto::DropReason::Silent => "stopped answering".to_string(),
+                        proto::DropReason::NoProgress => {
+                            "too slow for the group; it waits for the next run".to_string()
+                        }
+                    };
+                    end_client(
+                        &mut clients,
+                        client_id,
+                        ClientResult::Dropped(why),
+                        started_at,
+                        0,
+                        on_event,
+                    );
+                }
+                proto::SenderEvent::ConflictingMaster { .. } => {
+                    outcome = Some(MasterOutcome::Yielded);
+                }
+                proto::SenderEvent::Finished => {
+                    outcome = Some(MasterOutcome::Report(MasterReport {
+                        clients: clients.values().cloned().collect(),
+                        root_hash: root_hash.unwrap_or([0; 32]),
+                        disk_size: geometry.disk_size,
+                        seconds: started_at.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0),
+                        bytes_sent: sender.stats().bytes_sent,
+                        repair_ratio: repair_ratio(sender.stats()),
+                        aborted,
+                    }));
+                }
+                _ => {}
+            }
+        }
+        if aborted && outcome.is_none() && sender.is_closed() {
+            outcome = Some(MasterOutcome::Report(MasterReport {
+                clients: clients.values().cloned().collect(),
+                root_hash: root_hash.unwrap_or([0; 32]),
+                disk_size: geometry.disk_size,
+                seconds: started_at.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0),
+                bytes_sent: sender.stats().bytes_sent,
+                repair_ratio: repair_ratio(sender.stats()),
+                aborted,
+            }));
+        }
+        if outcome.is_some() {
+            break;
+        }
+        // Wait for a datagram, the protocol's next deadline, or a short tick
+        // to look at the feeder and the keys.
+        let tick = now + Duration::from_millis(if sent >= 512 { 0 } else { 20 });
+        let deadline = sender.poll_timeout().map_or(tick, |t| t.min(tick));
+        if deadline > Instant::now() {
+            match net.incoming.recv_deadline(deadline) {
+                Ok(d) => sender.handle(d.at, d.from, &d.data),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(EngineError::Session("the receive threads stopped".into()))
+                }
+            }
+        }
+        sender.handle_timeout(Instant::now());
+    }
+    // Keep answering for a moment: a client whose acknowledgement was lost
+    // asks again, and must hear it rather than think the master died.
+    linger(&mut sender, &mut net, Duration::from_secs(2))?;
+    drop(feeder_rx);
+    let _ = feeder.join();
+    outcome.ok_or_else(|| EngineError::Session("session ended without an outcome".into()))
+}
+
+fn end_client(
+    clients: &mut BTreeMap<u64, ClientRow>,
+    id: u64,
+    result: ClientResult,
+    started_at: Option<Instant>,
+    bytes: u64,
+    on_event: &mut dyn FnMut(SessionEvent),
+) {
+    if let Some(c) = clients.get_mut(&id) {
+        c.result = result.clone();
+        if bytes > 0 {
+            c.bytes = bytes;
+        }
+        c.seconds = started_at.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+    }
+    on_event(SessionEvent::ClientEnded { id, result });
+}
+
+fn repair_ratio(stats: &proto::Stats) -> f64 {
+    if stats.source_sent > 0 {
+        stats.repair_sent as f64 / stats.source_sent as f64
+    } else {
+        0.0
+    }
+}
+
+fn linger(
+    sender: &mut proto::Sender,
+    net: &mut Net,
+    how_long: Duration,
+) -> Result<(), EngineError> {
+    let end = Instant::now() + how_long;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        flush(sender, net, now)?;
+        let deadline = sender
+            .poll_timeout()
+            .map_or(end, |t| t.min(end))
+            .max(now + Duration::from_millis(1));
+        if let Ok(d) = net.incoming.recv_deadline(deadline) {
+            sender.handle(d.at, d.from, &d.data);
+        }
+        sender.handle_timeout(Instant::now());
+    }
+}
+
+fn flush(sender: &mut proto::Sender, net: &mut Net, now: Instant) -> Result<(), EngineError> {
+    for _ in 0..64 {
+        let Some(t) = sender.poll_transmit(now) else {
+            break;
+        };
+        let to = match t.dest {
+            Dest::Group => net.group,
+            Dest::Peer(a) => a,
+        };
+        net.send(to, &t.payload)?;
+    }
+    Ok(())
+}
+
+/// Opens the source and starts the thread that reads it into wire-ready chunks.
+fn start_feeder(
+    source: &MasterSource,
+) -> Result<(Geometry, Receiver<Feed>, JoinHandle<()>), EngineError> {
+    let (tx, rx) = bounded(FEED_QUEUE);
+    match source {
+        MasterSource::Disk { path, level } => {
+            let disk = image::DiskSource::open(path)?;
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let stream = image::spawn_encoder(disk, image::DEFAULT_CHUNK_SIZE, *level, threads)?;
+            let geometry = stream.geometry();
+            let handle = std::thread::Builder::new()
+                .name("imgcast-feed".into())
+                .spawn(move || {
+                    let mut root = RootHasher::new(geometry.disk_size, geometry.chunk_size);
+                    for chunk in stream {
+                        let msg = match chunk {
+                            Ok(c) => {
+                                root.push(&c.hash);
+                                Feed::Chunk {
+                                    index: c.index,
+                                    wire: c.to_wire(),
+                                }
+                            }
+                            Err(e) => Feed::Failed(e.into()),
+                        };
+                        let failed = matches!(msg, Feed::Failed(_));
+                        if tx.send(msg).is_err() || failed {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(Feed::Done {
+                        root_hash: root.finish(),
+                    });
+                })
+                .map_err(|e| EngineError::io("starting the reader thread", e))?;
+            Ok((geometry, rx, handle))
+        }
+        MasterSource::Image { path } => {
+            let reader = image::ImageReader::open(path)?;
+            let geometry = reader.geometry();
+            let handle = std::thread::Builder::new()
+                .name("imgcast-feed".into())
+                .spawn(move || {
+                    for i in 0..geometry.chunk_count {
+                        let msg = match reader.read_chunk(i) {
+                            Ok(c) => Feed::Chunk {
+                                index: i,
+                                wire: c.to_wire(),
+                            },
+                            Err(e) => Feed::Failed(e.into()),
+                        };
+                        let failed = matches!(msg, Feed::Failed(_));
+                        if tx.send(msg).is_err() || failed {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(Feed::Done {
+                        root_hash: reader.root_hash(),
+                    });
+                })
+                .map_err(|e| EngineError::io("starting the reader thread", e))?;
+            Ok((geometry, rx, handle))
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Sockets: the interface choice, the group socket and the unicast socket.
+//!
+//! Each device opens two UDP sockets. The *group socket* is bound to the
+//! group address and port, so it receives only that session's multicast (two
+//! sessions on one port never see each other's traffic; `IP_MULTICAST_ALL` is
+//! off for the same reason). The *unicast socket* is bound to the interface
+//! address on an ephemeral port; everything is sent from it, and the peer's
+//! unicast replies (registrations, status, acknowledgements) arrive on it.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::EngineError;
+
+/// The interface a session uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    /// Kernel name, e.g. `eth0`.
+    pub name: String,
+    /// Its IPv4 address, used to join the group and as the source address.
+    pub addr: Ipv4Addr,
+    /// Link MTU; datagrams are sized so they never fragment.
+    pub mtu: u32,
+}
+
+impl Interface {
+    /// Largest UDP payload that fits the MTU without fragmenting (IPv4 20 + UDP 8
+    /// bytes of headers, and room for IP options some networks add).
+    pub fn max_payload(&self) -> usize {
+        (self.mtu as usize).saturating_sub(52).clamp(512, 8952)
+    }
+}
+
+/// Finds the interface to use: the named one, or the one of the route to the
+/// group (asked of the kernel with a connected UDP socket, which sends nothing).
+pub fn choose_interface(name: Option<&str>, group: Ipv4Addr) -> Result<Interface, EngineError> {
+    let addrs = ipv4_addresses()?;
+    let (if_name, addr) = match name {
+        Some(wanted) => addrs
+            .iter()
+            .find(|(n, _)| n == wanted)
+            .cloned()
+            .ok_or_else(|| EngineError::Interface {
+                what: format!(
+                    "interface '{wanted}' not found or has no IPv4 address (have: {})",
+                    list_names(&addrs)
+                ),
+            })?,
+        None => {
+            let routed = route_interface(group);
+            let by_route = routed
+                .as_deref()
+                .and_then(|n| addrs.iter().find(|(name, _)| name == n).cloned());
+            match by_route {
+                Some(found) => found,
+                None => probe_route(group, &addrs)?,
+            }
+        }
+    };
+    let mtu = std::fs::read_to_string(format!("/sys/class/net/{if_name}/mtu"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1500);
+    Ok(Interface {
+        name: if_name,
+        addr,
+        mtu,
+    })
+}
+
+/// The interface of the most specific IPv4 route to `dest` in `/proc/net/route`
+/// (where a multicast route such as `224.0.0.0/4 dev eth0` lives).
+fn route_interface(dest: Ipv4Addr) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    let d = u32::from(dest);
+    let mut best: Option<(u32, String)> = None;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 {
+            continue;
+        }
+        // The file holds addresses as native-endian hex of network-order words.
+        let parse = |h: &str| {
+            u32::from_str_radix(h, 16)
+                .ok()
+                .map(|v| u32::from_be(v.to_le()))
+        };
+        let (Some(net), Some(mask)) = (parse(f[1]), parse(f[7])) else {
+            continue;
+        };
+        if d & mask == net
+            && best
+                .as_ref()
+                .is_none_or(|(m, _)| mask.count_ones() > m.count_ones())
+        {
+            best = Some((mask, f[0].to_string()));
+        }
+    }
+    best.map(|(_, name)| name)
+}
+
+/// Asks the kernel which source address it would use towards the group (a
+/// connected UDP socket sends nothing).
+fn probe_route(
+    group: Ipv4Addr,
+    addrs: &[(String, Ipv4Addr)],
+) -> Result<(String, Ipv4Addr), EngineError> {
+    let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .map_err(|e| EngineError::io("opening a probe socket", e))?;
+    probe
+        .connect((group, 9))
+        .map_err(|e| EngineError::Interface {
+            what: format!(
+                "no route to multicast group {group} ({e}); name one with -interface=NAME"
+            ),
+        })?;
+    let local = match probe.local_addr() {
+        Ok(SocketAddr::V4(a)) => *a.ip(),
+        _ => Ipv4Addr::UNSPECIFIED,
+    };
+    addrs
+        .iter()
+        .find(|(_, a)| *a == local)
+        .cloned()
+        .ok_or_else(|| EngineError::Interface {
+            what: format!(
+            "no interface found for the route to {group}; name one with -interface=NAME (have: {})",
+            list_names(addrs)
+        ),
+        })
+}
+
+fn list_names(addrs: &[(String, Ipv4Addr)]) -> String {
+    let names: Vec<String> = addrs.iter().map(|(n, a)| format!("{n} {a}")).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn ipv4_addresses() -> Result<Vec<(String, Ipv4Addr)>, EngineError> {
+    let ifaddrs = nix::ifaddrs::getifaddrs()
+        .map_err(|e| EngineError::io("listing interfaces", std::io::Error::from(e)))?;
+    let mut out = Vec::new();
+    for ifa in ifaddrs {
+        if let Some(sin) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+            out.push((ifa.interface_name.clone(), sin.ip()));
+        }
+    }
+    Ok(out)
+}
+
+/// Receive buffer asked for: a burst of a whole chunk's packets at line rate
+/// must fit while the receive thread is descheduled.
+const RECV_BUFFER: usize = 32 << 20;
+
+/// The socket that receives the session's multicast.
+pub fn group_socket(
+    iface: &Interface,
+    group: Ipv4Addr,
+    port: u16,
+) -> Result<UdpSocket, EngineError> {
+    let ctx = |what: &str| format!("{what} (group {group}:{port} on {})", iface.name);
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| EngineError::io(ctx("opening the group socket"), e))?;
+    s.set_reuse_address(true)
+        .map_err(|e| EngineError::io(ctx("SO_REUSEADDR"), e))?;
+    s.set_reuse_port(true)
+        .map_err(|e| EngineError::io(ctx("SO_REUSEPORT"), e))?;
+    let _ = s.set_recv_buffer_size(RECV_BUFFER);
+    s.bind(&SockAddr::from(SocketAddrV4::new(group, port)))
+        .map_err(|e| EngineError::io(ctx("binding the group socket"), e))?;
+    s.set_multicast_all_v4(false)
+        .map_err(|e| EngineError::io(ctx("IP_MULTICAST_ALL"), e))?;
+    s.join_multicast_v4(&group, &iface.addr)
+        .map_err(|e| EngineError::io(ctx("joining the multicast group"), e))?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| EngineError::io(ctx("socket timeout"), e))?;
+    Ok(s.into())
+}
+
+/// The socket everything is sent from; unicast replies arrive on it.
+pub fn unicast_socket(iface: &Interface, ttl: u32) -> Result<UdpSocket, EngineError> {
+    let ctx = |what: &str| format!("{what} (interface {} {})", iface.name, iface.addr);
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| EngineError::io(ctx("opening the unicast socket"), e))?;
+    let _ = s.set_recv_buffer_size(RECV_BUFFER);
+    let _ = s.set_send_buffer_size(RECV_BUFFER);
+    s.bind(&SockAddr::from(SocketAddrV4::new(iface.addr, 0)))
+        .map_err(|e| EngineError::io(ctx("binding the unicast socket"), e))?;
+    s.set_multicast_if_v4(&iface.addr)
+        .map_err(|e| EngineError::io(ctx("IP_MULTICAST_IF"), e))?;
+    s.set_multicast_ttl_v4(ttl)
+        .map_err(|e| EngineError::io(ctx("IP_MULTICAST_TTL"), e))?;
+    // Loop on: a master and clients on one host (tests, the demo on `lo`) must hear each other.
+    s.set_multicast_loop_v4(true)
+        .map_err(|e| EngineError::io(ctx("IP_MULTICAST_LOOP"), e))?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| EngineError::io(ctx("socket timeout"), e))?;
+    Ok(s.into())
+}

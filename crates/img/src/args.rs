@@ -1,0 +1,488 @@
+//! Command-line definitions, in two steps (as ripgrep does): the raw words are
+//! first rewritten from the ZENworks forms admins know (`-session NAME -master
+//! -clients=5`, `session NAME master clients=5 t=20`) into one canonical GNU form,
+//! then clap parses that form. Every option is defined once, below, so `--help`,
+//! completions and the man page all come from the same place.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Long option names that also accept the ZENworks single-dash spelling
+/// (`-session`, `-clients=5`, `-comp=6`).
+const SINGLE_DASH_LONG: &[&str] = &[
+    "session",
+    "master",
+    "client",
+    "clients",
+    "timeout",
+    "throttle",
+    "comp",
+    "disk",
+    "image",
+    "interface",
+    "port",
+    "key",
+    "keyfile",
+    "json",
+    "verify",
+    "yes",
+    "help",
+    "version",
+    "token",
+];
+
+/// One-letter abbreviations of the original (`-s`, `-m`, `-c`) and `-t` for
+/// `-timeout`, as the older `t=20` form suggests.
+const ABBREVIATIONS: &[(&str, &str)] = &[
+    ("s", "session"),
+    ("m", "master"),
+    ("c", "client"),
+    ("t", "timeout"),
+];
+
+/// Bare words of the older form `img session NAME [master|client] [clients=N [t=MIN]]`.
+const OLD_FORM_WORDS: &[(&str, &str)] = &[
+    ("master", "master"),
+    ("client", "client"),
+    ("clients", "clients"),
+    ("t", "timeout"),
+    ("timeout", "timeout"),
+    ("throttle", "throttle"),
+    ("comp", "comp"),
+    ("disk", "disk"),
+    ("image", "image"),
+];
+
+/// Rewrites the ZENworks spellings into the canonical form clap parses:
+/// `img session NAME [--master|--client] [--clients=N] ...`.
+///
+/// Words after `--` are left alone. Values stay attached with `=` so that a
+/// negative number (`-clients=-1`) reaches the value parser and gets its
+/// error there instead of being mistaken for a flag.
+pub(crate) fn canonicalize(raw: Vec<OsString>) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::with_capacity(raw.len() + 1);
+    let mut iter = raw.into_iter();
+    if let Some(program) = iter.next() {
+        out.push(program);
+    }
+    let words: Vec<OsString> = iter.collect();
+    let old_form = words.first().and_then(|w| w.to_str()) == Some("session");
+    let mut rest: Vec<OsString> = Vec::new();
+    let mut passthrough = false;
+    for (i, word) in words.into_iter().enumerate() {
+        let Some(text) = word.to_str() else {
+            rest.push(word);
+            continue;
+        };
+        if passthrough {
+            rest.push(word);
+            continue;
+        }
+        if text == "--" {
+            passthrough = true;
+            rest.push(word);
+            continue;
+        }
+        if let Some(rewritten) = rewrite_single_dash(text) {
+            rest.push(rewritten.into());
+            continue;
+        }
+        // Older form: bare `master`, `clients=5`, `t=20` after `session NAME`.
+        if old_form && i >= 2 {
+            if let Some(rewritten) = rewrite_old_word(text) {
+                rest.push(rewritten.into());
+                continue;
+            }
+        }
+        rest.push(word);
+    }
+    // `--session NAME` / `--session=NAME` anywhere (when no subcommand leads)
+    // becomes the `session NAME` subcommand.
+    if !old_form {
+        if let Some(pos) = rest.iter().position(|w| {
+            w == "--session" || w.to_str().is_some_and(|s| s.starts_with("--session="))
+        }) {
+            let word = rest.remove(pos);
+            let text = word.to_string_lossy().into_owned();
+            let name = if let Some(v) = text.strip_prefix("--session=") {
+                Some(OsString::from(v))
+            } else if pos < rest.len() {
+                Some(rest.remove(pos))
+            } else {
+                None
+            };
+            out.push("session".into());
+            if let Some(name) = name {
+                // `--` keeps a name that begins with '-' from being read as a flag.
+                out.push(name);
+            }
+            out.extend(rest);
+            return out;
+        }
+    }
+    out.extend(rest);
+    out
+}
+
+fn rewrite_single_dash(text: &str) -> Option<String> {
+    let body = text.strip_prefix('-')?;
+    if body.starts_with('-') || body.is_empty() {
+        return None;
+    }
+    let (key, value) = match body.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (body, None),
+    };
+    let key_lower = key.to_ascii_lowercase();
+    let long = if SINGLE_DASH_LONG.contains(&key_lower.as_str()) {
+        key_lower
+    } else if let Some((_, long)) = ABBREVIATIONS.iter().find(|(short, _)| *short == key_lower) {
+        (*long).to_string()
+    } else {
+        return None;
+    };
+    Some(match value {
+        Some(v) => format!("--{long}={v}"),
+        None => format!("--{long}"),
+    })
+}
+
+fn rewrite_old_word(text: &str) -> Option<String> {
+    let (key, value) = match text.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (text, None),
+    };
+    let key_lower = key.to_ascii_lowercase();
+    let (_, long) = OLD_FORM_WORDS.iter().find(|(w, _)| *w == key_lower)?;
+    match (value, *long) {
+        (None, "master" | "client") => Some(format!("--{long}")),
+        (Some(v), _) => Some(format!("--{long}={v}")),
+        (None, _) => None,
+    }
+}
+
+const AFTER_HELP: &str = "\
+Session (multicast) mode, as in the ZENworks imaging engine; these are equivalent:
+  img -session lab3 -master -clients=5 -timeout=20 -disk=/dev/sda
+  img -s lab3 -m -clients=5 -t=20 -disk=/dev/sda
+  img session lab3 master clients=5 t=20 disk=/dev/sda
+  img --session lab3 --master --clients 5 --timeout 20 --disk /dev/sda
+  img -session lab3 -client -disk=/dev/sda
+
+Exit codes: 0 success; 1 the operation failed (the message says why);
+2 the command line is wrong.";
+
+/// imgcast: lay one disk image down on many machines at once over IP multicast.
+#[derive(Debug, Parser)]
+#[command(name = "img", version, about, after_help = AFTER_HELP, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Capture a disk (block device or file) into an image file.
+    Make(MakeArgs),
+    /// Restore an image file onto a disk (block device or file).
+    Restore(RestoreArgs),
+    /// Describe an image, or list this machine's block devices.
+    Info(InfoArgs),
+    /// Multicast session mode (also written `-session NAME`, `-s NAME`).
+    #[command(after_help = AFTER_HELP)]
+    Session(SessionArgs),
+    /// Run a real multicast session in a private network namespace on this machine.
+    Demo(DemoArgs),
+}
+
+/// `img make`.
+#[derive(Debug, Args)]
+pub(crate) struct MakeArgs {
+    /// The image file to write (written under a temporary name, renamed when complete).
+    pub(crate) image: PathBuf,
+    /// The disk to capture: a block device or a regular file.
+    #[arg(long, value_name = "SOURCE")]
+    pub(crate) disk: PathBuf,
+    /// Compression: 0 none, 1 fastest (default), 6 balanced, 9 smallest.
+    #[arg(long, value_name = "0..9", default_value = "1", value_parser = parse_level)]
+    pub(crate) comp: u8,
+    /// Raw chunk size in KiB (power of two, 64..=16384).
+    #[arg(long, value_name = "KIB", default_value_t = 1024, hide = true)]
+    pub(crate) chunk_kib: u32,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `img restore`.
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The image file to restore ("-" reads the image from standard input).
+    pub(crate) image: PathBuf,
+    /// The target: a block device or a regular file (created if it does not exist).
+    #[arg(long, value_name = "TARGET")]
+    pub(crate) disk: PathBuf,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `img info`.
+#[derive(Debug, Args)]
+pub(crate) struct InfoArgs {
+    /// An image file, or a disk to check for an unfinished restore. Without it, lists block devices.
+    pub(crate) image: Option<PathBuf>,
+    /// Check every chunk hash and the root hash.
+    #[arg(long)]
+    pub(crate) verify: bool,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `img -session NAME ...`.
+#[derive(Debug, Args)]
+pub(crate) struct SessionArgs {
+    /// The session name; it is hashed into a multicast group 231.x.y.z.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+    /// This device is the session master (sends its disk or an image file).
+    #[arg(long, short = 'm', conflicts_with = "client")]
+    pub(crate) master: bool,
+    /// This device is a session client (receives and restores).
+    #[arg(long, short = 'c')]
+    pub(crate) client: bool,
+    /// Clients (besides the master) to wait for before starting; without it, only `s` starts.
+    #[arg(long, value_name = "COUNT")]
+    pub(crate) clients: Option<u32>,
+    /// Wait after the last registration before starting anyway: minutes (`20`, `0.5`) or with a unit (`30s`, `2m`, `1h`).
+    #[arg(long, value_name = "MINUTES", value_parser = parse_timeout, default_value = "5")]
+    pub(crate) timeout: Duration,
+    /// Milliseconds between the master's data packets (default: adaptive rate).
+    #[arg(long, value_name = "MS", value_parser = parse_throttle)]
+    pub(crate) throttle: Option<Duration>,
+    /// Compression when the master reads a disk: 0 none, 1 fastest (default), 6 balanced, 9 smallest.
+    #[arg(long, value_name = "0..9", default_value = "1", value_parser = parse_level)]
+    pub(crate) comp: u8,
+    /// The disk: the master's source or the client's target (block device or file).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) disk: Option<PathBuf>,
+    /// The master sends this stored image file as it is (not recompressed).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["client", "comp"])]
+    pub(crate) image: Option<PathBuf>,
+    /// Network interface to use (default: the interface of the route to the group).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) interface: Option<String>,
+    /// UDP port.
+    #[arg(long, value_name = "N", default_value_t = 8471)]
+    pub(crate) port: u16,
+    /// Passphrase: every packet is authenticated; clients need the same one.
+    #[arg(long, value_name = "PASSPHRASE", conflicts_with = "keyfile")]
+    pub(crate) key: Option<String>,
+    /// Read the passphrase from a file.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) keyfile: Option<PathBuf>,
+    /// Do not ask before overwriting the client's disk.
+    #[arg(long)]
+    pub(crate) yes: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `img demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Number of client machines.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub(crate) clients: u32,
+    /// Size of the sample disk in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub(crate) size_mib: u64,
+    /// Random loss at each client, in percent.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=50))]
+    pub(crate) loss: u8,
+}
+
+/// Parses `-comp`: an integer 0..=9.
+pub(crate) fn parse_level(s: &str) -> Result<u8, String> {
+    match s.trim().parse::<u8>() {
+        Ok(n) if n <= 9 => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a compression level: use 0 (none), 1 (fastest), 6 (balanced) .. 9 (smallest)"
+        )),
+    }
+}
+
+/// Parses `-timeout`: minutes as a number (fractions allowed) or a number with
+/// a unit `s`, `m` or `h`.
+pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 60.0)
+    };
+    let value: f64 = num.trim().parse().map_err(|_| {
+        format!("'{s}' is not a timeout: give minutes (20, 0.5) or a unit (30s, 2m, 1h)")
+    })?;
+    let secs = value * scale;
+    if !secs.is_finite() || secs < 0.0 || secs > 7.0 * 24.0 * 3600.0 {
+        return Err(format!("timeout '{s}' is out of range (0 to 7 days)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `-throttle`: milliseconds between packets (fractions allowed).
+pub(crate) fn parse_throttle(s: &str) -> Result<Duration, String> {
+    let value: f64 = s
+        .trim()
+        .strip_suffix("ms")
+        .unwrap_or(s.trim())
+        .parse()
+        .map_err(|_| {
+            format!("'{s}' is not a throttle: give milliseconds between packets, e.g. 2")
+        })?;
+    if !value.is_finite() || !(0.0..=10_000.0).contains(&value) {
+        return Err(format!("throttle '{s}' is out of range (0 to 10000 ms)"));
+    }
+    Ok(Duration::from_secs_f64(value / 1000.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(words: &[&str]) -> Vec<String> {
+        let raw = std::iter::once("img")
+            .chain(words.iter().copied())
+            .map(OsString::from)
+            .collect();
+        canonicalize(raw)
+            .into_iter()
+            .skip(1)
+            .map(|w| w.into_string().expect("utf8"))
+            .collect()
+    }
+
+    #[test]
+    fn zenworks_forms_are_rewritten() {
+        assert_eq!(
+            canon(&["-session", "lab", "-master", "-clients=5", "-timeout=20"]),
+            ["session", "lab", "--master", "--clients=5", "--timeout=20"]
+        );
+        assert_eq!(
+            canon(&["-s", "lab", "-m", "-t=20"]),
+            ["session", "lab", "--master", "--timeout=20"]
+        );
+        assert_eq!(
+            canon(&["session", "lab", "master", "clients=5", "t=20"]),
+            ["session", "lab", "--master", "--clients=5", "--timeout=20"]
+        );
+        assert_eq!(
+            canon(&["--session", "lab", "--master", "--clients", "5"]),
+            ["session", "lab", "--master", "--clients", "5"]
+        );
+        assert_eq!(
+            canon(&["--session=lab", "-c"]),
+            ["session", "lab", "--client"]
+        );
+        assert_eq!(
+            canon(&["make", "x.img", "-disk=/dev/sda", "-comp=6"]),
+            ["make", "x.img", "--disk=/dev/sda", "--comp=6"]
+        );
+        // Negative values stay attached so the value parser reports them.
+        assert_eq!(
+            canon(&["-s", "a", "-clients=-1"]),
+            ["session", "a", "--clients=-1"]
+        );
+        // Unknown single-dash words are left for clap to reject.
+        assert_eq!(canon(&["-bogus"]), ["-bogus"]);
+    }
+
+    #[test]
+    fn every_form_parses_alike() {
+        let forms: [&[&str]; 4] = [
+            &[
+                "-session",
+                "lab",
+                "-master",
+                "-clients=5",
+                "-timeout=20",
+                "-disk=/d",
+            ],
+            &["-s", "lab", "-m", "-clients=5", "-t=20", "-disk=/d"],
+            &["session", "lab", "master", "clients=5", "t=20", "disk=/d"],
+            &[
+                "--session",
+                "lab",
+                "--master",
+                "--clients",
+                "5",
+                "--timeout",
+                "20",
+                "--disk",
+                "/d",
+            ],
+        ];
+        for form in forms {
+            let raw = std::iter::once("img")
+                .chain(form.iter().copied())
+                .map(OsString::from)
+                .collect();
+            let cli = Cli::try_parse_from(canonicalize(raw)).expect("parses");
+            let Some(Command::Session(s)) = cli.command else {
+                panic!("not a session: {form:?}");
+            };
+            assert_eq!(s.name, "lab");
+            assert!(s.master && !s.client);
+            assert_eq!(s.clients, Some(5));
+            assert_eq!(s.timeout, Duration::from_secs(1200));
+            assert_eq!(s.disk.as_deref(), Some(std::path::Path::new("/d")));
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for form in [
+            &["-s", "a", "-m", "-clients=-1"][..],
+            &["-s", "a", "-m", "-timeout=abc"],
+            &["-s", "a", "-m", "-comp=12"],
+            &["-s", "a", "-m", "-throttle=x"],
+            &["-s", "a", "-m", "-c"],
+            &["make", "x", "-disk=y", "-comp=10"],
+            &["make", "x", "-disk=y", "-comp=x"],
+            &["make", "x", "-disk=y", "-bogus"],
+        ] {
+            let raw = std::iter::once("img")
+                .chain(form.iter().copied())
+                .map(OsString::from)
+                .collect();
+            assert!(
+                Cli::try_parse_from(canonicalize(raw)).is_err(),
+                "{form:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("0.5"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_timeout("abc").is_err());
+        assert!(parse_timeout("-1").is_err());
+        assert_eq!(parse_throttle("2"), Ok(Duration::from_millis(2)));
+        assert!(parse_throttle("x").is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! `img make`, `img restore`, `img info`: the local image commands.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use imgcast_image as image;
+
+use crate::args::{InfoArgs, MakeArgs, RestoreArgs};
+use crate::progress::bytes_bar;
+
+/// `img make IMAGE -disk=SOURCE [-comp=N]`.
+pub(crate) fn make(a: &MakeArgs) -> Result<()> {
+    let level = image::Level::new(a.comp).context("bad -comp")?;
+    let chunk_size = chunk_size_from_kib(a.chunk_kib)?;
+    let started = Instant::now();
+    let bar = bytes_bar(0, "make");
+    let opts = image::MakeOptions::new(&a.disk, &a.image)
+        .level(level)
+        .chunk_size(chunk_size);
+    let summary = image::make(&opts, &|p: image::Progress| {
+        bar.set_length(p.total_bytes);
+        bar.set_position(p.done_bytes);
+    })
+    .with_context(|| format!("capturing {} into {}", a.disk.display(), a.image.display()))?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let s = &summary;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "image": a.image,
+                "source": a.disk,
+                "disk_size": s.geometry.disk_size,
+                "chunk_size": s.geometry.chunk_size,
+                "chunks": s.geometry.chunk_count,
+                "holes": s.hole_chunks,
+                "stored_bytes": s.stored_bytes,
+                "image_bytes": s.image_bytes,
+                "level": s.geometry.level.get(),
+                "root_hash": hex(&s.root_hash),
+                "seconds": secs,
+                "bytes_per_sec": rate(s.geometry.disk_size, secs),
+            })
+        );
+    } else {
+        eprintln!(
+            "captured {} ({}) into {}",
+            a.disk.display(),
+            human(s.geometry.disk_size),
+            a.image.display()
+        );
+        eprintln!(
+            "  {} chunks of {}, {} holes, {} stored (ratio {:.2}), level {}",
+            s.geometry.chunk_count,
+            human(u64::from(s.geometry.chunk_size)),
+            s.hole_chunks,
+            human(s.stored_bytes),
+            ratio(s.geometry.disk_size, s.image_bytes),
+            s.geometry.level.get()
+        );
+        eprintln!("  root hash {}", hex(&s.root_hash));
+        eprintln!(
+            "  {:.1} s, {}/s",
+            secs,
+            human(rate(s.geometry.disk_size, secs) as u64)
+        );
+    }
+    Ok(())
+}
+
+/// `img restore IMAGE -disk=TARGET`.
+pub(crate) fn restore(a: &RestoreArgs) -> Result<()> {
+    let started = Instant::now();
+    let bar = bytes_bar(0, "restore");
+    let opts = image::RestoreOptions::new(&a.image, &a.disk);
+    let summary = image::restore(&opts, &|p: image::Progress| {
+        bar.set_length(p.total_bytes);
+        bar.set_position(p.done_bytes);
+    })
+    .with_context(|| format!("restoring {} onto {}", a.image.display(), a.disk.display()))?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let s = &summary;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "image": a.image,
+                "target": a.disk,
+                "disk_size": s.geometry.disk_size,
+                "chunks": s.geometry.chunk_count,
+                "holes": s.hole_chunks,
+                "root_hash": hex(&s.root_hash),
+                "verified": true,
+                "seconds": secs,
+                "bytes_per_sec": rate(s.geometry.disk_size, secs),
+            })
+        );
+    } else {
+        eprintln!(
+            "restored {} ({}) onto {}",
+            a.image.display(),
+            human(s.geometry.disk_size),
+            a.disk.display()
+        );
+        eprintln!(
+            "  every chunk hash and the root hash verified: {}",
+            hex(&s.root_hash)
+        );
+        eprintln!(
+            "  {:.1} s, {}/s",
+            secs,
+            human(rate(s.geometry.disk_size, secs) as u64)
+        );
+    }
+    Ok(())
+}
+
+/// `img info [IMAGE] [--verify] [--json]`.
+pub(crate) fn info(a: &InfoArgs) -> Result<()> {
+    let Some(path) = &a.image else {
+        return list_devices(a.json);
+    };
+    // A disk left by an unfinished restore is not an image: say what it is.
+    if let Some(marker) =
+        image::incomplete_marker(path).with_context(|| format!("reading {}", path.display()))?
+    {
+        if a.json {
+            println!(
+                "{}",
+                json!({"path": path, "incomplete_restore": true, "root_hash": hex(&marker.root_hash)})
+            );
+        } else {
+            println!(
+                "{}: an UNFINISHED restore (image root hash {}); restore it again",
+                path.display(),
+                hex(&marker.root_hash)
+            );
+        }
+        anyhow::bail!("{} holds an unfinished restore", path.display());
+    }
+    let reader = image::ImageReader::open(path)
+        .with_context(|| format!("opening image {}", path.display()))?;
+    let g = reader.geometry();
+    if a.verify {
+        let bar = bytes_bar(g.disk_size, "verify");
+        reader
+            .verify(&|p: image::Progress| bar.set_position(p.done_bytes))
+            .with_context(|| format!("verifying {}", path.display()))?;
+        bar.finish_and_clear();
+    }
+    let image_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "image": path,
+                "format_version": reader.header().major,
+                "disk_size": g.disk_size,
+                "chunk_size": g.chunk_size,
+                "chunks": g.chunk_count,
+                "holes": reader.hole_chunks(),
+                "stored_bytes": reader.data_bytes(),
+                "image_bytes": image_bytes,
+                "level": g.level.get(),
+                "ratio": ratio(g.disk_size, image_bytes),
+                "root_hash": hex(&reader.root_hash()),
+                "verified": a.verify,
+            })
+        );
+    } else {
+        println!("image       {}", path.display());
+        println!("disk size   {} ({} bytes)", human(g.disk_size), g.disk_size);
+        println!("chunk size  {}", human(u64::from(g.chunk_size)));
+        println!(
+            "chunks      {} ({} holes)",
+            g.chunk_count,
+            reader.hole_chunks()
+        );
+        println!(
+            "stored      {} (image file {})",
+            human(reader.data_bytes()),
+            human(image_bytes)
+        );
+        println!("level       {}", g.level.get());
+        println!("ratio       {:.2}", ratio(g.disk_size, image_bytes));
+        println!("root hash   {}", hex(&reader.root_hash()));
+        if a.verify {
+            println!("verified    every chunk hash and the root hash match");
+        }
+    }
+    Ok(())
+}
+
+fn list_devices(as_json: bool) -> Result<()> {
+    let devices = imgcast_disk::list_block_devices().context("listing block devices")?;
+    if as_json {
+        let rows: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                json!({
+                    "path": d.path,
+                    "size": d.size,
+                    "model": d.model,
+                    "mounted": d.mounted,
+                    "read_only": d.read_only,
+                    "removable": d.removable,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    if devices.is_empty() {
+        println!("no block devices found");
+        return Ok(());
+    }
+    println!("{:<16} {:>10}  {:<24} MOUNTED", "DEVICE", "SIZE", "MODEL");
+    for d in &devices {
+        println!(
+            "{:<16} {:>10}  {:<24} {}",
+            d.path.display(),
+            human(d.size),
+            d.model.as_deref().unwrap_or("-"),
+            d.mounted.as_deref().unwrap_or("no")
+        );
+    }
+    Ok(())
+}
+
+fn chunk_size_from_kib(kib: u32) -> Result<u32> {
+    if !(64..=16384).contains(&kib) || !kib.is_power_of_two() {
+        anyhow::bail!("chunk size {kib} KiB: use a power of two from 64 to 16384");
+    }
+    Ok(kib * 1024)
+}
+
+/// Lower-case hex, as `b3sum` prints.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Binary units, one decimal.
+pub(crate) fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn ratio(raw: u64, stored: u64) -> f64 {
+    if stored == 0 {
+        0.0
+    } else {
+        raw as f64 / stored as f64
+    }
+}
+
+fn rate(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / secs
+    } else {
+        0.0
+    }
+}

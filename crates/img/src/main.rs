@@ -1,0 +1,69 @@
+//! `img`: the imgcast command. A thin face over the engine and image crates:
+//!
+//! ```text
+//!  argv ──canonicalize──▶ clap ──▶ make / restore / info ──▶ imgcast-image ──▶ imgcast-disk
+//!                                   session / demo ─────────▶ imgcast-engine ──▶ imgcast-proto
+//! ```
+#![forbid(unsafe_code)]
+
+mod args;
+mod cmd_image;
+mod cmd_session;
+mod demo;
+mod progress;
+mod sample;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let argv = args::canonicalize(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with exit 0 and errors to stderr with 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Make(a)) => cmd_image::make(&a),
+        Some(Command::Restore(a)) => cmd_image::restore(&a),
+        Some(Command::Info(a)) => cmd_image::info(&a),
+        Some(Command::Session(a)) => cmd_session::session(&a),
+        Some(Command::Demo(a)) => demo::demo(&a),
+        None => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            if std::io::stdout().is_terminal() {
+                let _ = cmd.print_help();
+            } else {
+                eprintln!("{}", cmd.render_usage());
+                eprintln!("Run `img --help` for the commands.");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("img: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A closed pipe (`img info | head`) is not an error worth a message.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

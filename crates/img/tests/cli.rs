@@ -1,0 +1,300 @@
+//! The `img` command as a user runs it: real processes, real files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn img() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_img"))
+}
+
+fn run(args: &[&str]) -> Output {
+    img().args(args).output().expect("run img")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A disk of `mib` MiB with random, zero and text regions and an odd tail.
+fn sample(dir: &Path, name: &str, mib: usize) -> PathBuf {
+    let path = dir.join(name);
+    let mut data = Vec::with_capacity(mib << 20);
+    let mut x: u64 = 0x1234_5678;
+    for i in 0..mib {
+        match i % 4 {
+            0 | 1 => {
+                for _ in 0..(1 << 17) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    data.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+            2 => data.resize(data.len() + (1 << 20), 0),
+            _ => {
+                let line = format!("block {i} of the sample disk, compressible text\n");
+                while data.len() < (i + 1) << 20 {
+                    data.extend_from_slice(line.as_bytes());
+                }
+                data.truncate((i + 1) << 20);
+            }
+        }
+    }
+    data.extend_from_slice(b"odd tail that is not a whole chunk");
+    std::fs::write(&path, &data).expect("write sample");
+    path
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf8 path")
+}
+
+#[test]
+fn make_restore_info_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = sample(dir.path(), "disk.raw", 6);
+    let image = dir.path().join("disk.img");
+    let target = dir.path().join("restored.raw");
+
+    let o = run(&[
+        "make",
+        p(&image),
+        &format!("-disk={}", p(&disk)),
+        "-comp=6",
+        "--json",
+    ]);
+    assert!(o.status.success(), "make failed: {}", text(&o));
+    let made: serde_json::Value = serde_json::from_slice(&o.stdout).expect("make --json");
+    assert_eq!(made["disk_size"], (6u64 << 20) + 34);
+    assert_eq!(made["level"], 6);
+    assert!(made["holes"].as_u64().expect("holes") >= 1);
+    // Nothing but the image is left behind: no temporary file.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+
+    let o = run(&["info", p(&image), "--json", "--verify"]);
+    assert!(o.status.success(), "info failed: {}", text(&o));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).expect("info --json");
+    assert_eq!(info["root_hash"], made["root_hash"]);
+    assert_eq!(info["chunks"], 7);
+
+    let o = run(&[
+        "restore",
+        p(&image),
+        &format!("-disk={}", p(&target)),
+        "--json",
+    ]);
+    assert!(o.status.success(), "restore failed: {}", text(&o));
+    let restored: serde_json::Value = serde_json::from_slice(&o.stdout).expect("restore --json");
+    assert_eq!(restored["root_hash"], made["root_hash"]);
+    assert_eq!(
+        std::fs::read(&disk).expect("disk"),
+        std::fs::read(&target).expect("target")
+    );
+
+    // The human form names the root hash too.
+    let o = run(&["info", p(&image)]);
+    assert!(text(&o).contains(made["root_hash"].as_str().expect("hash")));
+}
+
+#[test]
+fn restore_from_standard_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = sample(dir.path(), "disk.raw", 3);
+    let image = dir.path().join("disk.img");
+    let target = dir.path().join("restored.raw");
+    assert!(run(&["make", p(&image), &format!("--disk={}", p(&disk))])
+        .status
+        .success());
+    let o = img()
+        .args(["restore", "-", "--disk", p(&target)])
+        .stdin(std::fs::File::open(&image).expect("open image"))
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(&disk).expect("disk"),
+        std::fs::read(&target).expect("target")
+    );
+}
+
+#[test]
+fn bad_command_lines_exit_2() {
+    for args in [
+        &["make", "x.img", "-disk=y", "-comp=10"][..],
+        &["make", "x.img", "-disk=y", "-comp=x"],
+        &["make", "x.img", "-disk=y", "-frobnicate"],
+        &["make", "x.img"],
+        &["restore", "x.img"],
+        &["-session", "a", "-master", "-client"],
+        &["-session", "a", "-master", "-clients=-1"],
+        &["-session", "a", "-master", "-timeout=abc"],
+        &["-session", "a", "-master", "-comp=12"],
+        &["-session", "a", "-master", "-throttle=x"],
+        &[],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(!o.stderr.is_empty(), "{args:?} printed no error");
+    }
+    let o = run(&["make", "x.img", "-disk=y", "-comp=10"]);
+    assert!(text(&o).contains("compression level"), "{}", text(&o));
+}
+
+#[test]
+fn missing_source_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("out.img");
+    let o = run(&["make", p(&image), "-disk=/nonexistent/disk"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("/nonexistent/disk"), "{}", text(&o));
+    assert_eq!(std::fs::read_dir(dir.path()).expect("readdir").count(), 0);
+}
+
+#[test]
+fn corrupt_image_is_refused_and_target_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = sample(dir.path(), "disk.raw", 4);
+    let image = dir.path().join("disk.img");
+    assert!(run(&["make", p(&image), &format!("-disk={}", p(&disk))])
+        .status
+        .success());
+    let good = std::fs::read(&image).expect("image");
+
+    let target = dir.path().join("target.raw");
+    let before = vec![0xa5u8; 5 << 20];
+    // A flipped byte in the header, in the middle (a chunk), and in the tail (index/trailer).
+    for (what, at) in [
+        ("header", 10),
+        ("chunk", good.len() / 2),
+        ("trailer", good.len() - 5),
+    ] {
+        std::fs::write(&target, &before).expect("target");
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        std::fs::write(&image, &bad).expect("corrupt");
+        let o = run(&["restore", p(&image), &format!("-disk={}", p(&target))]);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
+        let after = std::fs::read(&target).expect("target");
+        assert!(
+            after == before || after[..18] == *b"IMGCAST-INCOMPLETE",
+            "{what}: target was changed and not marked incomplete"
+        );
+        let o = run(&["info", "--verify", p(&image)]);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{what}: verify passed a corrupt image"
+        );
+    }
+    // Truncated anywhere: refused.
+    for cut in [0, 7, 100, good.len() / 3, good.len() - 1] {
+        std::fs::write(&image, &good[..cut]).expect("truncate");
+        let o = run(&["info", "--verify", p(&image)]);
+        assert_eq!(o.status.code(), Some(1), "cut at {cut}: {}", text(&o));
+    }
+}
+
+#[test]
+fn unfinished_restore_is_reported_by_info() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = sample(dir.path(), "disk.raw", 4);
+    let image = dir.path().join("disk.img");
+    assert!(run(&["make", p(&image), &format!("-disk={}", p(&disk))])
+        .status
+        .success());
+    let mut bad = std::fs::read(&image).expect("image");
+    let at = bad.len() * 2 / 3;
+    bad[at] ^= 1;
+    std::fs::write(&image, &bad).expect("corrupt");
+    let target = dir.path().join("target.raw");
+    let o = run(&["restore", p(&image), &format!("-disk={}", p(&target))]);
+    assert_eq!(o.status.code(), Some(1));
+    if target.exists() && std::fs::metadata(&target).expect("meta").len() > 0 {
+        let o = run(&["info", p(&target)]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("UNFINISHED"), "{}", text(&o));
+    }
+}
+
+/// Runs `script` with `sh` inside a private user and mount namespace, where a
+/// small tmpfs can be mounted without touching the machine.
+fn in_mount_namespace(script: &str) -> Output {
+    Command::new("unshare")
+        .args(["-Urm", "sh", "-ec", script])
+        .output()
+        .expect("run unshare")
+}
+
+#[test]
+fn full_disk_while_making_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = sample(dir.path(), "disk.raw", 8);
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let img_bin = env!("CARGO_BIN_EXE_img");
+    let script = format!(
+        "mount -t tmpfs -o size=2m none {m}; \
+         if {img} make {m}/out.img -disk={d} -comp=0; then echo MADE; fi; \
+         ls -A {m}",
+        m = p(&mnt),
+        img = img_bin,
+        d = p(&disk)
+    );
+    let o = in_mount_namespace(&script);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        !out.contains("MADE"),
+        "make succeeded on a full disk: {out}"
+    );
+    assert!(out.to_lowercase().contains("no space"), "{out}");
+    assert!(
+        !out.contains("out.img"),
+        "a file was left on the full disk: {out}"
+    );
+}
+
+#[test]
+fn full_disk_while_restoring_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = sample(dir.path(), "disk.raw", 8);
+    let image = dir.path().join("disk.img");
+    assert!(run(&["make", p(&image), &format!("-disk={}", p(&disk))])
+        .status
+        .success());
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let img_bin = env!("CARGO_BIN_EXE_img");
+    let script = format!(
+        "mount -t tmpfs -o size=2m none {m}; \
+         if {img} restore {i} -disk={m}/target.raw; then echo RESTORED; fi; \
+         ls -A {m}",
+        m = p(&mnt),
+        img = img_bin,
+        i = p(&image)
+    );
+    let o = in_mount_namespace(&script);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        !out.contains("RESTORED"),
+        "restore succeeded on a full disk: {out}"
+    );
+    assert!(out.to_lowercase().contains("space"), "{out}");
+}
+
+#[test]
+fn info_lists_block_devices() {
+    let o = run(&["info", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(v.is_array());
+}

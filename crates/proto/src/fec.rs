@@ -1,0 +1,201 @@
+//! Systematic RaptorQ per object: source symbols are the object itself; repair symbols come from a
+//! lazily built encoder. One object is one source block (K ≤ [`MAX_K`]).
+
+use raptorq::{
+    EncodingPacket, ObjectTransmissionInformation, PayloadId, SourceBlockDecoder,
+    SourceBlockEncoder,
+};
+
+/// Most source symbols in one block (RFC 6330 K'max).
+pub const MAX_K: u32 = 56_403;
+/// Extra symbols beyond K a receiver asks for after failed decodes before it stops raising its need.
+const MAX_EXTRA: u32 = 64;
+
+/// Number of source symbols of an object of `len` bytes (an empty object still has one).
+pub(crate) fn source_count(len: u32, symbol_size: u16) -> u32 {
+    len.div_ceil(u32::from(symbol_size)).max(1)
+}
+
+fn oti(k: u32, t: u16) -> ObjectTransmissionInformation {
+    ObjectTransmissionInformation::new(u64::from(k) * u64::from(t), t, 1, 1, 1)
+}
+
+/// Source symbol `esi` of `data`, zero-padded to `t` bytes.
+pub(crate) fn source_symbol(data: &[u8], esi: u32, t: u16) -> Vec<u8> {
+    let t = usize::from(t);
+    let start = (esi as usize * t).min(data.len());
+    let end = (start + t).min(data.len());
+    let mut s = data[start..end].to_vec();
+    s.resize(t, 0);
+    s
+}
+
+/// Builds the (expensive) repair encoder of one object.
+pub(crate) fn encoder(data: &[u8], t: u16) -> SourceBlockEncoder {
+    let k = source_count(data.len() as u32, t);
+    let mut padded = data.to_vec();
+    padded.resize(k as usize * usize::from(t), 0);
+    SourceBlockEncoder::new(0, &oti(k, t), &padded)
+}
+
+/// Repair symbols `first..first+n` (ids relative to K) as (esi, bytes).
+pub(crate) fn repair(enc: &SourceBlockEncoder, first: u32, n: u32) -> Vec<(u32, Vec<u8>)> {
+    enc.repair_packets(first, n)
+        .into_iter()
+        .map(|p| {
+            let (id, data) = p.split();
+            (id.encoding_symbol_id(), data)
+        })
+        .collect()
+}
+
+/// A receiver's partial object.
+#[derive(Debug)]
+pub(crate) struct Assembly {
+    pub(crate) len: u32,
+    pub(crate) k: u32,
+    t: u16,
+    buf: Vec<u8>,
+    have: Vec<bool>,
+    sources: u32,
+    repairs: Vec<(u32, Vec<u8>)>,
+    extra: u32,
+}
+
+/// What adding a symbol did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Added {
+    /// Already had it.
+    Duplicate,
+    /// Stored; more are needed.
+    Stored,
+    /// The object is complete.
+    Complete(Vec<u8>),
+}
+
+impl Assembly {
+    /// A new assembly; the caller validated `len` (K ≤ MAX_K) and the symbol size.
+    pub(crate) fn new(len: u32, t: u16) -> Self {
+        let k = source_count(len, t);
+        Self {
+            len,
+            k,
+            t,
+            buf: vec![0; k as usize * usize::from(t)],
+            have: vec![false; k as usize],
+            sources: 0,
+            repairs: Vec::new(),
+            extra: 0,
+        }
+    }
+
+    /// Symbols still needed before a decode is worth trying.
+    pub(crate) fn need(&self) -> u32 {
+        (self.k + self.extra).saturating_sub(self.sources + self.repairs.len() as u32)
+    }
+
+    /// Adds symbol `esi` (exactly `t` bytes).
+    pub(crate) fn add(&mut self, esi: u32, symbol: &[u8]) -> Added {
+        let t = usize::from(self.t);
+        if esi < self.k {
+            let i = esi as usize;
+            if self.have[i] {
+                return Added::Duplicate;
+            }
+            self.have[i] = true;
+            self.sources += 1;
+            self.buf[i * t..(i + 1) * t].copy_from_slice(symbol);
+            if self.sources == self.k {
+                let mut out = std::mem::take(&mut self.buf);
+                out.truncate(self.len as usize);
+                return Added::Complete(out);
+            }
+        } else {
+            if self.repairs.iter().any(|(e, _)| *e == esi) {
+                return Added::Duplicate;
+            }
+            self.repairs.push((esi, symbol.to_vec()));
+        }
+        if self.need() > 0 {
+            return Added::Stored;
+        }
+        match self.decode() {
+            Some(out) => Added::Complete(out),
+            None => {
+                // RaptorQ occasionally needs a symbol or two beyond K: ask for one more.
+                self.extra = (self.extra + 1).min(MAX_EXTRA);
+                Added::Stored
+            }
+        }
+    }
+
+    fn decode(&self) -> Option<Vec<u8>> {
+        let t = usize::from(self.t);
+        let packets = self
+            .have
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| **h)
+            .map(|(i, _)| {
+                EncodingPacket::new(
+                    PayloadId::new(0, i as u32),
+                    self.buf[i * t..(i + 1) * t].to_vec(),
+                )
+            })
+            .chain(
+                self.repairs
+                    .iter()
+                    .map(|(e, d)| EncodingPacket::new(PayloadId::new(0, *e), d.clone())),
+            );
+        let mut dec =
+            SourceBlockDecoder::new(0, &oti(self.k, self.t), u64::from(self.k) * self.t as u64);
+        let mut out = dec.decode(packets)?;
+        out.truncate(self.len as usize);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn source_only_and_repair_decode() {
+        let t = 64u16;
+        for len in [0usize, 1, 63, 64, 65, 1000, 5000] {
+            let d = data(len);
+            let k = source_count(len as u32, t);
+            // All sources.
+            let mut a = Assembly::new(len as u32, t);
+            let mut done = None;
+            for esi in 0..k {
+                if let Added::Complete(v) = a.add(esi, &source_symbol(&d, esi, t)) {
+                    done = Some(v);
+                }
+            }
+            assert_eq!(done.as_deref(), Some(&d[..]));
+            // Lose every third source symbol, heal with repairs.
+            let enc = encoder(&d, t);
+            let mut a = Assembly::new(len as u32, t);
+            for esi in (0..k).filter(|e| e % 3 != 0) {
+                assert_eq!(a.add(esi, &source_symbol(&d, esi, t)), Added::Stored);
+            }
+            if k > 1 {
+                assert_eq!(a.add(1, &source_symbol(&d, 1, t)), Added::Duplicate);
+            }
+            let mut got = None;
+            for (esi, sym) in repair(&enc, 0, a.need() + 4) {
+                assert!(esi >= k);
+                if let Added::Complete(v) = a.add(esi, &sym) {
+                    got = Some(v);
+                    break;
+                }
+            }
+            assert_eq!(got.as_deref(), Some(&d[..]), "len {len}");
+        }
+    }
+}

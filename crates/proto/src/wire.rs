@@ -1,0 +1,784 @@
+//! Packet formats and the one codec every packet goes through (see docs/PROTOCOL.md, "Packets").
+//!
+//! Parsers never panic and never trust a length: every malformed input is a [`DecodeError`].
+
+use crate::key::{SessionKey, MAC_LEN};
+
+/// First four bytes of every packet.
+pub const MAGIC: [u8; 4] = *b"IMGC";
+/// Protocol version carried by every packet.
+pub const VERSION: u8 = 1;
+/// Bytes of the common header: magic, version, type, flags, name hash, session id.
+pub const HEADER_LEN: usize = 4 + 1 + 1 + 1 + 8 + 8;
+/// Bytes of a data packet before its symbol: header plus seq, object, object length, symbol id,
+/// sent-through.
+pub const DATA_OVERHEAD: usize = HEADER_LEN + 8 + 4 + 4 + 4 + 4;
+/// Largest opaque session info carried by an Announce.
+pub const MAX_SESSION_INFO: usize = 512;
+/// Largest opaque trailer carried by an End packet.
+pub const MAX_TRAILER: usize = 1024;
+/// Longest client label (host name) in a Register.
+pub const MAX_LABEL: usize = 64;
+/// Longest reason text in a Report or Abort.
+pub const MAX_REASON: usize = 256;
+/// Most need entries in one Status.
+pub const MAX_NEEDS: usize = 64;
+/// Symbol ids are 24-bit (RFC 6330).
+pub const MAX_ESI: u32 = 1 << 24;
+/// Need value meaning "I have no symbol of this object yet (its length is unknown to me)".
+pub const NEED_ALL: u16 = u16::MAX;
+
+const FLAG_MAC: u8 = 1;
+
+/// Why bytes are not a valid packet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The packet ends inside a field.
+    #[error("packet truncated in field {field}")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+    },
+    /// The packet does not start with [`MAGIC`].
+    #[error("not an imgcast packet (bad magic)")]
+    BadMagic,
+    /// Another protocol version.
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    /// Unknown packet type.
+    #[error("unknown packet type {0}")]
+    UnknownType(u8),
+    /// A length field exceeds its bound.
+    #[error("field {field} is {len} long; at most {max} allowed")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its announced length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A field holds a value outside its range.
+    #[error("field {field} has an invalid value")]
+    BadValue {
+        /// The field.
+        field: &'static str,
+    },
+    /// Bytes remain after the last field.
+    #[error("{0} unexpected bytes after the packet")]
+    TrailingBytes(usize),
+}
+
+/// One codec for every wire type, so every parser is fuzzable the same way.
+pub trait Codec: Sized {
+    /// Appends the wire form to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Parses exactly `buf`.
+    fn decode(buf: &[u8]) -> Result<Self, DecodeError>;
+}
+
+/// A bounds-checked cursor.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated { field });
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N, field)?);
+        Ok(a)
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+    fn bytes16(&mut self, field: &'static str, max: usize) -> Result<Vec<u8>, DecodeError> {
+        let len = usize::from(self.u16(field)?);
+        if len > max {
+            return Err(DecodeError::TooLong { field, len, max });
+        }
+        Ok(self.take(len, field)?.to_vec())
+    }
+    fn text(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
+        String::from_utf8(self.bytes16(field, max)?).map_err(|_| DecodeError::BadValue { field })
+    }
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes(self.buf.len()))
+        }
+    }
+}
+
+fn put_bytes16(out: &mut Vec<u8>, b: &[u8], max: usize) {
+    // Encoders clamp instead of failing: callers validate, and a clamped field still parses.
+    let b = &b[..b.len().min(max)];
+    out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Truncates text to at most `max` bytes on a character boundary.
+pub(crate) fn clamp_text(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// The common header of every packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Packet type code (see [`Body::kind`]).
+    pub kind: u8,
+    /// Bit 0: a MAC follows the body.
+    pub flags: u8,
+    /// First 8 bytes of BLAKE3 of the session name.
+    pub name_hash: [u8; 8],
+    /// The master's random per-run session id.
+    pub session_id: u64,
+}
+
+impl Header {
+    /// Whether the packet claims a MAC.
+    pub fn has_mac(&self) -> bool {
+        self.flags & FLAG_MAC != 0
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        if r.array::<4>("magic")? != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = r.u8("version")?;
+        if version != VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        Ok(Self {
+            kind: r.u8("type")?,
+            flags: r.u8("flags")?,
+            name_hash: r.array("name hash")?,
+            session_id: r.u64("session id")?,
+        })
+    }
+
+    /// Parses only the header, to filter by name and session before any further work.
+    pub fn peek(buf: &[u8]) -> Result<Self, DecodeError> {
+        Self::read(&mut Reader { buf })
+    }
+}
+
+/// Session phase as announced by the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Registrations are accepted.
+    Gathering,
+    /// The transfer runs; registrations are answered Queued.
+    Running,
+}
+
+/// Multicast by the master about every 500 ms: who it is and the session's geometry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce {
+    /// Gathering or running.
+    pub phase: Phase,
+    /// The master gives way to an earlier master of the same name (it was made by the `m` key).
+    pub yields: bool,
+    /// Number of objects of the session.
+    pub object_count: u32,
+    /// Bytes per symbol in data packets.
+    pub symbol_size: u16,
+    /// Most objects the master keeps in flight: receivers bound their buffers with it.
+    pub window: u16,
+    /// Opaque engine data (disk size, chunk size...).
+    pub session_info: Vec<u8>,
+}
+
+/// Client to master: please count me in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Register {
+    /// Random id of the client, stable for one Receiver.
+    pub client_id: u64,
+    /// Host name or other label shown by the master.
+    pub label: String,
+}
+
+/// What an [`Ack`] acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    /// The registration is accepted for this run.
+    Registered,
+    /// The run has started: wait for the next run of this name.
+    Queued,
+    /// The final report was recorded.
+    Report,
+    /// The client was dropped (silent or too slow): wait for the next run.
+    Dropped,
+}
+
+/// Master to one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The client addressed.
+    pub client_id: u64,
+    /// What is acknowledged.
+    pub kind: AckKind,
+}
+
+/// One symbol of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Data {
+    /// Sender packet sequence number (data packets only): receivers measure loss from its gaps.
+    pub seq: u64,
+    /// Object index.
+    pub object: u32,
+    /// Object length in bytes.
+    pub object_len: u32,
+    /// RaptorQ encoding symbol id: below K a source symbol, from K on a repair symbol.
+    pub esi: u32,
+    /// Every object below this one has had all its source symbols sent: a receiver may ask for
+    /// what it lacks of them.
+    pub sent_through: u32,
+    /// Exactly `symbol_size` bytes (the last source symbol is zero-padded).
+    pub symbol: Vec<u8>,
+}
+
+/// "I still lack `count` symbols of `object`".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    /// Object index.
+    pub object: u32,
+    /// Symbols still lacking, or [`NEED_ALL`].
+    pub count: u16,
+}
+
+/// Client feedback, paced and jittered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The client.
+    pub client_id: u64,
+    /// Every object below this one is done (decoded and taken by the engine).
+    pub low: u32,
+    /// Objects done.
+    pub objects_done: u32,
+    /// Object bytes done.
+    pub bytes: u64,
+    /// Highest data sequence number seen.
+    pub highest_seq: u64,
+    /// Microseconds between the arrival of `highest_seq` and this Status: the master subtracts it
+    /// to measure the round-trip time.
+    pub held_us: u32,
+    /// Data packets missing from the sequence since the previous Status.
+    pub lost: u32,
+    /// Data packets expected since the previous Status.
+    pub expected: u32,
+    /// Incomplete objects, most urgent first.
+    pub needs: Vec<Need>,
+}
+
+/// Client to master: the engine's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The client.
+    pub client_id: u64,
+    /// Everything verified.
+    pub ok: bool,
+    /// Why not, when `ok` is false.
+    pub reason: String,
+}
+
+/// The body of a packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Type 1.
+    Announce(Announce),
+    /// Type 2.
+    Register(Register),
+    /// Type 3.
+    Ack(Ack),
+    /// Type 4: the run started with this many clients.
+    Start {
+        /// Registered clients.
+        clients: u32,
+    },
+    /// Type 5.
+    Data(Data),
+    /// Type 6.
+    Status(Status),
+    /// Type 7: every object was sent once; here is the trailer.
+    End {
+        /// Opaque trailer (e.g. the root hash).
+        trailer: Vec<u8>,
+    },
+    /// Type 8.
+    Report(Report),
+    /// Type 9: the master gave up.
+    Abort {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Body {
+    /// The type code on the wire.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Self::Announce(_) => 1,
+            Self::Register(_) => 2,
+            Self::Ack(_) => 3,
+            Self::Start { .. } => 4,
+            Self::Data(_) => 5,
+            Self::Status(_) => 6,
+            Self::End { .. } => 7,
+            Self::Report(_) => 8,
+            Self::Abort { .. } => 9,
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Announce(a) => {
+                out.push(match a.phase {
+                    Phase::Gathering => 0,
+                    Phase::Running => 1,
+                });
+                out.push(u8::from(a.yields));
+                out.extend_from_slice(&a.object_count.to_be_bytes());
+                out.extend_from_slice(&a.symbol_size.to_be_bytes());
+                out.extend_from_slice(&a.window.to_be_bytes());
+                put_bytes16(out, &a.session_info, MAX_SESSION_INFO);
+            }
+            Self::Register(r) => {
+                out.extend_from_slice(&r.client_id.to_be_bytes());
+                put_bytes16(out, clamp_text(&r.label, MAX_LABEL).as_bytes(), MAX_LABEL);
+            }
+            Self::Ack(a) => {
+                out.extend_from_slice(&a.client_id.to_be_bytes());
+                out.push(match a.kind {
+                    AckKind::Registered => 0,
+                    AckKind::Queued => 1,
+                    AckKind::Report => 2,
+                    AckKind::Dropped => 3,
+                });
+            }
+            Self::Start { clients } => out.extend_from_slice(&clients.to_be_bytes()),
+            Self::Data(d) => {
+                out.extend_from_slice(&d.seq.to_be_bytes());
+                out.extend_from_slice(&d.object.to_be_bytes());
+                out.extend_from_slice(&d.object_len.to_be_bytes());
+                out.extend_from_slice(&d.esi.to_be_bytes());
+                out.extend_from_slice(&d.sent_through.to_be_bytes());
+                out.extend_from_slice(&d.symbol);
+            }
+            Self::Status(s) => {
+                out.extend_from_slice(&s.client_id.to_be_bytes());
+                out.extend_from_slice(&s.low.to_be_bytes());
+                out.extend_from_slice(&s.objects_done.to_be_bytes());
+                out.extend_from_slice(&s.bytes.to_be_bytes());
+                out.extend_from_slice(&s.highest_seq.to_be_bytes());
+                out.extend_from_slice(&s.held_us.to_be_bytes());
+                out.extend_from_slice(&s.lost.to_be_bytes());
+                out.extend_from_slice(&s.expected.to_be_bytes());
+                let needs = &s.needs[..s.needs.len().min(MAX_NEEDS)];
+                out.push(needs.len() as u8);
+                for n in needs {
+                    out.extend_from_slice(&n.object.to_be_bytes());
+                    out.extend_from_slice(&n.count.to_be_bytes());
+                }
+            }
+            Self::End { trailer } => put_bytes16(out, trailer, MAX_TRAILER),
+            Self::Report(r) => {
+                out.extend_from_slice(&r.client_id.to_be_bytes());
+                out.push(u8::from(r.ok));
+                put_bytes16(
+                    out,
+                    clamp_text(&r.reason, MAX_REASON).as_bytes(),
+                    MAX_REASON,
+                );
+            }
+            Self::Abort { reason } => {
+                put_bytes16(out, clamp_text(reason, MAX_REASON).as_bytes(), MAX_REASON);
+            }
+        }
+    }
+
+    fn read(kind: u8, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let body = match kind {
+            1 => Self::Announce(Announce {
+                phase: match r.u8("phase")? {
+                    0 => Phase::Gathering,
+                    1 => Phase::Running,
+                    _ => return Err(DecodeError::BadValue { field: "phase" }),
+                },
+                yields: match r.u8("yields")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::BadValue { field: "yields" }),
+                },
+                object_count: r.u32("object count")?,
+                symbol_size: nonzero16(r.u16("symbol size")?, "symbol size")?,
+                window: nonzero16(r.u16("window")?, "window")?,
+                session_info: r.bytes16("session info", MAX_SESSION_INFO)?,
+            }),
+            2 => Self::Register(Register {
+                client_id: r.u64("client id")?,
+                label: r.text("label", MAX_LABEL)?,
+            }),
+            3 => Self::Ack(Ack {
+                client_id: r.u64("client id")?,
+                kind: match r.u8("ack kind")? {
+                    0 => AckKind::Registered,
+                    1 => AckKind::Queued,
+                    2 => AckKind::Report,
+                    3 => AckKind::Dropped,
+                    _ => return Err(DecodeError::BadValue { field: "ack kind" }),
+                },
+            }),
+            4 => Self::Start {
+                clients: r.u32("clients")?,
+            },
+            5 => {
+                let seq = r.u64("seq")?;
+                let object = r.u32("object")?;
+                let object_len = r.u32("object length")?;
+                let esi = r.u32("symbol id")?;
+                if esi >= MAX_ESI {
+                    return Err(DecodeError::BadValue { field: "symbol id" });
+                }
+                let sent_through = r.u32("sent through")?;
+                let symbol = r.take(r.buf.len(), "symbol")?.to_vec();
+                if symbol.is_empty() {
+                    return Err(DecodeError::Truncated { field: "symbol" });
+                }
+                Self::Data(Data {
+                    seq,
+                    object,
+                    object_len,
+                    esi,
+                    sent_through,
+                    symbol,
+                })
+            }
+            6 => {
+                let mut s = Status {
+                    client_id: r.u64("client id")?,
+                    low: r.u32("low")?,
+                    objects_done: r.u32("objects done")?,
+                    bytes: r.u64("bytes")?,
+                    highest_seq: r.u64("highest seq")?,
+                    held_us: r.u32("held")?,
+                    lost: r.u32("lost")?,
+                    expected: r.u32("expected")?,
+                    needs: Vec::new(),
+                };
+                let n = usize::from(r.u8("need count")?);
+                if n > MAX_NEEDS {
+                    return Err(DecodeError::TooLong {
+                        field: "needs",
+                        len: n,
+                        max: MAX_NEEDS,
+                    });
+                }
+                for _ in 0..n {
+                    s.needs.push(Need {
+                        object: r.u32("need object")?,
+                        count: r.u16("need count")?,
+                    });
+                }
+                Self::Status(s)
+            }
+            7 => Self::End {
+                trailer: r.bytes16("trailer", MAX_TRAILER)?,
+            },
+            8 => Self::Report(Report {
+                client_id: r.u64("client id")?,
+                ok: match r.u8("ok")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::BadValue { field: "ok" }),
+                },
+                reason: r.text("reason", MAX_REASON)?,
+            }),
+            9 => Self::Abort {
+                reason: r.text("reason", MAX_REASON)?,
+            },
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.end()?;
+        Ok(body)
+    }
+}
+
+fn nonzero16(v: u16, field: &'static str) -> Result<u16, DecodeError> {
+    if v == 0 {
+        Err(DecodeError::BadValue { field })
+    } else {
+        Ok(v)
+    }
+}
+
+/// A whole packet without its MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    /// Name hash of the session.
+    pub name_hash: [u8; 8],
+    /// The master's session id.
+    pub session_id: u64,
+    /// Type-specific content.
+    pub body: Body,
+}
+
+impl Codec for Packet {
+    /// Encodes without MAC (flags 0); [`seal`] adds one.
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_with_flags(out, 0);
+    }
+
+    /// Decodes a packet without MAC; a packet that claims a MAC is refused (use [`open`]).
+    fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader { buf };
+        let h = Header::read(&mut r)?;
+        if h.flags != 0 {
+            return Err(DecodeError::BadValue { field: "flags" });
+        }
+        let body = Body::read(h.kind, &mut r)?;
+        Ok(Self {
+            name_hash: h.name_hash,
+            session_id: h.session_id,
+            body,
+        })
+    }
+}
+
+impl Packet {
+    fn encode_with_flags(&self, out: &mut Vec<u8>, flags: u8) {
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(self.body.kind());
+        out.push(flags);
+        out.extend_from_slice(&self.name_hash);
+        out.extend_from_slice(&self.session_id.to_be_bytes());
+        self.body.encode(out);
+    }
+}
+
+/// Encodes `packet`, appending a MAC when a key is given.
+pub fn seal(packet: &Packet, key: Option<&SessionKey>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    match key {
+        None => packet.encode(&mut out),
+        Some(k) => {
+            packet.encode_with_flags(&mut out, FLAG_MAC);
+            let mac = k.mac(&out);
+            out.extend_from_slice(&mac);
+        }
+    }
+    out
+}
+
+/// Why a datagram was refused by [`open`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Malformed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The MAC is missing, unexpected or wrong.
+    #[error("packet fails authentication")]
+    Auth,
+}
+
+/// Checks the MAC (when a key is set; a keyless endpoint refuses MAC'd packets) and decodes.
+pub fn open(buf: &[u8], key: Option<&SessionKey>) -> Result<Packet, OpenError> {
+    let h = Header::peek(buf)?;
+    let body = match (key, h.has_mac()) {
+        (None, false) => buf,
+        (Some(k), true) => {
+            let Some(split) = buf.len().checked_sub(MAC_LEN).filter(|&s| s >= HEADER_LEN) else {
+                return Err(OpenError::Auth);
+            };
+            let (body, mac) = buf.split_at(split);
+            if !k.verify(body, mac) {
+                return Err(OpenError::Auth);
+            }
+            body
+        }
+        _ => return Err(OpenError::Auth),
+    };
+    if h.flags & !FLAG_MAC != 0 {
+        return Err(DecodeError::BadValue { field: "flags" }.into());
+    }
+    let mut r = Reader {
+        buf: &body[HEADER_LEN..],
+    };
+    Ok(Packet {
+        name_hash: h.name_hash,
+        session_id: h.session_id,
+        body: Body::read(h.kind, &mut r)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Packet> {
+        let bodies = vec![
+            Body::Announce(Announce {
+                phase: Phase::Running,
+                yields: true,
+                object_count: 7,
+                symbol_size: 1405,
+                window: 64,
+                session_info: vec![1, 2, 3],
+            }),
+            Body::Register(Register {
+                client_id: 42,
+                label: "pc-12".into(),
+            }),
+            Body::Ack(Ack {
+                client_id: 42,
+                kind: AckKind::Dropped,
+            }),
+            Body::Start { clients: 3 },
+            Body::Data(Data {
+                seq: 9,
+                object: 1,
+                object_len: 3000,
+                esi: 2,
+                sent_through: 1,
+                symbol: vec![7; 100],
+            }),
+            Body::Status(Status {
+                client_id: 5,
+                low: 1,
+                objects_done: 3,
+                bytes: 1 << 40,
+                highest_seq: 77,
+                held_us: 1000,
+                lost: 2,
+                expected: 50,
+                needs: vec![
+                    Need {
+                        object: 1,
+                        count: 4,
+                    },
+                    Need {
+                        object: 3,
+                        count: NEED_ALL,
+                    },
+                ],
+            }),
+            Body::End {
+                trailer: vec![9; 32],
+            },
+            Body::Report(Report {
+                client_id: 5,
+                ok: false,
+                reason: "hash mismatch in chunk 4".into(),
+            }),
+            Body::Abort {
+                reason: "operator".into(),
+            },
+        ];
+        bodies
+            .into_iter()
+            .map(|body| Packet {
+                name_hash: [1, 2, 3, 4, 5, 6, 7, 8],
+                session_id: 0xdead_beef,
+                body,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_trip_and_every_truncation_fails() {
+        let key = SessionKey::from_bytes([3; 32]);
+        for p in samples() {
+            let mut buf = Vec::new();
+            p.encode(&mut buf);
+            assert_eq!(Packet::decode(&buf), Ok(p.clone()));
+            assert_eq!(open(&buf, None), Ok(p.clone()));
+            // A data packet's symbol is the rest of the packet: its length is checked by the
+            // receiver against the session's symbol size, so only the fixed part must be whole.
+            let must_fail = match p.body {
+                Body::Data(_) => DATA_OVERHEAD + 1,
+                _ => buf.len(),
+            };
+            for cut in 0..must_fail {
+                assert!(Packet::decode(&buf[..cut]).is_err(), "{p:?} cut at {cut}");
+            }
+            let mut longer = buf.clone();
+            longer.push(0);
+            // Data takes the rest as its symbol; every other type refuses trailing bytes.
+            if !matches!(p.body, Body::Data(_)) {
+                assert_eq!(Packet::decode(&longer), Err(DecodeError::TrailingBytes(1)));
+            }
+            let sealed = seal(&p, Some(&key));
+            assert_eq!(open(&sealed, Some(&key)), Ok(p.clone()));
+            assert_eq!(open(&sealed, None), Err(OpenError::Auth));
+            assert_eq!(open(&buf, Some(&key)), Err(OpenError::Auth));
+            let other = SessionKey::from_bytes([4; 32]);
+            assert_eq!(open(&sealed, Some(&other)), Err(OpenError::Auth));
+            for cut in 0..sealed.len() {
+                assert!(open(&sealed[..cut], Some(&key)).is_err());
+            }
+            let mut flipped = sealed.clone();
+            let last = flipped.len() - 17;
+            flipped[last] ^= 1;
+            assert_eq!(open(&flipped, Some(&key)), Err(OpenError::Auth));
+        }
+    }
+
+    #[test]
+    fn header_errors_are_specific() {
+        let mut buf = Vec::new();
+        samples()[3].encode(&mut buf);
+        let mut bad = buf.clone();
+        bad[0] = b'X';
+        assert_eq!(Packet::decode(&bad), Err(DecodeError::BadMagic));
+        let mut bad = buf.clone();
+        bad[4] = 2;
+        assert_eq!(Packet::decode(&bad), Err(DecodeError::Version(2)));
+        let mut bad = buf.clone();
+        bad[5] = 77;
+        assert_eq!(Packet::decode(&bad), Err(DecodeError::UnknownType(77)));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Packet::decode(&bytes);
+            let _ = open(&bytes, Some(&SessionKey::from_bytes([1; 32])));
+        }
+
+        #[test]
+        fn mutated_packets_never_panic(idx in 0usize..9, pos in any::<usize>(), val in any::<u8>(), cut in any::<usize>()) {
+            let mut buf = Vec::new();
+            samples()[idx].encode(&mut buf);
+            let p = pos % buf.len();
+            buf[p] = val;
+            buf.truncate(cut % (buf.len() + 1));
+            let _ = Packet::decode(&buf);
+            let _ = open(&buf, None);
+        }
+    }
+}

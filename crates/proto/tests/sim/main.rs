@@ -1,0 +1,583 @@
+//! Deterministic end-to-end tests of the protocol on a simulated network.
+
+mod net;
+
+use std::time::Duration;
+
+use imgcast_proto::wire::{self, Body, Codec, Packet};
+use imgcast_proto::{DropReason, ReceiverEvent, SenderEvent, SessionKey};
+use net::{addr, name, objects, receiver_cfg, sender_cfg, Link, Sim};
+use proptest::prelude::*;
+
+/// A mix of hole-sized, odd and multi-symbol objects.
+fn mixed_sizes(n: usize) -> Vec<usize> {
+    [50, 3000, 1, 20_000, 0, 1401, 1402, 9000, 50, 6000]
+        .iter()
+        .cycle()
+        .take(n)
+        .copied()
+        .collect()
+}
+
+/// One master with `objs`, `n` clients on `link` both ways, started when all registered.
+fn session(seed: u64, n: usize, objs: Vec<Vec<u8>>, down: Link, up: Link) -> Sim {
+    session_with(seed, n, objs, down, up, |_| {})
+}
+
+fn session_with(
+    seed: u64,
+    n: usize,
+    objs: Vec<Vec<u8>>,
+    down: Link,
+    up: Link,
+    adjust: impl FnOnce(&mut imgcast_proto::SenderConfig),
+) -> Sim {
+    let mut sim = Sim::new(seed);
+    let mut cfg = sender_cfg("lab3", 0xA11CE + seed, &objs);
+    cfg.min_clients = Some(n as u32);
+    adjust(&mut cfg);
+    cfg.session_info = b"disk=1G".to_vec();
+    sim.add_sender(cfg, objs, b"root-hash".to_vec());
+    for i in 0..n {
+        let mut rc = receiver_cfg("lab3", 100 + i as u64);
+        rc.seed = seed * 1000 + i as u64;
+        let mut down = down;
+        // Per-receiver loss varies: 0.5x .. 1.5x the nominal rate.
+        down.loss *= 0.5 + (i % 3) as f64 * 0.5;
+        sim.add_receiver(rc, down, up, 0);
+    }
+    sim
+}
+
+fn run_to_finish(sim: &mut Sim, max_steps: u64) {
+    sim.drive_bounded(max_steps, |s| s.finished(0));
+    // Linger, as the engine does, so lost report acks are re-sent (reports repeat every 300 ms).
+    let t = sim.now + Duration::from_secs(5);
+    sim.run_until(t);
+}
+
+#[test]
+fn one_receiver_clean_link_sends_each_symbol_once() {
+    let objs = objects(1, &mixed_sizes(20));
+    let mut sim = session(1, 1, objs, Link::clean(), Link::clean());
+    run_to_finish(&mut sim, 200_000);
+    sim.assert_exact(0, 0);
+    let st = sim.senders[0].tx.stats();
+    assert_eq!(st.source_sent, sim.source_symbols(0));
+    assert_eq!(st.repair_sent, 0);
+    assert_eq!(st.encoders_built, 0, "no loss: no encoder may be built");
+    assert!(sim
+        .sender_saw(0, |e| matches!(
+            e,
+            SenderEvent::ClientDone { client_id: 100 }
+        ))
+        .is_some());
+    let announced = sim.receivers[0].events.iter().find_map(|(_, e)| match e {
+        ReceiverEvent::Announced {
+            session_info,
+            object_count,
+            ..
+        } => Some((session_info.clone(), *object_count)),
+        _ => None,
+    });
+    assert_eq!(announced, Some((b"disk=1G".to_vec(), 20)));
+}
+
+#[test]
+fn four_receivers_with_loss_reorder_and_duplication() {
+    let objs = objects(2, &mixed_sizes(30));
+    let mut sim = session(2, 4, objs, Link::lossy(0.10), Link::lossy(0.10));
+    run_to_finish(&mut sim, 2_000_000);
+    for r in 0..4 {
+        sim.assert_exact(0, r);
+    }
+    assert!(sim.senders[0].tx.stats().repair_sent > 0);
+}
+
+#[test]
+fn hundred_receivers() {
+    let mut sizes = vec![14_000; 16];
+    sizes.extend([50, 50, 3000]);
+    let objs = objects(3, &sizes);
+    let mut sim = session(3, 100, objs, Link::lossy(0.03), Link::lossy(0.03));
+    run_to_finish(&mut sim, 3_000_000);
+    for r in 0..100 {
+        sim.assert_exact(0, r);
+    }
+    let st = sim.senders[0].tx.stats().clone();
+    let src = sim.source_symbols(0);
+    let total = st.source_sent + st.repair_sent;
+    println!(
+        "100 receivers, 1.5-4.5% loss: {total} symbols for {src} source ({:.3}x)",
+        total as f64 / src as f64
+    );
+    // Status traffic stays paced: well under one status per receiver per 50 ms.
+    let secs = (sim.now - sim.t0).as_secs_f64();
+    let per_rx_per_s = st.packets_received as f64 / 100.0 / secs;
+    assert!(
+        per_rx_per_s < 20.0,
+        "feedback implosion: {per_rx_per_s:.1} packets/receiver/s"
+    );
+}
+
+#[test]
+fn repair_overhead_follows_the_worst_receiver_not_the_union() {
+    let objs = objects(4, &[60_000; 12]);
+    let mut link = Link::lossy(0.05);
+    link.dup = 0.0;
+    link.reorder = 0.0;
+    let mut sim = Sim::new(4);
+    let mut cfg = sender_cfg("lab3", 77, &objs);
+    cfg.min_clients = Some(20);
+    sim.add_sender(cfg, objs, vec![1]);
+    for i in 0..20 {
+        sim.add_receiver(receiver_cfg("lab3", 500 + i), link, Link::lossy(0.05), 0);
+    }
+    run_to_finish(&mut sim, 3_000_000);
+    for r in 0..20 {
+        sim.assert_exact(0, r);
+    }
+    let st = sim.senders[0].tx.stats();
+    let src = sim.source_symbols(0);
+    let total = st.source_sent + st.repair_sent;
+    let ratio = total as f64 / src as f64;
+    println!(
+        "20 receivers at 5% loss: {} source + {} repair = {:.3}x; union of losses would be ~{:.2}x; encoders built {}",
+        st.source_sent, st.repair_sent, ratio, 1.0 + 20.0 * 0.05, st.encoders_built
+    );
+    assert!(ratio < 1.3, "repair overhead {ratio:.3}x");
+}
+
+#[test]
+fn late_joiner_is_queued_and_the_rest_finish() {
+    let objs = objects(5, &[30_000; 40]);
+    // Paced so the run lasts past the next Announce (every 500 ms) the late client hears.
+    let mut sim = session_with(5, 2, objs, Link::clean(), Link::clean(), |c| {
+        c.throttle = Some(Duration::from_millis(1));
+    });
+    let late = sim.add_receiver(receiver_cfg("lab3", 999), Link::clean(), Link::clean(), 300);
+    run_to_finish(&mut sim, 500_000);
+    sim.assert_exact(0, 0);
+    sim.assert_exact(0, 1);
+    let n = &sim.receivers[late];
+    assert!(n.saw(|e| matches!(e, ReceiverEvent::Queued)));
+    assert!(!n.saw(|e| matches!(e, ReceiverEvent::Started | ReceiverEvent::Object { .. })));
+    assert!(sim
+        .sender_saw(0, |e| matches!(
+            e,
+            SenderEvent::ClientQueued { client_id: 999, .. }
+        ))
+        .is_some());
+    // It ignores the run it was queued for and registers with the next run of the name.
+    let objs2 = objects(6, &[100, 200]);
+    let mut cfg = sender_cfg("lab3", 0xBEEF, &objs2);
+    cfg.min_clients = Some(1);
+    let s2 = sim.add_sender(cfg, objs2, b"second".to_vec());
+    sim.drive_bounded(200_000, |s| s.finished(s2));
+    let t = sim.now + Duration::from_secs(5);
+    sim.run_until(t);
+    sim.assert_exact(s2, late);
+}
+
+#[test]
+fn dead_receiver_is_dropped_and_the_others_finish() {
+    let objs = objects(7, &[20_000; 200]);
+    let mut sim = session(7, 3, objs, Link::lossy(0.02), Link::lossy(0.02));
+    let die = sim.at(150);
+    sim.receivers[2].die_at = Some(die);
+    run_to_finish(&mut sim, 3_000_000);
+    sim.assert_exact(0, 0);
+    sim.assert_exact(0, 1);
+    let dropped = sim
+        .sender_saw(0, |e| {
+            matches!(
+                e,
+                SenderEvent::ClientDropped {
+                    client_id: 102,
+                    reason: DropReason::Silent
+                }
+            )
+        })
+        .expect("dead client dropped");
+    let waited = dropped - die;
+    // Dropped drop_after (10 s) after its last Status, sent at most 200 ms before it died.
+    assert!(
+        waited >= Duration::from_millis(9800) && waited < Duration::from_millis(10_200),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn client_whose_disk_is_stuck_is_dropped_as_too_slow() {
+    let objs = objects(8, &[5000; 150]);
+    let mut sim = session(8, 2, objs, Link::clean(), Link::clean());
+    sim.receivers[1].policy.confirm = false;
+    run_to_finish(&mut sim, 1_000_000);
+    sim.assert_exact(0, 0);
+    assert!(sim
+        .sender_saw(0, |e| matches!(
+            e,
+            SenderEvent::ClientDropped {
+                client_id: 101,
+                reason: DropReason::NoProgress
+            }
+        ))
+        .is_some());
+    assert!(sim.receivers[1].saw(|e| matches!(e, ReceiverEvent::Dropped)));
+}
+
+fn gathering(min_clients: Option<u32>, timeout_s: u64, joins_ms: &[u64]) -> Sim {
+    let objs = objects(9, &[1000, 1000]);
+    let mut sim = Sim::new(9);
+    let mut cfg = sender_cfg("lab3", 1, &objs);
+    cfg.min_clients = min_clients;
+    cfg.timeout = Duration::from_secs(timeout_s);
+    sim.add_sender(cfg, objs, vec![]);
+    for (i, j) in joins_ms.iter().enumerate() {
+        sim.add_receiver(
+            receiver_cfg("lab3", 10 + i as u64),
+            Link::clean(),
+            Link::clean(),
+            *j,
+        );
+    }
+    sim
+}
+
+fn started_at(sim: &Sim) -> Option<std::time::Instant> {
+    sim.sender_saw(0, |e| matches!(e, SenderEvent::Started { .. }))
+}
+
+fn registered_at(sim: &Sim, client_id: u64) -> std::time::Instant {
+    sim.sender_saw(
+        0,
+        |e| matches!(e, SenderEvent::ClientRegistered { client_id: c, .. } if *c == client_id),
+    )
+    .expect("registered")
+}
+
+#[test]
+fn start_rule_count_reached() {
+    let mut sim = gathering(Some(3), 300, &[0, 1000, 2000]);
+    sim.run_until(sim.at(1900));
+    assert_eq!(started_at(&sim), None, "2 of 3 registered");
+    sim.run_until(sim.at(3000));
+    assert_eq!(started_at(&sim), Some(registered_at(&sim, 12)));
+    assert!(sim
+        .sender_saw(0, |e| matches!(e, SenderEvent::Started { clients: 3 }))
+        .is_some());
+}
+
+#[test]
+fn start_rule_timeout_counts_from_the_last_registration() {
+    let mut sim = gathering(Some(5), 2, &[0, 1500]);
+    let last = sim.at(1500);
+    sim.run_until(last + Duration::from_millis(1900));
+    // 2 s after the FIRST registration has passed: must not have started.
+    assert_eq!(started_at(&sim), None);
+    sim.run_until(last + Duration::from_secs(3));
+    let expected = registered_at(&sim, 11) + Duration::from_secs(2);
+    assert_eq!(started_at(&sim), Some(expected));
+    sim.drive_bounded(100_000, |s| s.finished(0));
+}
+
+#[test]
+fn start_rule_timeout_needs_a_registration() {
+    let mut sim = gathering(Some(5), 1, &[]);
+    sim.run_until(sim.at(5000));
+    assert_eq!(started_at(&sim), None);
+}
+
+#[test]
+fn start_now_starts_at_once_and_without_rule_nothing_starts() {
+    let mut sim = gathering(None, 1, &[0, 100]);
+    sim.run_until(sim.at(60_000));
+    assert_eq!(
+        started_at(&sim),
+        None,
+        "no min_clients: only start_now starts"
+    );
+    let now = sim.now;
+    sim.senders[0].tx.start_now(now);
+    sim.step();
+    assert_eq!(started_at(&sim), Some(now));
+    sim.drive_bounded(100_000, |s| s.finished(0));
+    let t = sim.now + Duration::from_secs(5);
+    sim.run_until(t);
+    sim.assert_exact(0, 0);
+    sim.assert_exact(0, 1);
+}
+
+#[test]
+fn two_sessions_on_one_group_do_not_cross_talk() {
+    let a = objects(10, &[3000; 5]);
+    let b = objects(11, &[2000; 7]);
+    let mut sim = Sim::new(10);
+    let mut ca = sender_cfg("lab3", 5, &a);
+    ca.min_clients = Some(2);
+    let mut cb = sender_cfg("lab4", 6, &b);
+    cb.min_clients = Some(1);
+    sim.add_sender(ca, a, b"A".to_vec());
+    sim.add_sender(cb, b, b"B".to_vec());
+    sim.add_receiver(receiver_cfg("lab3", 1), Link::lossy(0.05), Link::clean(), 0);
+    sim.add_receiver(receiver_cfg("lab3", 2), Link::lossy(0.05), Link::clean(), 0);
+    sim.add_receiver(receiver_cfg("lab4", 3), Link::lossy(0.05), Link::clean(), 0);
+    sim.drive_bounded(1_000_000, |s| s.finished(0) && s.finished(1));
+    let t = sim.now + Duration::from_secs(5);
+    sim.run_until(t);
+    sim.assert_exact(0, 0);
+    sim.assert_exact(0, 1);
+    sim.assert_exact(1, 2);
+    assert!(sim.receivers[2].rx.stats().dropped_stray > 0);
+    assert_eq!(sim.senders[1].tx.client_count(), 1);
+}
+
+#[test]
+fn wrong_key_never_registers() {
+    let objs = objects(12, &[1000]);
+    let mut sim = Sim::new(12);
+    let n = name("lab3");
+    let mut cfg = sender_cfg("lab3", 9, &objs);
+    cfg.key = Some(SessionKey::derive("right", &n).unwrap());
+    cfg.min_clients = Some(1);
+    sim.add_sender(cfg, objs, vec![]);
+    let mut wrong = receiver_cfg("lab3", 1);
+    wrong.key = Some(SessionKey::derive("wrong", &n).unwrap());
+    sim.add_receiver(wrong, Link::clean(), Link::clean(), 0);
+    let keyless = receiver_cfg("lab3", 2);
+    sim.add_receiver(keyless, Link::clean(), Link::clean(), 0);
+    sim.run_until(sim.at(5000));
+    assert_eq!(sim.senders[0].tx.client_count(), 0);
+    assert_eq!(started_at(&sim), None);
+    for r in 0..2 {
+        let events: Vec<_> = sim.receivers[r]
+            .events
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect();
+        assert_eq!(
+            events,
+            vec![ReceiverEvent::AuthFailures { count: 3 }],
+            "receiver {r}"
+        );
+        assert!(sim.receivers[r].rx.stats().mac_failures >= 9);
+    }
+    // The right key works.
+    let mut right = receiver_cfg("lab3", 3);
+    right.key = Some(SessionKey::derive("right", &n).unwrap());
+    let r = sim.add_receiver(right, Link::lossy(0.05), Link::lossy(0.05), 5000);
+    sim.drive_bounded(100_000, |s| s.finished(0));
+    let t = sim.now + Duration::from_secs(5);
+    sim.run_until(t);
+    sim.assert_exact(0, r);
+}
+
+#[test]
+fn stray_and_garbage_datagrams_are_counted_and_ignored() {
+    let objs = objects(13, &[5000; 10]);
+    let mut sim = session(13, 2, objs, Link::clean(), Link::clean());
+    let mut rng = net::Rng::new(99);
+    let stranger = addr(4242);
+    let foreign = |body: Body, hash: [u8; 8], sid: u64| {
+        let mut v = Vec::new();
+        Packet {
+            name_hash: hash,
+            session_id: sid,
+            body,
+        }
+        .encode(&mut v);
+        v
+    };
+    let lab3 = name("lab3").hash();
+    let sid = sim.senders[0].tx.session_id();
+    for round in 0..200u64 {
+        sim.step();
+        let len = (rng.next_u64() % 80) as usize;
+        let junk: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        sim.inject(Some((round % 2) as usize), stranger, junk.clone());
+        sim.inject(None, stranger, junk);
+        // Well-formed but from an earlier run, or another name.
+        let data = Body::Data(wire::Data {
+            seq: 1,
+            object: 0,
+            object_len: 5000,
+            esi: 0,
+            sent_through: 0,
+            symbol: vec![0; 1401],
+        });
+        sim.inject(Some(0), stranger, foreign(data.clone(), lab3, sid ^ 1));
+        sim.inject(Some(1), stranger, foreign(data, name("other").hash(), sid));
+        let status = Body::Status(wire::Status {
+            client_id: 12345,
+            low: 9,
+            objects_done: 9,
+            bytes: 1,
+            highest_seq: 1,
+            held_us: 0,
+            lost: 0,
+            expected: 0,
+            needs: vec![],
+        });
+        sim.inject(None, stranger, foreign(status, lab3, sid));
+    }
+    run_to_finish(&mut sim, 500_000);
+    sim.assert_exact(0, 0);
+    sim.assert_exact(0, 1);
+    let s = sim.senders[0].tx.stats();
+    assert!(s.dropped_malformed > 150 && s.dropped_stray >= 200, "{s:?}");
+    for r in 0..2 {
+        let st = sim.receivers[r].rx.stats();
+        assert!(
+            st.dropped_malformed > 50 && st.dropped_stray >= 100,
+            "{st:?}"
+        );
+    }
+}
+
+#[test]
+fn conflicting_masters_from_the_m_key_resolve_to_one() {
+    let objs = objects(14, &[100]);
+    let mut sim = Sim::new(14);
+    let mut a = sender_cfg("lab3", 50, &objs);
+    a.yield_to_earlier = true;
+    let mut b = sender_cfg("lab3", 40, &objs);
+    b.yield_to_earlier = true;
+    sim.add_sender(a, objs.clone(), vec![]);
+    sim.add_sender(b, objs.clone(), vec![]);
+    sim.run_until(sim.at(2000));
+    assert!(sim
+        .sender_saw(0, |e| matches!(
+            e,
+            SenderEvent::ConflictingMaster {
+                winner_session: 40,
+                ..
+            }
+        ))
+        .is_some());
+    assert!(sim
+        .sender_saw(1, |e| matches!(e, SenderEvent::ConflictingMaster { .. }))
+        .is_none());
+    assert!(sim.senders[0].tx.is_closed());
+    assert!(imgcast_proto::tie_break(40, 50) && !imgcast_proto::tie_break(50, 40));
+
+    // A master started with -master never yields, even with the higher id.
+    let mut sim = Sim::new(15);
+    let mut m = sender_cfg("lab3", 90, &objs);
+    m.yield_to_earlier = false;
+    let mut k = sender_cfg("lab3", 10, &objs);
+    k.yield_to_earlier = true;
+    sim.add_sender(m, objs.clone(), vec![]);
+    sim.add_sender(k, objs, vec![]);
+    sim.run_until(sim.at(2000));
+    assert!(sim
+        .sender_saw(1, |e| matches!(
+            e,
+            SenderEvent::ConflictingMaster {
+                winner_session: 90,
+                ..
+            }
+        ))
+        .is_some());
+    assert!(sim
+        .sender_saw(0, |e| matches!(e, SenderEvent::ConflictingMaster { .. }))
+        .is_none());
+}
+
+#[test]
+fn abort_reaches_clients_and_silence_is_master_lost() {
+    let objs = objects(16, &[50_000; 50]);
+    let mut sim = session_with(16, 2, objs, Link::lossy(0.05), Link::clean(), |c| {
+        c.throttle = Some(Duration::from_millis(1));
+    });
+    sim.run_until(sim.at(100));
+    let now = sim.now;
+    sim.senders[0].tx.abort(now, "operator pressed q");
+    sim.run_until(sim.at(2000));
+    for r in 0..2 {
+        assert!(sim.receivers[r].saw(
+            |e| matches!(e, ReceiverEvent::Aborted { reason } if reason == "operator pressed q")
+        ));
+    }
+
+    // A master that vanishes: MasterLost exactly master_timeout after its last packet.
+    let objs = objects(17, &[50_000; 50]);
+    let mut sim = session_with(17, 1, objs, Link::clean(), Link::clean(), |c| {
+        c.throttle = Some(Duration::from_millis(1));
+    });
+    sim.run_until(sim.at(100));
+    let mut t = sim.now;
+    sim.senders.clear();
+    sim.drive_bounded(100_000, |s| {
+        s.receivers[0].saw(|e| matches!(e, ReceiverEvent::MasterLost))
+    });
+    let lost = sim.receivers[0]
+        .events
+        .iter()
+        .find(|(_, e)| matches!(e, ReceiverEvent::MasterLost))
+        .map(|(t, _)| *t);
+    // The last packet arrived within one link latency of the master's removal.
+    t += Duration::from_secs(15);
+    let lost = lost.expect("lost");
+    assert!(
+        lost >= t - Duration::from_millis(50) && lost <= t + Duration::from_millis(1),
+        "{:?}",
+        lost - t
+    );
+}
+
+#[test]
+fn steady_random_loss_does_not_collapse_the_rate() {
+    let objs = objects(18, &[100_000; 20]);
+    let mut sim = session(18, 3, objs, Link::lossy(0.10), Link::clean());
+    let initial = sim.senders[0].tx.current_rate();
+    run_to_finish(&mut sim, 2_000_000);
+    let end = sim.senders[0].tx.current_rate();
+    println!("rate under steady 5-15% loss: {initial} -> {end} bit/s");
+    assert!(
+        end >= initial,
+        "steady loss cut the rate: {initial} -> {end}"
+    );
+    for r in 0..3 {
+        sim.assert_exact(0, r);
+    }
+}
+
+#[test]
+fn throttle_paces_data_exactly() {
+    let objs = objects(19, &[14_010; 4]); // 10 symbols each
+    let mut sim = Sim::new(19);
+    let mut cfg = sender_cfg("lab3", 3, &objs);
+    cfg.min_clients = Some(1);
+    cfg.throttle = Some(Duration::from_millis(2));
+    sim.add_sender(cfg, objs, vec![]);
+    sim.add_receiver(receiver_cfg("lab3", 1), Link::clean(), Link::clean(), 0);
+    sim.drive_bounded(100_000, |s| s.finished(0));
+    let started = started_at(&sim).unwrap();
+    let first_trailer = sim.receivers[0]
+        .events
+        .iter()
+        .find(|(_, e)| matches!(e, ReceiverEvent::Trailer(_)))
+        .unwrap()
+        .0;
+    // 40 packets, 2 ms apart (1 ms of start-up credit at most).
+    let took = first_trailer - started;
+    assert!(
+        took >= Duration::from_millis(77) && took < Duration::from_millis(85),
+        "{took:?}"
+    );
+    assert_eq!(sim.senders[0].tx.current_rate(), 1448 * 8 * 500);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn any_seed_and_loss_delivers_exactly(seed in 0u64..1_000_000, loss_pct in 0u32..=30, n in 1usize..=4) {
+        let objs = objects(seed, &mixed_sizes(12));
+        let loss = f64::from(loss_pct) / 100.0;
+        let mut sim = session(seed, n, objs, Link::lossy(loss), Link::lossy(loss));
+        run_to_finish(&mut sim, 3_000_000);
+        for r in 0..n {
+            sim.assert_exact(0, r);
+        }
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the tests, the demo and the benchmarks need from Debian's
+# packages: nftables (loss injection in the namespace lab), iproute2, util-linux
+# (unshare, losetup), e2fsprogs (mkfs for the "mounted target" tests), zstd and
+# udpcast (benchmark references), tmux. Does nothing when all are present.
+set -euo pipefail
+need=()
+for pair in nft:nftables ip:iproute2 unshare:util-linux losetup:mount mkfs.ext4:e2fsprogs \
+            zstd:zstd udp-sender:udpcast tmux:tmux sfdisk:fdisk; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
+done
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: missing packages: ${need[*]}; run as root: apt-get install ${need[*]}" >&2
+  exit 1
+fi
+echo "setup: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
