@@ -314,13 +314,11 @@ fn run(
                         cfg.net.peer_timeout.as_secs()
                     )));
                 }
-                proto::ReceiverEvent::AuthFailures { count } => {
-                    if !auth_warned {
-                        auth_warned = true;
-                        on_event(SessionEvent::Note(format!(
-                            "{count} packets of this session failed authentication: wrong -key?"
-                        )));
-                    }
+                proto::ReceiverEvent::AuthFailures { count } if !auth_warned => {
+                    auth_warned = true;
+                    on_event(SessionEvent::Note(format!(
+                        "{count} packets of this session failed authentication: wrong -key?"
+                    )));
                 }
                 proto::ReceiverEvent::Completed => {
                     let Some(r) = restore.take() else {

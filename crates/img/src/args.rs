@@ -336,7 +336,7 @@ pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
         format!("'{s}' is not a timeout: give minutes (20, 0.5) or a unit (30s, 2m, 1h)")
     })?;
     let secs = value * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > 7.0 * 24.0 * 3600.0 {
+    if !secs.is_finite() || !(0.0..=7.0 * 24.0 * 3600.0).contains(&secs) {
         return Err(format!("timeout '{s}' is out of range (0 to 7 days)"));
     }
     Ok(Duration::from_secs_f64(secs))
