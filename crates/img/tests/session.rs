@@ -8,14 +8,23 @@ use std::process::{Command, Output};
 
 const LAB: &str = include_str!("../../../lab/lab.sh");
 
+/// One lab at a time: each runs several processes, and on two cores parallel
+/// labs would starve each other into the timeouts that the tests check.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Lab {
     dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Lab {
     fn new() -> Self {
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
+            _serial: serial,
         }
     }
 
@@ -344,4 +353,50 @@ lab_wait 10 $c >/dev/null
     assert!(text.contains("sent "), "{text}");
     assert!(text.contains("master exit 0"), "{text}");
     assert!(same(&lab.path("disk.raw"), &lab.path("c.raw")), "{text}");
+}
+
+#[test]
+fn no_role_devices_pick_a_master_with_m_and_start_with_s() {
+    let lab = Lab::new();
+    lab.sample("disk.raw", 6, 19);
+    // Without a terminal, SIGUSR2 is the `m` key and SIGUSR1 the `s` key.
+    let out = lab.run(
+        r#"
+lab_up 3
+lab_spawn h1 "$DIR/a.log" "$IMG" -session norole -disk="$DIR/disk.raw" >/dev/null; a=$LAB_LAST_PID
+lab_spawn h2 "$DIR/b.log" "$IMG" -session norole -disk="$DIR/b.raw" >/dev/null; b=$LAB_LAST_PID
+for _ in $(seq 1 50); do grep -q "press m" "$DIR/a.log" "$DIR/b.log" 2>/dev/null && break; sleep 0.1; done
+kill -USR2 $a
+for _ in $(seq 1 100); do grep -q "registered (1 so far" "$DIR/a.log" 2>/dev/null && break; sleep 0.1; done
+kill -USR1 $a
+lab_wait 60 $a; echo "master exit $?"
+lab_wait 20 $b; echo "client exit $?"
+"#,
+    );
+    let text = show(&out, &lab, &["a.log", "b.log"]);
+    assert!(text.contains("master exit 0"), "{text}");
+    assert!(text.contains("client exit 0"), "{text}");
+    assert!(
+        lab.log("a.log").contains("this device is the master"),
+        "{text}"
+    );
+    assert!(same(&lab.path("disk.raw"), &lab.path("b.raw")), "{text}");
+}
+
+#[test]
+fn the_demo_runs() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_img"))
+        .args(["demo", "--clients", "2", "--size-mib", "8", "--loss", "3"])
+        .output()
+        .expect("run img demo");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("  identical").count(), 2, "{text}");
 }
