@@ -152,7 +152,9 @@ pub(crate) fn info(a: &InfoArgs) -> Result<()> {
             .with_context(|| format!("verifying {}", path.display()))?;
         bar.finish_and_clear();
     }
-    let image_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let image_bytes = reader.image_len();
+    // Compressed payload bytes, from the index (what a session puts on the wire).
+    let stored_bytes: u64 = reader.index().iter().map(|e| u64::from(e.stored_len)).sum();
     if a.json {
         println!(
             "{}",
@@ -163,7 +165,8 @@ pub(crate) fn info(a: &InfoArgs) -> Result<()> {
                 "chunk_size": g.chunk_size,
                 "chunks": g.chunk_count,
                 "holes": reader.hole_chunks(),
-                "stored_bytes": reader.data_bytes(),
+                "stored_bytes": stored_bytes,
+                "data_bytes": reader.data_bytes(),
                 "image_bytes": image_bytes,
                 "level": g.level.get(),
                 "ratio": ratio(g.disk_size, image_bytes),
@@ -181,7 +184,8 @@ pub(crate) fn info(a: &InfoArgs) -> Result<()> {
             reader.hole_chunks()
         );
         println!(
-            "stored      {} (image file {})",
+            "stored      {} compressed, from {} of data (image file {})",
+            human(stored_bytes),
             human(reader.data_bytes()),
             human(image_bytes)
         );

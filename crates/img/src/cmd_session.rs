@@ -23,6 +23,7 @@ use imgcast_image::Level;
 use crate::args::SessionArgs;
 use crate::cmd_image::{hex, human};
 use crate::progress::bytes_bar;
+use crate::UsageError;
 
 /// The role a device plays.
 enum Role {
@@ -34,13 +35,30 @@ enum Role {
 
 /// Runs the session command; the exit code is 0 only when the session succeeded.
 pub(crate) fn session(a: &SessionArgs) -> Result<()> {
+    let usage = |msg: String| anyhow::Error::new(UsageError(msg));
     let role = match (a.master, a.client) {
-        (true, true) => bail!("-master and -client exclude each other"),
+        (true, true) => return Err(usage("-master and -client exclude each other".into())),
         (true, false) => Role::Master,
         (false, true) => Role::Client,
         (false, false) => Role::Undecided,
     };
-    imgcast_proto::SessionName::new(&a.name).map_err(|e| anyhow::anyhow!("session name: {e}"))?;
+    imgcast_proto::SessionName::new(&a.name).map_err(|e| usage(format!("session name: {e}")))?;
+    match role {
+        Role::Master => {
+            master_source(a, Level::FASTEST).map_err(|e| usage(e.to_string()))?;
+        }
+        Role::Client | Role::Undecided if a.disk.is_none() => {
+            return Err(usage(if matches!(role, Role::Client) {
+                "a client needs -disk=TARGET: the disk to overwrite".into()
+            } else {
+                "-disk=PATH is needed: the disk to send if this device becomes the master, or to overwrite if it becomes a client".into()
+            }));
+        }
+        _ => {}
+    }
+    if a.image.is_some() && !a.master {
+        return Err(usage("-image=FILE is for the master".into()));
+    }
     let key = match (&a.key, &a.keyfile) {
         (Some(k), _) => Some(k.clone()),
         (None, Some(path)) => Some(

@@ -55,10 +55,27 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("img: error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                eprintln!("Run `img --help` for the forms of the command.");
+                return ExitCode::from(2);
+            }
             ExitCode::from(1)
         }
     }
 }
+
+/// A command line that parses but does not make sense (a client without a
+/// disk, an empty session name): exit code 2, like a parse error.
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 /// A closed pipe (`img info | head`) is not an error worth a message.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -138,6 +138,12 @@ fn bad_command_lines_exit_2() {
         &["-session", "a", "-master", "-timeout=abc"],
         &["-session", "a", "-master", "-comp=12"],
         &["-session", "a", "-master", "-throttle=x"],
+        &["-session", "", "-master", "-disk=/dev/null"],
+        &["-session", &"x".repeat(65), "-master", "-disk=/dev/null"],
+        &["-session", "a", "-client"],
+        &["-session", "a", "-master"],
+        &["-session", "a"],
+        &["-session", "a", "-client", "-image=x.img", "-disk=/tmp/x"],
         &[],
     ] {
         let o = run(args);
