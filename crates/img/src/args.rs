@@ -198,6 +198,28 @@ pub(crate) enum Command {
     Session(SessionArgs),
     /// Run a real multicast session in a private network namespace on this machine.
     Demo(DemoArgs),
+    /// Run the imaging server: image store, sessions, HTTP API and web dashboard.
+    Server(ServerArgs),
+}
+
+/// `img server`.
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// Directory of image files (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) images: PathBuf,
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8470")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// SQLite database of the catalogue and session history (default: DIR/.imgcast-server.sqlite).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) state: Option<PathBuf>,
+    /// File holding the API token (created with mode 0600 at first start; default: DIR/.imgcast-token).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Network interface for sessions (default: the interface of the route to the group).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) interface: Option<String>,
 }
 
 /// `img make`.

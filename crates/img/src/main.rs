@@ -36,6 +36,14 @@ fn main() -> ExitCode {
         Some(Command::Info(a)) => cmd_image::info(&a),
         Some(Command::Session(a)) => cmd_session::session(&a),
         Some(Command::Demo(a)) => demo::demo(&a),
+        Some(Command::Server(a)) => imgcast_server::run(&imgcast_server::ServerOptions {
+            images: a.images,
+            listen: a.listen,
+            state: a.state,
+            token_file: a.token_file,
+            interface: a.interface,
+        })
+        .map_err(|e| anyhow::anyhow!(e)),
         None => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
