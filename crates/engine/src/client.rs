@@ -13,7 +13,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use imgcast_image::{
     self as image, ChunkKind, DiskTarget, EncodedChunk, Geometry, RootHasher, TargetOptions,
 };
-use imgcast_proto::{self as proto, Dest, SessionKey, SessionName};
+use imgcast_proto::{self as proto, SessionKey, SessionName};
 
 use crate::io::Net;
 use crate::net::choose_interface;
@@ -389,11 +389,7 @@ fn run(
             }
         }
         while let Some(t) = receiver.poll_transmit(now) {
-            let to = match t.dest {
-                Dest::Group => net.group,
-                Dest::Peer(a) => a,
-            };
-            net.send(to, &t.payload)?;
+            net.transmit(&t)?;
         }
         let tick = now + Duration::from_millis(20);
         let deadline = receiver.poll_timeout().map_or(tick, |t| t.min(tick));
@@ -415,11 +411,7 @@ fn flush(receiver: &mut proto::Receiver, net: &mut Net, now: Instant) -> Result<
         let Some(t) = receiver.poll_transmit(now) else {
             break;
         };
-        let to = match t.dest {
-            Dest::Group => net.group,
-            Dest::Peer(a) => a,
-        };
-        net.send(to, &t.payload)?;
+        net.transmit(&t)?;
     }
     Ok(())
 }

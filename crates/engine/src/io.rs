@@ -97,9 +97,18 @@ impl Net {
         })
     }
 
+    /// Sends what the protocol asked for, to the group or to one peer.
+    pub(crate) fn transmit(&mut self, t: &imgcast_proto::Transmit) -> Result<(), EngineError> {
+        let to = match t.dest {
+            imgcast_proto::Dest::Group => self.group,
+            imgcast_proto::Dest::Peer(a) => a,
+        };
+        self.send(to, &t.payload)
+    }
+
     /// Sends one datagram; a full send buffer (`ENOBUFS`/`EAGAIN`) is counted
     /// and treated as a loss, which the protocol repairs like any other.
-    pub(crate) fn send(&mut self, to: SocketAddr, payload: &[u8]) -> Result<(), EngineError> {
+    fn send(&mut self, to: SocketAddr, payload: &[u8]) -> Result<(), EngineError> {
         match self.unicast.send_to(payload, to) {
             Ok(_) => Ok(()),
             Err(e)

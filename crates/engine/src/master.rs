@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TryRecvError};
 
 use imgcast_image::{self as image, Geometry, RootHasher};
-use imgcast_proto::{self as proto, Dest, SessionKey, SessionName};
+use imgcast_proto::{self as proto, SessionKey, SessionName};
 
 use crate::io::Net;
 use crate::net::choose_interface;
@@ -87,6 +87,7 @@ pub fn run_master(
     let mut root_hash = None;
     let mut feed_done = false;
     let mut pushed: u64 = 0;
+    let mut finished = false;
     let mut aborted = false;
     let mut outcome = None;
     let bytes_per_object = u64::from(geometry.chunk_size);
@@ -141,11 +142,7 @@ pub fn run_master(
             let Some(t) = sender.poll_transmit(now) else {
                 break;
             };
-            let to = match t.dest {
-                Dest::Group => net.group,
-                Dest::Peer(a) => a,
-            };
-            net.send(to, &t.payload)?;
+            net.transmit(&t)?;
             sent += 1;
         }
         while let Some(ev) = sender.poll_event() {
@@ -235,28 +232,20 @@ pub fn run_master(
                 proto::SenderEvent::ConflictingMaster { .. } => {
                     outcome = Some(MasterOutcome::Yielded);
                 }
-                proto::SenderEvent::Finished => {
-                    outcome = Some(MasterOutcome::Report(MasterReport {
-                        clients: clients.values().cloned().collect(),
-                        root_hash: root_hash.unwrap_or([0; 32]),
-                        disk_size: geometry.disk_size,
-                        seconds: started_at.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0),
-                        bytes_sent: sender.stats().bytes_sent,
-                        repair_ratio: repair_ratio(sender.stats()),
-                        aborted,
-                    }));
-                }
+                proto::SenderEvent::Finished => finished = true,
                 _ => {}
             }
         }
-        if aborted && outcome.is_none() && sender.is_closed() {
+        // Done when the protocol says so, or when an abort has been told to the clients.
+        if finished || (aborted && sender.is_closed()) {
+            let stats = sender.stats();
             outcome = Some(MasterOutcome::Report(MasterReport {
                 clients: clients.values().cloned().collect(),
                 root_hash: root_hash.unwrap_or([0; 32]),
                 disk_size: geometry.disk_size,
-                seconds: started_at.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0),
-                bytes_sent: sender.stats().bytes_sent,
-                repair_ratio: repair_ratio(sender.stats()),
+                seconds: started_at.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+                bytes_sent: stats.bytes_sent,
+                repair_ratio: repair_ratio(stats),
                 aborted,
             }));
         }
@@ -340,11 +329,7 @@ fn flush(sender: &mut proto::Sender, net: &mut Net, now: Instant) -> Result<(), 
         let Some(t) = sender.poll_transmit(now) else {
             break;
         };
-        let to = match t.dest {
-            Dest::Group => net.group,
-            Dest::Peer(a) => a,
-        };
-        net.send(to, &t.payload)?;
+        net.transmit(&t)?;
     }
     Ok(())
 }
