@@ -176,6 +176,13 @@ fn write_one(
     dec: &mut image::Decompressor,
 ) -> Result<[u8; 32], EngineError> {
     let chunk = EncodedChunk::from_wire(wire)?;
+    let expected_len = target.geometry().chunk_len(index);
+    if chunk.raw_len != expected_len {
+        return Err(EngineError::Session(format!(
+            "chunk {index} claims {} bytes; the image's geometry says {expected_len}",
+            chunk.raw_len
+        )));
+    }
     if chunk.index != index {
         return Err(EngineError::Session(format!(
             "object {index} carries chunk {}: the master sent a wrong chunk",
