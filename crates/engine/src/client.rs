@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use imgcast_image::{
     self as image, ChunkKind, DiskTarget, EncodedChunk, Geometry, RootHasher, TargetOptions,
@@ -190,11 +190,11 @@ fn write_one(
         )));
     }
     // decode_into checks the chunk's hash: nothing unverified reaches the disk.
-    chunk.decode_into(raw, dec)?;
+    let bytes = chunk.verified(raw, dec)?;
     if chunk.kind == ChunkKind::Hole {
         target.write_hole(index)?;
     } else {
-        target.write_chunk(index, raw)?;
+        target.write_chunk(index, bytes)?;
     }
     Ok(chunk.hash)
 }
@@ -239,8 +239,10 @@ fn run(
     let mut auth_warned = false;
     loop {
         let now = Instant::now();
-        while let Ok(d) = net.incoming.try_recv() {
-            receiver.handle(d.at, d.from, &d.data);
+        while let Some(batch) = net.try_batch() {
+            for d in batch {
+                receiver.handle(d.at, d.from, &d.data);
+            }
         }
         if control.aborted() {
             let _ = receiver.report_failed(now, "aborted by the user on the client".into());
@@ -401,12 +403,8 @@ fn run(
         let tick = now + Duration::from_millis(20);
         let deadline = receiver.poll_timeout().map_or(tick, |t| t.min(tick));
         if deadline > Instant::now() {
-            match net.incoming.recv_deadline(deadline) {
-                Ok(d) => receiver.handle(d.at, d.from, &d.data),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(EngineError::Session("the receive threads stopped".into()))
-                }
+            for d in net.wait_batch(deadline)?.unwrap_or_default() {
+                receiver.handle(d.at, d.from, &d.data);
             }
         }
         receiver.handle_timeout(Instant::now());

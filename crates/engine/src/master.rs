@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{bounded, Receiver, TryRecvError};
 
 use imgcast_image::{self as image, Geometry, RootHasher};
 use imgcast_proto::{self as proto, SessionKey, SessionName};
@@ -93,8 +93,10 @@ pub fn run_master(
     let bytes_per_object = u64::from(geometry.chunk_size);
     while outcome.is_none() {
         let now = Instant::now();
-        while let Ok(d) = net.incoming.try_recv() {
-            sender.handle(d.at, d.from, &d.data);
+        while let Some(batch) = net.try_batch() {
+            for d in batch {
+                sender.handle(d.at, d.from, &d.data);
+            }
         }
         if control.take_start() {
             sender.start_now(now);
@@ -257,19 +259,15 @@ pub fn run_master(
         let tick = now + Duration::from_millis(if sent >= 512 { 0 } else { 20 });
         let deadline = sender.poll_timeout().map_or(tick, |t| t.min(tick));
         if deadline > Instant::now() {
-            match net.incoming.recv_deadline(deadline) {
-                Ok(d) => sender.handle(d.at, d.from, &d.data),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(EngineError::Session("the receive threads stopped".into()))
-                }
+            for d in net.wait_batch(deadline)?.unwrap_or_default() {
+                sender.handle(d.at, d.from, &d.data);
             }
         }
         sender.handle_timeout(Instant::now());
     }
     // Keep answering for a moment: a client whose acknowledgement was lost
     // asks again, and must hear it rather than think the master died.
-    linger(&mut sender, &mut net, Duration::from_secs(2))?;
+    linger(&mut sender, &mut net, Duration::from_secs(3))?;
     drop(feeder_rx);
     let _ = feeder.join();
     outcome.ok_or_else(|| EngineError::Session("session ended without an outcome".into()))
@@ -306,18 +304,24 @@ fn linger(
     net: &mut Net,
     how_long: Duration,
 ) -> Result<(), EngineError> {
+    // Clients repeat an unacknowledged report every 300 ms: once nothing has
+    // come for longer than two of those, every acknowledgement has landed.
+    const QUIET: Duration = Duration::from_millis(700);
     let end = Instant::now() + how_long;
+    let mut last_heard = Instant::now();
     loop {
         let now = Instant::now();
-        if now >= end {
+        if now >= end || now.duration_since(last_heard) > QUIET {
             return Ok(());
         }
         flush(sender, net, now)?;
         let deadline = sender
             .poll_timeout()
             .map_or(end, |t| t.min(end))
+            .min(last_heard + QUIET)
             .max(now + Duration::from_millis(1));
-        if let Ok(d) = net.incoming.recv_deadline(deadline) {
+        for d in net.wait_batch(deadline)?.unwrap_or_default() {
+            last_heard = Instant::now();
             sender.handle(d.at, d.from, &d.data);
         }
         sender.handle_timeout(Instant::now());

@@ -195,15 +195,15 @@ fn run(
                         continue; // drain so the reader never blocks
                     }
                     let res = chunk
-                        .decode_into(&mut raw, &mut d)
+                        .verified(&mut raw, &mut d)
                         .map_err(|e| e.at_offset(offset))
-                        .and_then(|()| {
+                        .and_then(|bytes| {
                             if chunk.kind == ChunkKind::Hole {
                                 holes.fetch_add(1, Ordering::Relaxed);
                                 target.write_hole(chunk.index)
                             } else {
                                 written.fetch_add(u64::from(chunk.raw_len), Ordering::Relaxed);
-                                target.write_chunk(chunk.index, &raw)
+                                target.write_chunk(chunk.index, bytes)
                             }
                         });
                     match res {

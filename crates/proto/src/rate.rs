@@ -3,7 +3,7 @@
 //! Random loss is not congestion (DESIGN §4): a receiver's steady loss becomes its baseline and is
 //! absorbed by repair. The rate falls only when a receiver's loss rises clearly above its own
 //! baseline, or when its lag (packets sent but not yet seen, as time) grows well beyond the lowest
-//! lag seen from it — the signs of a full queue. Otherwise it grows 5% every 100 ms while there is
+//! lag seen from it — the signs of a full queue. Otherwise it grows 10% every 100 ms while there is
 //! data to send.
 
 use std::time::{Duration, Instant};
@@ -72,7 +72,7 @@ impl Pacer {
                 .last_decrease
                 .is_none_or(|d| now.saturating_duration_since(d) >= DECREASE_EVERY);
             if calm {
-                self.rate = (self.rate * 1.05).min(self.max);
+                self.rate = (self.rate * 1.10).min(self.max);
             }
         }
     }
