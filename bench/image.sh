@@ -2,7 +2,7 @@
 # bench/image.sh — benchmark of the image engine against the obvious
 # baselines. Run by hand, not in CI.
 #
-#   bench/image.sh [--size-mib 1024] [--keep]
+#   bench/image.sh [--size-mib 1024] [--reps 3] [--keep]
 #
 # Builds a disk file of SIZE MiB (default 1 GiB): the first half random
 # (AES-CTR keystream from openssl: incompressible and fast), then a quarter
@@ -14,7 +14,8 @@
 #
 # Page cache: we can't drop it reliably (no root in CI containers, and
 # dropping it would also measure the disk). Instead every command runs once to
-# warm up and is timed on its second run, so both sides read from a warm cache.
+# warm up and is then timed REPS times (the median is reported), so both
+# sides read from a warm cache.
 # Outputs are deleted before each run, so every run writes fresh files.
 # Wall, user+sys CPU and peak RSS come from /usr/bin/time -f '%e %U %S %M'
 # (Debian package `time`; the script installs it with apt-get if missing).
@@ -29,10 +30,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 SIZE_MIB=1024
 KEEP=0
+REPS=3
 while [ $# -gt 0 ]; do
     case $1 in
         --size-mib) SIZE_MIB=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --reps) REPS=$2; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -64,7 +67,7 @@ fi
 
 mkdir -p "$WORK"
 cleanup() {
-    rm -f "$OUT" "$ZST" "$TARGET" "$TARGET2" "$WORK"/*.time "$WORK"/*.log
+    rm -f "$OUT" "$ZST" "$TARGET" "$TARGET2" "$WORK"/*.time "$WORK"/*.time.1 "$WORK"/*.log
     [ $KEEP = 1 ] || rm -f "$DISK"
     rmdir "$WORK" 2>/dev/null || true
 }
@@ -102,22 +105,33 @@ if [ ! -s "$DISK" ] || [ "$(stat -c %s "$DISK")" != $SIZE ]; then
 fi
 [ "$(stat -c %s "$DISK")" = $SIZE ] || { echo "disk has the wrong size" >&2; exit 1; }
 
-# timed NAME PREP CMD... : run PREP then CMD twice (warm-up, then measured);
-# leaves "wall user sys maxrss_kib" in $WORK/NAME.time
+# timed NAME PREP CMD... : run PREP then CMD once to warm up, then REPS
+# measured times; leaves "wall user sys maxrss_kib" lines in $WORK/NAME.time
 timed() {
     local name=$1 prep=$2 run
     shift 2
-    for run in warm measured; do
+    : >"$WORK/$name.time"
+    for ((run = 0; run <= REPS; run++)); do
         eval "$prep"
-        if ! $TIME -o "$WORK/$name.time" -f '%e %U %S %M' "$@" >"$WORK/$name.$run.log" 2>&1; then
-            echo "FAILED ($run run): $*" >&2
-            tail -n 20 "$WORK/$name.$run.log" >&2
+        if ! $TIME -o "$WORK/$name.time.1" -f '%e %U %S %M' "$@" >"$WORK/$name.log" 2>&1; then
+            echo "FAILED (run $run): $*" >&2
+            tail -n 20 "$WORK/$name.log" >&2
             exit 1
         fi
+        [ $run = 0 ] || grep -E '^[0-9.]+ [0-9.]+ [0-9.]+ [0-9]+$' "$WORK/$name.time.1" >>"$WORK/$name.time"
     done
+    rm -f "$WORK/$name.time.1"
 }
-field() { awk -v f="$2" 'NF == 4 && $1 ~ /^[0-9.]+$/ { print $f }' "$WORK/$1.time"; }
-cpu() { awk 'NF == 4 && $1 ~ /^[0-9.]+$/ { printf "%.2f", $2 + $3 }' "$WORK/$1.time"; }
+# field NAME 1 = median wall; field NAME 4 = largest peak RSS (KiB)
+field() {
+    if [ "$2" = 4 ]; then
+        awk 'm < $4 { m = $4 } END { print m }' "$WORK/$1.time"
+    else
+        sort -g -k "$2" "$WORK/$1.time" | awk -v f="$2" '{ v[NR] = $f } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    fi
+}
+# median user+sys seconds
+cpu() { awk '{ print $2 + $3 }' "$WORK/$1.time" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 echo "image bench: $SIZE_MIB MiB disk, $(nproc) CPUs, img = $IMG" >&2
@@ -125,6 +139,10 @@ timed img_make "rm -f '$OUT'" "$IMG" make "$OUT" -disk="$DISK" -comp=1
 timed zstd "rm -f '$ZST'" zstd -q -1 -T0 -f "$DISK" -o "$ZST"
 timed img_restore "rm -f '$TARGET'" "$IMG" restore "$OUT" -disk="$TARGET"
 timed cp "rm -f '$TARGET2'" cp --sparse=always "$DISK" "$TARGET2"
+# img restore fsyncs the target before it writes the first chunk over the
+# incomplete marker (so an interrupted restore never looks complete); the
+# durable copy is the fair reference for that: cp, then fsync of the file.
+timed cp_sync "rm -f '$TARGET2'" sh -c 'cp --sparse=always "$1" "$2" && sync "$2"' cp_sync "$DISK" "$TARGET2"
 
 status=0
 if cmp -s "$DISK" "$TARGET"; then same=yes; else same=NO; status=1; fi
@@ -137,9 +155,11 @@ printf '%-12s %8s %8s %10s %12s\n' "img make" "$(field img_make 1)" "$(cpu img_m
 printf '%-12s %8s %8s %10s %12s\n' "zstd -1 -T0" "$(field zstd 1)" "$(cpu zstd)" "$(mib $(($(field zstd 4) * 1024)))" "$(mib "$(stat -c %s "$ZST")")"
 printf '%-12s %8s %8s %10s %12s\n' "img restore" "$(field img_restore 1)" "$(cpu img_restore)" "$(mib $(($(field img_restore 4) * 1024)))" "$(alloc "$TARGET") alloc"
 printf '%-12s %8s %8s %10s %12s\n' "cp --sparse" "$(field cp 1)" "$(cpu cp)" "$(mib $(($(field cp 4) * 1024)))" "$(alloc "$TARGET2") alloc"
+printf '%-12s %8s %8s %10s %12s\n' "cp + sync" "$(field cp_sync 1)" "$(cpu cp_sync)" "$(mib $(($(field cp_sync 4) * 1024)))" "$(alloc "$TARGET2") alloc"
 echo
 echo "zstd_time / img_make_time:   $(ratio "$(field zstd 1)" "$(field img_make 1)")   (above 1: img make is faster)"
 echo "copy_time / img_restore_time: $(ratio "$(field cp 1)" "$(field img_restore 1)")   (above 1: img restore is faster)"
+echo "durable_copy_time / img_restore_time: $(ratio "$(field cp_sync 1)" "$(field img_restore 1)")   (cp + sync: both end with the data on disk)"
 echo "restored target equals source: $same"
-echo "(both sides timed on a second, warm-cache run; out_MiB of restore/cp is allocated space)"
+echo "(medians of $REPS warm-cache runs after one warm-up; peak = largest; out_MiB of restore/cp = allocated space)"
 exit $status

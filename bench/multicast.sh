@@ -27,7 +27,7 @@
 # broadcast does). udpcast picks its data group from the sender's address
 # (234.77.0.10 here). imgcast: `img -session bench -master -clients=N
 # -disk=DISK -interface=eth0` and `img -session bench -client -disk=OUT
-# -interface=eth0`; $IMG defaults to target/release/img and is skipped with a
+# -interface=eth0 -yes`; $IMG defaults to target/release/img and is skipped with a
 # note if it doesn't exist.
 #
 # Nothing leaves the machine: the whole run happens inside `unshare -Urnm`
@@ -146,7 +146,7 @@ cpu_sum() { cat "$@" 2>/dev/null | awk 'NF == 3 && $1 ~ /^[0-9.]+$/ { s += $2 + 
 
 # run_case TOOL N LOSS -> prints "wall master cpu ok" (ok = number of correct outputs)
 run_case() {
-    local tool=$1 n=$2 loss=$3 i pids=() mpid t0 t1 rc ok=0 h
+    local tool=$1 n=$2 loss=$3 i pids=() mpid t0 t1 rc ok=0 h master
     lab_up $((n + 1))
     for ((i = 0; i <= n; i++)); do lab_rate h$i "$RATE"; done
     for ((i = 1; i <= n; i++)); do lab_loss h$i "$loss"; done
@@ -159,7 +159,7 @@ run_case() {
                 $UDPCAST_RECEIVER_OPTS >/dev/null
         else
             lab_spawn h$i "$LOGS/h$i.log" timeout "$CASE_TIMEOUT" $TIME -o "$LOGS/h$i.time" -f '%e %U %S' \
-                "$IMG" -session bench -client -disk="$OUTDIR/out-h$i" -interface=eth0 >/dev/null
+                "$IMG" -session bench -client -disk="$OUTDIR/out-h$i" -interface=eth0 -yes >/dev/null
         fi
         pids+=("$LAB_LAST_PID")
     done
@@ -192,15 +192,17 @@ run_case() {
         rm -f "$OUTDIR/out-h$i"
     done
     lab_down
-    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') $(awk 'NF == 3 { print $1 }' "$LOGS/h0.time" 2>/dev/null || echo 0) $(cpu_sum "$LOGS"/*.time) $ok"
+    # (a process killed by the case timeout leaves no figures: master_s is "-")
+    master=$(awk 'NF == 3 && $1 ~ /^[0-9.]+$/ { print $1 }' "$LOGS/h0.time" 2>/dev/null || true)
+    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') ${master:--} $(cpu_sum "$LOGS"/*.time) $ok"
 }
 
 echo "multicast bench: disk $SIZE_MIB MiB ($DISK), links $RATE, $(nproc) CPUs, outputs in $OUTDIR"
 printf '%-8s %7s %5s %8s %8s %8s %7s %8s\n' tool clients loss wall_s master_s cpu_s ok MB/s
 printf 'tool\tclients\tloss\twall_s\tmaster_s\tcpu_s\tok\n' >"$RESULTS"
-median() { tr ' ' '\n' | { grep . || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%s", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { tr ' ' '\n' | { grep . || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b; else printf "-" }'; }
-declare -A WALL CPU OK
+declare -A WALL CPU OK FAILED
 for n in $CLIENTS; do
     for loss in $LOSSES; do
         for tool in $TOOLS; do
@@ -208,7 +210,12 @@ for n in $CLIENTS; do
             for ((rep = 1; rep <= REPS; rep++)); do
                 read -r wall master cpu ok < <(run_case "$tool" "$n" "$loss")
                 k=$tool/$n/$loss
-                WALL[$k]+=" $wall" CPU[$k]+=" $cpu" OK[$k]=$((${OK[$k]:-0} + ok))
+                OK[$k]=$((${OK[$k]:-0} + ok)) FAILED[$k]=${FAILED[$k]:-0}
+                if [ "$ok" = "$n" ]; then
+                    WALL[$k]+=" $wall" CPU[$k]+=" $cpu"
+                else
+                    FAILED[$k]=$((FAILED[$k] + 1))
+                fi
                 printf '%-8s %7s %4s%% %8s %8s %8s %4s/%-2s %8.1f\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" "$n" \
                     "$(awk -v w="$wall" -v s="$SIZE_MIB" 'BEGIN { print (w > 0) ? s * 1.048576 / w : 0 }')"
                 printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" >>"$RESULTS"
@@ -218,16 +225,18 @@ for n in $CLIENTS; do
 done
 
 echo
-echo "summary (medians over $REPS run(s); ok = correct outputs of all runs; ratios imgcast/udpcast, below 1 = imgcast better)"
-printf '%7s %5s %12s %12s %9s %12s %12s %9s %9s %9s\n' clients loss udpcast_wall udpcast_cpu udp_ok imgcast_wall imgcast_cpu img_ok wall_x cpu_x
+echo "summary: medians over the runs in which every client got a correct copy; ok = correct copies"
+echo "over all $REPS run(s), failed = runs with a missing or wrong copy; ratios imgcast/udpcast, below 1 = imgcast better"
+printf '%7s %5s %12s %12s %9s %6s %12s %12s %9s %6s %7s %7s\n' clients loss udpcast_wall udpcast_cpu udp_ok failed \
+    imgcast_wall imgcast_cpu img_ok failed wall_x cpu_x
 for n in $CLIENTS; do
     for loss in $LOSSES; do
         u=udpcast/$n/$loss g=imgcast/$n/$loss
         uw=$(median <<<"${WALL[$u]:-}") uc=$(median <<<"${CPU[$u]:-}")
         gw=$(median <<<"${WALL[$g]:-}") gc=$(median <<<"${CPU[$g]:-}")
-        printf '%7s %4s%% %12s %12s %9s %12s %12s %9s %9s %9s\n' "$n" "$loss" "${uw:--}" "${uc:--}" \
-            "${uw:+${OK[$u]:-0}/$((n * REPS))}" "${gw:--}" "${gc:--}" "${gw:+${OK[$g]:-0}/$((n * REPS))}" \
-            "$(ratio "$gw" "$uw")" "$(ratio "$gc" "$uc")"
+        printf '%7s %4s%% %12s %12s %9s %6s %12s %12s %9s %6s %7s %7s\n' "$n" "$loss" "${uw:--}" "${uc:--}" \
+            "${FAILED[$u]:+${OK[$u]}/$((n * REPS))}" "${FAILED[$u]:--}" "${gw:--}" "${gc:--}" \
+            "${FAILED[$g]:+${OK[$g]}/$((n * REPS))}" "${FAILED[$g]:--}" "$(ratio "$gw" "$uw")" "$(ratio "$gc" "$uc")"
     done
 done
 echo "results: $RESULTS"

@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PATH:/usr/sbin:/sbin"
+# The namespace lab itself first: every end-to-end test stands on it.
+bash lab/selftest.sh
 cargo test --workspace --locked "$@"
