@@ -5,8 +5,14 @@
 //! twice aborts. Without a terminal the same actions are lines on standard
 //! input (`s`, `m`, `q`) or signals: SIGUSR1 = `s`, SIGUSR2 = `m`,
 //! SIGINT/SIGTERM = abort.
+//!
+//! On a terminal (keys and screen both), the session runs on the full-screen
+//! live view of [`crate::tui::live`] instead of lines, and a client asks before
+//! its disk is overwritten unless `-yes` is given. Without a terminal nothing
+//! asks: the explicit `-disk` is the consent, so scripts run unchanged.
 
 use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +29,8 @@ use imgcast_image::Level;
 use crate::args::SessionArgs;
 use crate::cmd_image::{hex, human};
 use crate::progress::bytes_bar;
+use crate::tui;
+use crate::tui::live::{LiveRole, LiveState, LiveUi};
 use crate::UsageError;
 
 /// The role a device plays.
@@ -35,6 +43,12 @@ enum Role {
 
 /// Runs the session command; the exit code is 0 only when the session succeeded.
 pub(crate) fn session(a: &SessionArgs) -> Result<()> {
+    run_session(a, false)
+}
+
+/// Runs a session; `from_menu` keeps the live screen up at the end until a
+/// key is pressed (the menu's user has no command line to scroll back to).
+pub(crate) fn run_session(a: &SessionArgs, from_menu: bool) -> Result<()> {
     let usage = |msg: String| anyhow::Error::new(UsageError(msg));
     let role = match (a.master, a.client) {
         (true, true) => return Err(usage("-master and -client exclude each other".into())),
@@ -77,9 +91,23 @@ pub(crate) fn session(a: &SessionArgs) -> Result<()> {
     net.port = a.port;
     net.key = key;
 
+    let live = tui::available();
+    if live && !a.yes && !matches!(role, Role::Master) {
+        if let Some(disk) = &a.disk {
+            confirm_overwrite(disk)?;
+        }
+    }
     let control = Arc::new(Control::default());
-    let _keys = KeyReader::start(control.clone())?;
+    let _keys = KeyReader::start(control.clone(), !live)?;
     let level = Level::new(a.comp).context("bad -comp")?;
+    let mut ui = if live {
+        Ui::Live(
+            LiveUi::start(live_state(a, &role), control.clone())?,
+            from_menu,
+        )
+    } else {
+        Ui::Lines
+    };
 
     match role {
         Role::Master => {
@@ -93,10 +121,14 @@ pub(crate) fn session(a: &SessionArgs) -> Result<()> {
                 may_yield: false,
             };
             if a.clients.is_none() {
-                eprintln!("press s to start the session (no -clients given)");
+                ui.say("press s to start the session (no -clients given)".into());
             }
-            match run_master(&cfg, &control, &mut master_ui())? {
-                MasterOutcome::Report(r) => finish_master(&r, a.json),
+            let outcome = run_master(&cfg, &control, &mut ui.master_sink())?;
+            match outcome {
+                MasterOutcome::Report(r) => {
+                    ui.finish(master_summary(&r));
+                    finish_master(&r, a.json)
+                }
                 MasterOutcome::Yielded => bail!("another master took the session"),
             }
         }
@@ -105,28 +137,37 @@ pub(crate) fn session(a: &SessionArgs) -> Result<()> {
                 .disk
                 .clone()
                 .context("a client needs -disk=TARGET: the disk to overwrite")?;
-            client(ClientConfig { net, target }, &control, a.json)
+            let report = run_client(
+                &ClientConfig { net, target },
+                &control,
+                &mut ui.client_sink(),
+            )?;
+            ui.finish(client_summary(&report));
+            print_client(&report, a.json)
         }
         Role::Undecided => {
             let disk = a
                 .disk
                 .clone()
                 .context("-disk=PATH is needed: the disk to send if this device becomes the master, or to overwrite if it becomes a client")?;
-            eprintln!(
-                "waiting for a master of session '{}': press m to make this device the master (or send SIGUSR2); then s there starts",
-                a.name
-            );
+            if !live {
+                eprintln!(
+                    "waiting for a master of session '{}': press m to make this device the master (or send SIGUSR2); then s there starts",
+                    a.name
+                );
+            }
             loop {
                 let ccfg = ClientConfig {
                     net: net.clone(),
                     target: disk.clone(),
                 };
-                match imgcast_engine::run_undecided(&ccfg, &control, &mut client_ui())? {
+                match imgcast_engine::run_undecided(&ccfg, &control, &mut ui.client_sink())? {
                     imgcast_engine::UndecidedOutcome::Client(report) => {
+                        ui.finish(client_summary(&report));
                         return print_client(&report, a.json);
                     }
                     imgcast_engine::UndecidedOutcome::BecomeMaster => {
-                        eprintln!("this device is the master; press s to start");
+                        ui.say("this device is the master; press s to start".into());
                         let cfg = MasterConfig {
                             net: net.clone(),
                             source: MasterSource::Disk {
@@ -138,10 +179,13 @@ pub(crate) fn session(a: &SessionArgs) -> Result<()> {
                             throttle: a.throttle,
                             may_yield: true,
                         };
-                        match run_master(&cfg, &control, &mut master_ui())? {
-                            MasterOutcome::Report(r) => return finish_master(&r, a.json),
+                        match run_master(&cfg, &control, &mut ui.master_sink())? {
+                            MasterOutcome::Report(r) => {
+                                ui.finish(master_summary(&r));
+                                return finish_master(&r, a.json);
+                            }
                             MasterOutcome::Yielded => {
-                                eprintln!("another device became the master first; joining it as a client");
+                                ui.say("another device became the master first; joining it as a client".into());
                             }
                         }
                     }
@@ -167,9 +211,140 @@ fn master_source(a: &SessionArgs, level: Level) -> Result<MasterSource> {
     }
 }
 
-fn client(cfg: ClientConfig, control: &Control, as_json: bool) -> Result<()> {
-    let report = run_client(&cfg, control, &mut client_ui())?;
-    print_client(&report, as_json)
+/// Where the session's events go: lines on standard error, or the live screen.
+enum Ui {
+    Lines,
+    /// The screen, and whether it waits for a key at the end.
+    Live(LiveUi, bool),
+}
+
+impl Ui {
+    fn master_sink(&self) -> Box<dyn FnMut(SessionEvent)> {
+        match self {
+            Self::Lines => Box::new(master_ui()),
+            Self::Live(l, _) => Box::new(l.sink()),
+        }
+    }
+
+    fn client_sink(&self) -> Box<dyn FnMut(SessionEvent)> {
+        match self {
+            Self::Lines => Box::new(client_ui()),
+            Self::Live(l, _) => Box::new(l.sink()),
+        }
+    }
+
+    /// A message of our own.
+    fn say(&self, text: String) {
+        match self {
+            Self::Lines => eprintln!("{text}"),
+            Self::Live(l, _) => l.note(text),
+        }
+    }
+
+    /// The session is over: the screen shows `outcome` and gives the terminal back.
+    fn finish(&mut self, outcome: String) {
+        if let Self::Live(l, hold) = self {
+            l.finish(outcome, *hold);
+        }
+    }
+}
+
+/// The live screen's first state for these arguments.
+fn live_state(a: &SessionArgs, role: &Role) -> LiveState {
+    let disk = a
+        .disk
+        .as_deref()
+        .map(|d| {
+            let size = std::fs::File::open(d)
+                .ok()
+                .and_then(|f| imgcast_disk::disk_size(&f).ok())
+                .map(|n| format!(" ({})", human(n)))
+                .unwrap_or_default();
+            format!("{}{size}", d.display())
+        })
+        .unwrap_or_default();
+    let (live_role, what) = match role {
+        Role::Master => match &a.image {
+            Some(i) => (
+                LiveRole::Master,
+                format!("sending the image file {}", i.display()),
+            ),
+            None => (
+                LiveRole::Master,
+                format!("sending {disk}, compression {}", a.comp),
+            ),
+        },
+        Role::Client => (LiveRole::Client, format!("overwriting {disk}")),
+        Role::Undecided => (
+            LiveRole::Undecided,
+            format!("disk {disk}: sent if this device becomes the master, overwritten if a client"),
+        ),
+    };
+    let rule = match a.clients {
+        Some(n) => format!(
+            "Starts at {n} clients, {} after the last registration, or when you press s.",
+            if a.timeout.as_secs() % 60 == 0 {
+                format!("{} min", a.timeout.as_secs() / 60)
+            } else {
+                format!("{:.0} s", a.timeout.as_secs_f64())
+            }
+        ),
+        None => "Only s starts the session (no number of clients given).".into(),
+    };
+    LiveState::new(live_role, &a.name, &what, &rule)
+}
+
+fn master_summary(r: &MasterReport) -> String {
+    let done = r
+        .clients
+        .iter()
+        .filter(|c| c.result == ClientResult::Done)
+        .count();
+    if r.aborted {
+        format!("Aborted after {:.1} s", r.seconds)
+    } else {
+        format!(
+            "Finished: {done} of {} clients done in {:.1} s; repair {:.1}%",
+            r.clients.len(),
+            r.seconds,
+            r.repair_ratio * 100.0
+        )
+    }
+}
+
+fn client_summary(r: &imgcast_engine::ClientReport) -> String {
+    format!(
+        "Done: {} written and verified in {:.1} s",
+        human(r.disk_size),
+        r.seconds
+    )
+}
+
+/// On a terminal, before a client's disk is overwritten: names the disk, its
+/// size and what is on it, and wants `yes` or the disk's name typed.
+fn confirm_overwrite(path: &Path) -> Result<()> {
+    let summary = tui::disk_info::describe(path)?;
+    if !summary.needs_consent() {
+        return Ok(());
+    }
+    eprintln!("img: the session will overwrite");
+    for l in summary.lines() {
+        eprintln!("  {l}");
+    }
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    eprint!("Type yes (or {name}) to overwrite it; anything else stops (-yes skips this): ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    if tui::menu::consents(&answer, &path.display().to_string()) {
+        Ok(())
+    } else {
+        bail!("not confirmed: {} was left as it was", path.display())
+    }
 }
 
 fn print_client(r: &imgcast_engine::ClientReport, as_json: bool) -> Result<()> {
@@ -374,7 +549,8 @@ struct KeyReader {
 }
 
 impl KeyReader {
-    fn start(control: Arc<Control>) -> Result<Self> {
+    /// `read_keys` is false while the live screen reads the keys itself.
+    fn start(control: Arc<Control>, read_keys: bool) -> Result<Self> {
         use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGUSR2])
             .context("installing signal handlers")?;
@@ -394,6 +570,9 @@ impl KeyReader {
                 }
             })
             .context("starting the signal thread")?;
+        if !read_keys {
+            return Ok(Self { saved: None });
+        }
         let stdin = std::io::stdin();
         let saved = if stdin.is_terminal() {
             cbreak(&stdin)

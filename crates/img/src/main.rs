@@ -12,11 +12,12 @@ mod cmd_session;
 mod demo;
 mod progress;
 mod sample;
+mod tui;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::args::{Cli, Command};
 
@@ -36,6 +37,8 @@ fn main() -> ExitCode {
         Some(Command::Info(a)) => cmd_image::info(&a),
         Some(Command::Session(a)) => cmd_session::session(&a),
         Some(Command::Demo(a)) => demo::demo(&a),
+        Some(Command::Completions(a)) => completions(a.shell),
+        Some(Command::Man) => man_page(),
         Some(Command::Server(a)) => imgcast_server::run(&imgcast_server::ServerOptions {
             images: a.images,
             listen: a.listen,
@@ -44,8 +47,13 @@ fn main() -> ExitCode {
             interface: a.interface,
         })
         .map_err(|e| anyhow::anyhow!(e)),
+        // On a terminal, `img` alone opens the menu, as in the original.
+        None if tui::available() && std::io::stdout().is_terminal() => match tui::menu::run() {
+            Ok(Some(session)) => cmd_session::run_session(&session, true),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        },
         None => {
-            use clap::CommandFactory;
             let mut cmd = Cli::command();
             if std::io::stdout().is_terminal() {
                 let _ = cmd.print_help();
@@ -70,6 +78,23 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `img completions SHELL`: the script for `shell`, from the clap definitions.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(shell, &mut cmd, "img", &mut out);
+    std::io::Write::flush(&mut out)?;
+    Ok(())
+}
+
+/// `img man`: the man page, from the same definitions as `--help`.
+fn man_page() -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    std::io::Write::flush(&mut out)?;
+    Ok(())
 }
 
 /// A command line that parses but does not make sense (a client without a

@@ -1,0 +1,253 @@
+//! The interactive terminal end to end: the real `img` binary in tmux panes
+//! (pseudo-terminals), on a LAN of network namespaces inside a private
+//! user+network namespace the test makes itself. Keys go in with `tmux
+//! send-keys`, the screen comes back with `capture-pane`. The tmux server has
+//! its own socket in the test's directory and is killed by the test.
+
+use std::process::{Command, Output};
+
+const LAB: &str = include_str!("../../../lab/lab.sh");
+
+/// One lab at a time (each runs several processes on a small machine).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Shell helpers for the scripts: `T` is tmux on our own socket; `pane NAME
+/// HOST CMD` runs CMD in HOST on a new 110x32 terminal and keeps the pane
+/// open after it exits (printing `EXIT=status`); `wait_for NAME TEXT SECS`
+/// waits until TEXT is on that screen, or prints the screen and fails.
+const HELPERS: &str = r#"
+T() { tmux -S "$DIR/tmux.sock" -f /dev/null "$@"; }
+trap 'T kill-server 2>/dev/null' EXIT
+cp "$DIR/lab.sh.in" "$DIR/lab.sh"
+cat >"$DIR/in.sh" <<'EOF'
+#!/bin/bash
+. "$DIR/lab.sh"
+h=$1; shift
+lab_exec "$h" env TERM=xterm-256color "$@"
+echo "EXIT=$?"
+sleep 600
+EOF
+chmod +x "$DIR/in.sh"
+pane() {
+    local name=$1 host=$2; shift 2
+    T new-session -d -s "$name" -x 110 -y 32 "$DIR/in.sh" "$host" "$@"
+}
+keys() { local t=$1; shift; T send-keys -t "$t" "$@"; sleep 0.15; }
+text() { local t=$1; shift; T send-keys -t "$t" -l "$@"; sleep 0.15; }
+wait_for() {
+    local t=$1 want=$2 secs=$3 i
+    for ((i = 0; i < secs * 10; i++)); do
+        if T capture-pane -p -t "$t" | grep -qF -- "$want"; then
+            echo "saw [$want] on $t"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "TIMEOUT: no [$want] on $t after ${secs}s; the screen:"
+    T capture-pane -p -t "$t"
+    exit 1
+}
+"#;
+
+fn run(script: &str) -> (Output, tempfile::TempDir) {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("lab.sh.in"), LAB).expect("write lab.sh");
+    let mut disk = Vec::with_capacity(3 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while disk.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        disk.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(dir.path().join("disk.raw"), &disk).expect("write disk");
+    let full = format!("{LAB}\nset -u\nlab_init\n{HELPERS}\n{script}");
+    let out = Command::new("timeout")
+        .args([
+            "-k",
+            "5",
+            "240",
+            "unshare",
+            "-Urnm",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            &full,
+            "tui-test",
+        ])
+        .env("IMG", env!("CARGO_BIN_EXE_img"))
+        .env("DIR", dir.path())
+        .env("LAB_INSIDE", "1")
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/sbin:/sbin",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("run unshare");
+    (out, dir)
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn have_tmux() -> bool {
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Menu → master and menu → client, the client shows up on the master's
+/// screen, `s` starts, both finish and the disk arrives intact. Wrong values
+/// in the form are named on the way.
+#[test]
+fn menu_master_and_client_finish_a_session() {
+    assert!(
+        have_tmux(),
+        "tmux is needed: bash scripts/setup.sh installs it"
+    );
+    let (out, dir) = run(r#"
+lab_up 2
+pane m h0 "$IMG"
+wait_for m "Multicast Session" 10
+keys m Enter
+wait_for m "Master: send this device's disk" 5
+keys m Enter
+wait_for m "Session Name" 5
+# Wrong values first: a blank in the name, no disk, a bad compression.
+text m "tui lab"
+keys m Down Down Down Down BSpace
+text m 12
+keys m Down Down Enter
+wait_for m "non-printable or blank" 5
+wait_for m "is not a compression level" 5
+wait_for m "choose a disk" 5
+# Focus went back to the name: fix everything.
+keys m BSpace BSpace BSpace BSpace BSpace BSpace BSpace
+text m tuilab
+keys m Down Down Down Down BSpace BSpace
+text m 1
+keys m Down
+text m "$DIR/disk.raw"
+keys m Down Enter
+wait_for m "Press Enter to enable the session" 5
+wait_for m "img -session tuilab -master -timeout=5 -comp=1" 5
+keys m Enter
+wait_for m "Gathering clients: 0 registered" 10
+
+pane c h1 "$IMG"
+wait_for c "Multicast Session" 10
+keys c Enter Down Enter
+wait_for c "Multicast Session · Client" 5
+text c tuilab
+keys c Down
+text c "$DIR/c1.raw"
+keys c Down Enter
+wait_for c "Press Enter to enable the session" 5
+keys c Enter
+wait_for c "Registered: waiting for the master to start" 20
+wait_for m "10.77.0.11" 10
+wait_for m "Gathering clients: 1 registered" 5
+keys m s
+wait_for c "Done: 3.0 MiB written and verified" 60
+wait_for m "Finished: 1 of 1 clients done" 30
+wait_for m "done, verified" 5
+keys c Enter
+keys m Enter
+wait_for c "EXIT=0" 10
+wait_for m "EXIT=0" 10
+cmp "$DIR/disk.raw" "$DIR/c1.raw" && echo "IDENTICAL"
+"#);
+    let text = show(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("IDENTICAL"), "{text}");
+    drop(dir);
+}
+
+/// `img -session ... -master` on a terminal draws the live screen; `q` asks,
+/// `y` aborts. A client asked to overwrite a non-empty file wants `yes`.
+#[test]
+fn q_asks_and_aborts_and_overwriting_needs_a_yes() {
+    assert!(
+        have_tmux(),
+        "tmux is needed: bash scripts/setup.sh installs it"
+    );
+    let (out, dir) = run(r#"
+lab_up 2
+pane m h0 "$IMG" -session abortme -master -disk="$DIR/disk.raw"
+wait_for m "Gathering clients: 0 registered" 10
+wait_for m "Only s starts the session" 5
+keys m q
+wait_for m "Abort the session?" 5
+keys m n
+sleep 0.5
+T capture-pane -p -t m | grep -q "Abort the session?" && { echo "the question stayed"; exit 1; }
+keys m q
+wait_for m "Abort the session?" 5
+keys m y
+wait_for m "EXIT=1" 15
+wait_for m "aborted" 5
+
+cp "$DIR/disk.raw" "$DIR/full.raw"
+pane c h1 "$IMG" -session abortme -client -disk="$DIR/full.raw"
+wait_for c "Type yes (or full.raw) to overwrite it" 10
+wait_for c "file, 3.0 MiB" 5
+text c no
+keys c Enter
+wait_for c "not confirmed" 5
+wait_for c "EXIT=1" 5
+cmp "$DIR/disk.raw" "$DIR/full.raw" && echo "UNTOUCHED"
+"#);
+    let text = show(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("UNTOUCHED"), "{text}");
+    drop(dir);
+}
+
+/// Completions and the man page come from the clap definitions: they know the
+/// subcommands and options `--help` knows.
+#[test]
+fn completions_and_man_page_are_generated() {
+    let img = env!("CARGO_BIN_EXE_img");
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = Command::new(img)
+            .args(["completions", shell])
+            .output()
+            .expect("run img completions");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        assert!(
+            text.contains("session") && text.contains("clients"),
+            "{shell}: {text}"
+        );
+    }
+    let out = Command::new(img).arg("man").output().expect("run img man");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH img"),
+        "{text}"
+    );
+    assert!(
+        text.contains("completions") && text.contains("restore"),
+        "{text}"
+    );
+    let bad = Command::new(img)
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run img completions tcsh");
+    assert_eq!(bad.status.code(), Some(2));
+}
