@@ -2,11 +2,13 @@
 # Installs what the tests, the demo and the benchmarks need from Debian's
 # packages: nftables (loss injection in the namespace lab), iproute2, util-linux
 # (unshare, losetup), e2fsprogs (mkfs for the "mounted target" tests), zstd and
-# udpcast (benchmark references), tmux. Does nothing when all are present.
+# udpcast (benchmark references), tmux, curl and chromium + chromium-driver (the
+# server's API and dashboard tests). Does nothing when all are present.
 set -euo pipefail
 need=()
 for pair in nft:nftables ip:iproute2 unshare:util-linux losetup:mount mkfs.ext4:e2fsprogs \
-            zstd:zstd udp-sender:udpcast tmux:tmux sfdisk:fdisk; do
+            zstd:zstd udp-sender:udpcast tmux:tmux sfdisk:fdisk \
+            curl:curl chromium:chromium chromedriver:chromium-driver; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

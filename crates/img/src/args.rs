@@ -200,6 +200,18 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Run the imaging server: image store, sessions, HTTP API and web dashboard.
     Server(ServerArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page img(1), in roff, on stdout.
+    Man,
+}
+
+/// `img completions SHELL`.
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_name = "SHELL")]
+    pub(crate) shell: clap_complete::Shell,
 }
 
 /// `img server`.
@@ -225,7 +237,8 @@ pub(crate) struct ServerArgs {
 /// `img make`.
 #[derive(Debug, Args)]
 pub(crate) struct MakeArgs {
-    /// The image file to write (written under a temporary name, renamed when complete).
+    /// The image file to write (written under a temporary name, renamed when
+    /// complete), or http://HOST:PORT/NAME to stream it to an imaging server.
     pub(crate) image: PathBuf,
     /// The disk to capture: a block device or a regular file.
     #[arg(long, value_name = "SOURCE")]
@@ -239,6 +252,13 @@ pub(crate) struct MakeArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// API token of the imaging server, when IMAGE is http://HOST:PORT/NAME
+    /// (or set IMGCAST_TOKEN).
+    #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
+    pub(crate) token: Option<String>,
+    /// File holding the API token, when IMAGE is http://HOST:PORT/NAME.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 /// `img restore`.

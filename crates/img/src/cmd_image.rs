@@ -14,6 +14,9 @@ use crate::progress::bytes_bar;
 pub(crate) fn make(a: &MakeArgs) -> Result<()> {
     let level = image::Level::new(a.comp).context("bad -comp")?;
     let chunk_size = chunk_size_from_kib(a.chunk_kib)?;
+    if let Some(url) = a.image.to_str().filter(|s| s.starts_with("http://")) {
+        return make_to_server(a, url, level, chunk_size);
+    }
     let started = Instant::now();
     let bar = bytes_bar(0, "make");
     let opts = image::MakeOptions::new(&a.disk, &a.image)
@@ -66,6 +69,56 @@ pub(crate) fn make(a: &MakeArgs) -> Result<()> {
             "  {:.1} s, {}/s",
             secs,
             human(rate(s.geometry.disk_size, secs) as u64)
+        );
+    }
+    Ok(())
+}
+
+/// `img make http://HOST:PORT/NAME -disk=SOURCE --token=T`: the capture is
+/// streamed to the imaging server, which checks it before listing it.
+fn make_to_server(a: &MakeArgs, url: &str, level: image::Level, chunk_size: u32) -> Result<()> {
+    let token = match (&a.token, &a.token_file) {
+        (Some(t), _) => t.trim().to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => std::env::var("IMGCAST_TOKEN").map_err(|_| {
+            crate::UsageError(
+                "capturing to a server needs its token: --token=T, --token-file=PATH or IMGCAST_TOKEN"
+                    .into(),
+            )
+        })?,
+    };
+    let started = Instant::now();
+    let bar = bytes_bar(0, "make");
+    let reply = imgcast_server::client::capture_to_server(
+        url,
+        &token,
+        &a.disk,
+        level,
+        chunk_size,
+        &|p: image::Progress| {
+            bar.set_length(p.total_bytes);
+            bar.set_position(p.done_bytes);
+        },
+    )
+    .with_context(|| format!("capturing {} to {url}", a.disk.display()))?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let rec = reply.json();
+    if a.json {
+        println!("{rec}");
+    } else {
+        eprintln!(
+            "captured {} to {url}: verified and listed by the server",
+            a.disk.display()
+        );
+        eprintln!(
+            "  {} stored, root hash {}, {:.1} s",
+            human(rec["stored_bytes"].as_u64().unwrap_or(0)),
+            rec["root_hash"].as_str().unwrap_or("?"),
+            secs
         );
     }
     Ok(())

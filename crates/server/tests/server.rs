@@ -1,0 +1,969 @@
+//! The imaging server as a real process (`img server`), driven over HTTP.
+//!
+//! Tests that start multicast sessions run inside a private user+network
+//! namespace that the test makes itself (the test binary re-runs itself under
+//! `unshare -Urn`, with multicast on `lo`), so no packet leaves the machine.
+//! The `img` binary is the one `cargo test --workspace` builds beside this test.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use imgcast_server::client::{self, Reply};
+use serde_json::{json, Value};
+
+/// The `img` binary: target/<profile>/img, beside target/<profile>/deps/<this test>.
+fn img() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("img");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p img, or cargo test --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// Env var set when the test runs inside its own namespace.
+const INSIDE: &str = "IMGCAST_TEST_NETNS";
+
+/// Runs test `name` again in a private user+network namespace with multicast
+/// on `lo`; returns true when the caller is that inner run.
+fn in_private_netns(name: &str) -> bool {
+    if std::env::var_os(INSIDE).is_some() {
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("ip");
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["link", "set", "lo", "up", "multicast", "on"]);
+        ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+        return true;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = Command::new("unshare")
+        .args(["-Urn", "--"])
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/sbin:/sbin",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("run unshare");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "inner run of {name} failed:\n{text}"
+    );
+    false
+}
+
+/// A sample disk of `mib` MiB: random, zero and text stretches.
+fn sample_disk(path: &Path, mib: usize, seed: u64) {
+    let mut data = Vec::with_capacity(mib << 20);
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for i in 0..mib {
+        match i % 3 {
+            0 => {
+                for _ in 0..(1 << 17) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    data.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+            1 => data.resize(data.len() + (1 << 20), 0),
+            _ => {
+                while data.len() < (i + 1) << 20 {
+                    data.extend_from_slice(format!("line {i} {x}\n").as_bytes());
+                }
+                data.truncate((i + 1) << 20);
+            }
+        }
+    }
+    data.extend_from_slice(b"tail");
+    std::fs::write(path, data).expect("write sample");
+}
+
+/// Makes image `name` in `dir` from a fresh sample disk; returns the disk's path.
+fn make_image(work: &Path, dir: &Path, name: &str, mib: usize, seed: u64) -> PathBuf {
+    let disk = work.join(format!("{name}.raw"));
+    sample_disk(&disk, mib, seed);
+    imgcast_image::make(
+        &imgcast_image::MakeOptions::new(&disk, dir.join(name)),
+        &|_| {},
+    )
+    .expect("make image");
+    disk
+}
+
+/// A running `img server`.
+struct Server {
+    child: Child,
+    addr: String,
+    token: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(images: &Path, state: &Path) -> Self {
+        let mut child = Command::new(img())
+            .args(["server", "--listen", "127.0.0.1:0", "--images"])
+            .arg(images)
+            .arg("--state")
+            .arg(state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start img server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let l = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.trim_end_matches('/').to_string());
+                }
+                let mut l = l.lock().expect("log");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("server did not start: {}", log.lock().expect("log")));
+        let token = std::fs::read_to_string(images.join(".imgcast-token"))
+            .expect("token file")
+            .trim()
+            .to_string();
+        Self {
+            child,
+            addr,
+            token,
+            log,
+        }
+    }
+
+    fn req(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        client::request(
+            &self.addr,
+            method,
+            path,
+            Some(&self.token),
+            bytes.as_deref(),
+        )
+        .expect("request")
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Polls session `id` until `done(view)` or the deadline.
+    fn wait_session(&self, id: u64, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.req("GET", &format!("/api/sessions/{id}"), None).json();
+            if done(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < end,
+                "session {id} did not get there: {v:#}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn token_images_uploads_and_traversal() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    make_image(work.path(), &dir, "base.img", 3, 1);
+    std::fs::write(dir.join("junk.img"), b"not an image").expect("junk");
+    let state = work.path().join("state.sqlite");
+    let srv = Server::start(&dir, &state);
+    assert!(srv.log().contains("new API token"), "{}", srv.log());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join(".imgcast-token"))
+            .expect("token")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    // No token, a wrong token: 401 everywhere, and nothing changes.
+    for (method, path) in [
+        ("GET", "/api/images"),
+        ("GET", "/api/sessions"),
+        ("GET", "/metrics"),
+        ("GET", "/api/events"),
+        ("DELETE", "/api/images/base.img"),
+        ("POST", "/api/sessions"),
+    ] {
+        for token in [None, Some("wrong-token-wrong-token")] {
+            let r = client::request(&srv.addr, method, path, token, None).expect("request");
+            assert_eq!(r.status, 401, "{method} {path} with {token:?}");
+        }
+    }
+    let page = client::request(&srv.addr, "GET", "/", None, None).expect("page");
+    assert_eq!(page.status, 401);
+    assert!(page.text().contains("name=\"token\""), "login form");
+    let bad_login =
+        client::request(&srv.addr, "POST", "/login", None, Some(b"token=nope")).expect("login");
+    assert_eq!(bad_login.status, 401);
+    let login = client::request(
+        &srv.addr,
+        "POST",
+        "/login",
+        None,
+        Some(format!("token={}", srv.token).as_bytes()),
+    )
+    .expect("login");
+    assert_eq!(login.status, 303);
+    assert!(login
+        .header("set-cookie")
+        .is_some_and(|c| c.contains("HttpOnly")));
+
+    // The scan lists the good image once verified, never the junk.
+    let end = Instant::now() + Duration::from_secs(20);
+    while !names(&srv.req("GET", "/api/images", None).json()).contains(&"base.img".into()) {
+        assert!(Instant::now() < end, "base.img not listed: {}", srv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        names(&srv.req("GET", "/api/images", None).json()),
+        ["base.img"]
+    );
+    let one = srv.req("GET", "/api/images/base.img", None);
+    assert_eq!(one.status, 200);
+    let rec = one.json();
+    assert_eq!(rec["size"], json!((3u64 << 20) + 4));
+    assert!(rec["stored_bytes"].as_u64().expect("stored") > 0);
+    assert_eq!(rec["root_hash"].as_str().expect("hash").len(), 64);
+    assert!(rec["created"].as_u64().expect("created") > 0);
+    assert_eq!(rec["level"], json!(1));
+    assert_eq!(srv.req("GET", "/api/images/nope.img", None).status, 404);
+    let verify = srv.req("POST", "/api/images/base.img/verify", None);
+    assert_eq!(verify.json()["ok"], json!(true), "{}", verify.text());
+
+    // Names that would leave the directory are refused.
+    for path in [
+        "/api/images/%2e%2e%2fstate.sqlite",
+        "/api/images/..%2F..%2Fetc%2Fpasswd",
+        "/api/images/.imgcast-token",
+        "/api/images/%2Fetc%2Fpasswd",
+    ] {
+        assert_eq!(srv.req("GET", path, None).status, 400, "GET {path}");
+        assert_eq!(srv.req("DELETE", path, None).status, 400, "DELETE {path}");
+        let r = client::put_image(&srv.addr, path, Some(&srv.token), &mut &b"x"[..]).expect("put");
+        assert_eq!(r.status, 400, "PUT {path}");
+    }
+    assert_eq!(
+        srv.req("GET", "/api/images/../state.sqlite", None).status,
+        404
+    );
+
+    // A whole upload is verified and listed; a second one of the name is refused.
+    let other = work.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    make_image(work.path(), &other, "up.img", 2, 7);
+    let bytes = std::fs::read(other.join("up.img")).expect("read");
+    let r = client::put_image(
+        &srv.addr,
+        "/api/images/up.img",
+        Some(&srv.token),
+        &mut bytes.as_slice(),
+    )
+    .expect("put");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(std::fs::read(dir.join("up.img")).expect("stored"), bytes);
+    let again = client::put_image(
+        &srv.addr,
+        "/api/images/up.img",
+        Some(&srv.token),
+        &mut bytes.as_slice(),
+    )
+    .expect("put");
+    assert_eq!(again.status, 409);
+    // Without a token: refused, nothing stored.
+    let r = client::put_image(&srv.addr, "/api/images/x.img", None, &mut bytes.as_slice())
+        .expect("put");
+    assert_eq!(r.status, 401);
+
+    // An upload cut short (a complete request with half an image), and one whose
+    // connection drops half-way: neither is listed, no temporary file stays.
+    let half = &bytes[..bytes.len() / 2];
+    let r = client::put_image(
+        &srv.addr,
+        "/api/images/half.img",
+        Some(&srv.token),
+        &mut &half[..],
+    )
+    .expect("put");
+    assert_eq!(r.status, 422, "{}", r.text());
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&srv.addr).expect("connect");
+        write!(
+            s,
+            "PUT /api/images/cut.img HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+            srv.token,
+            bytes.len()
+        )
+        .expect("head");
+        s.write_all(half).expect("half");
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let listed = names(&srv.req("GET", "/api/images", None).json());
+    assert_eq!(listed, ["base.img", "up.img"]);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp") || n.starts_with("half") || n.starts_with("cut"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Delete.
+    assert_eq!(srv.req("DELETE", "/api/images/up.img", None).status, 200);
+    assert!(!dir.join("up.img").exists());
+    assert_eq!(srv.req("DELETE", "/api/images/up.img", None).status, 404);
+
+    // Sessions: bad JSON, unknown fields, unknown image, bad names.
+    let raw = client::request(
+        &srv.addr,
+        "POST",
+        "/api/sessions",
+        Some(&srv.token),
+        Some(b"{not json"),
+    )
+    .expect("post");
+    assert_eq!(raw.status, 400);
+    assert!(raw.json()["error"]
+        .as_str()
+        .expect("error")
+        .contains("bad JSON"));
+    for (body, status) in [
+        (json!({"name": "s1"}), 400),
+        (json!({"name": "s1", "image": "base.img", "colour": 1}), 400),
+        (json!({"name": "s1", "image": "nope.img"}), 404),
+        (json!({"name": "s1", "image": "../x"}), 400),
+        (json!({"name": "", "image": "base.img"}), 400),
+        (
+            json!({"name": "s1", "image": "base.img", "clients": 0}),
+            400,
+        ),
+    ] {
+        let r = srv.req("POST", "/api/sessions", Some(&body));
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+    }
+    assert_eq!(srv.req("GET", "/api/sessions", None).json(), json!([]));
+    assert_eq!(srv.req("GET", "/api/sessions/99", None).status, 404);
+    assert_eq!(srv.req("POST", "/api/sessions/99/start", None).status, 404);
+    assert_eq!(srv.req("DELETE", "/api/sessions/99", None).status, 404);
+    assert_eq!(srv.req("GET", "/api/nothing", None).status, 404);
+    assert_eq!(srv.req("PUT", "/api/sessions", None).status, 405);
+
+    let metrics = srv.req("GET", "/metrics", None).text();
+    assert!(metrics.contains("imgcast_images 1"), "{metrics}");
+    assert!(metrics.contains("imgcast_unauthorized_total"), "{metrics}");
+    assert!(metrics.contains("imgcast_uploads_total 1"), "{metrics}");
+    let page = srv.req("GET", "/", None);
+    assert_eq!(page.status, 200);
+    assert!(!page.text().contains("http://") || page.text().contains("img make http://SERVER"));
+    srv.stop();
+}
+
+#[test]
+fn sessions_progress_duplicates_abort_and_restart() {
+    if !in_private_netns("sessions_progress_duplicates_abort_and_restart") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let disk = make_image(work.path(), &dir, "base.img", 6, 2);
+    let state = work.path().join("state.sqlite");
+    let srv = Server::start(&dir, &state);
+    let end = Instant::now() + Duration::from_secs(20);
+    while srv.req("GET", "/api/images/base.img", None).status != 200 {
+        assert!(Instant::now() < end, "not listed: {}", srv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ev_status, mut events) =
+        client::get_stream(&srv.addr, "/api/events", Some(&srv.token)).expect("events");
+    assert_eq!(ev_status, 200);
+
+    // One session served to two clients; progress and results appear in the API.
+    let s = srv.req(
+        "POST",
+        "/api/sessions",
+        Some(&json!({"name": "lab1", "image": "base.img", "clients": 2, "timeout": 20})),
+    );
+    assert_eq!(s.status, 201, "{}", s.text());
+    let id = s.json()["id"].as_u64().expect("id");
+    assert_eq!(s.json()["state"], json!("gathering"));
+    // The image a session is sending can be neither replaced nor deleted.
+    assert_eq!(srv.req("DELETE", "/api/images/base.img", None).status, 409);
+    let r = client::put_image(
+        &srv.addr,
+        "/api/images/base.img?replace=true",
+        Some(&srv.token),
+        &mut &b"x"[..],
+    )
+    .expect("put");
+    assert_eq!(r.status, 409);
+    // A second session of a running name is refused clearly.
+    let dup = srv.req(
+        "POST",
+        "/api/sessions",
+        Some(&json!({"name": "lab1", "image": "base.img"})),
+    );
+    assert_eq!(dup.status, 409);
+    assert!(dup.text().contains("already running"), "{}", dup.text());
+
+    let mut clients = Vec::new();
+    for i in 0..2 {
+        let target = work.path().join(format!("t{i}.raw"));
+        clients.push((
+            Command::new(img())
+                .args(["-session", "lab1", "-client"])
+                .arg(format!("-disk={}", target.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("client"),
+            target,
+        ));
+    }
+    let v = srv.wait_session(id, 90, |v| {
+        v["state"] == json!("done") || v["state"] == json!("failed")
+    });
+    assert_eq!(v["state"], json!("done"), "{v:#}\n{}", srv.log());
+    let cl = v["clients"].as_array().expect("clients");
+    assert_eq!(cl.len(), 2, "{v:#}");
+    for c in cl {
+        assert_eq!(c["result"], json!("done"), "{v:#}");
+        assert_eq!(c["done"], c["total"]);
+        assert!(c["addr"].as_str().expect("addr").starts_with("127.0.0.1:"));
+    }
+    assert!(v["bytes_sent"].as_u64().expect("sent") > 0);
+    for (mut c, target) in clients {
+        assert!(c.wait().expect("client").success());
+        assert_eq!(
+            std::fs::read(&target).expect("target"),
+            std::fs::read(&disk).expect("disk")
+        );
+    }
+    // The event stream carried the session.
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains("\"state\":\"done\"") {
+        line.clear();
+        if events.read_line(&mut line).expect("event line") == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("event: session"), "{seen}");
+
+    // Start with nobody: the run ends at once. Abort while gathering: failed.
+    let a = srv.req(
+        "POST",
+        "/api/sessions",
+        Some(&json!({"name": "lab2", "image": "base.img"})),
+    );
+    assert_eq!(a.status, 201, "{}", a.text());
+    let aid = a.json()["id"].as_u64().expect("id");
+    assert_eq!(
+        srv.req("DELETE", &format!("/api/sessions/{aid}"), None)
+            .status,
+        202
+    );
+    let v = srv.wait_session(aid, 30, |v| v["state"] == json!("failed"));
+    assert_eq!(v["error"], json!("aborted"));
+    assert_eq!(
+        srv.req("DELETE", &format!("/api/sessions/{aid}"), None)
+            .status,
+        409
+    );
+    // The name is free again; this one is left gathering when the server stops.
+    let g = srv.req(
+        "POST",
+        "/api/sessions",
+        Some(&json!({"name": "lab2", "image": "base.img", "clients": 3})),
+    );
+    assert_eq!(g.status, 201, "{}", g.text());
+    let gid = g.json()["id"].as_u64().expect("id");
+    let metrics = srv.req("GET", "/metrics", None).text();
+    assert!(
+        metrics.contains("imgcast_sessions{state=\"gathering\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imgcast_clients_done_total 2"),
+        "{metrics}"
+    );
+    srv.stop();
+
+    // A restart keeps the history and the catalogue.
+    let srv = Server::start(&dir, &state);
+    assert!(!srv.log().contains("new API token"));
+    let list = srv.req("GET", "/api/sessions", None).json();
+    let ids: Vec<u64> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["id"].as_u64())
+        .collect();
+    assert_eq!(ids, [gid, aid, id]);
+    let done = srv.req("GET", &format!("/api/sessions/{id}"), None).json();
+    assert_eq!(done["state"], json!("done"));
+    assert_eq!(done["clients"].as_array().expect("clients").len(), 2);
+    let left = srv.req("GET", &format!("/api/sessions/{gid}"), None).json();
+    assert_eq!(left["state"], json!("failed"));
+    assert!(left["error"]
+        .as_str()
+        .expect("error")
+        .contains("server stopped"));
+    assert_eq!(
+        srv.req("GET", "/api/images/base.img", None).status,
+        200,
+        "{}",
+        srv.log()
+    );
+    srv.stop();
+}
+
+/// Runs `script` (bash, with lab/lab.sh loaded and `lab_init` done) in a fresh
+/// private user+network+mount namespace; `$IMG` is the binary, `$DIR` a directory.
+fn lab(dir: &Path, script: &str) -> std::process::Output {
+    const LAB: &str = include_str!("../../../lab/lab.sh");
+    let full = format!("{LAB}\nset -u\nlab_init\n{script}");
+    Command::new("unshare")
+        .args([
+            "-Urnm",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            &full,
+            "lab-test",
+        ])
+        .env("IMG", img())
+        .env("DIR", dir)
+        .env("LAB_INSIDE", "1")
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/sbin:/sbin",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("run unshare")
+}
+
+/// End to end on a LAN of namespaces: the server in h0, a capture uploaded from
+/// h1 with `img make http://..`, a session started over the API, three clients
+/// in h1..h3 restore it, and the API shows their progress and results.
+#[test]
+fn lab_server_session_three_clients() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let d = work.path();
+    sample_disk(&d.join("disk.raw"), 12, 5);
+    let script = r#"
+lab_up 4
+mkdir -p "$DIR/images"
+lab_spawn h0 "$DIR/server.log" "$IMG" server --images "$DIR/images" --listen 10.77.0.10:8470 >/dev/null
+srv=$LAB_LAST_PID
+for i in $(seq 1 100); do grep -q listening "$DIR/server.log" 2>/dev/null && break; sleep 0.1; done
+TOKEN=$(cat "$DIR/images/.imgcast-token")
+lab_exec h1 "$IMG" make http://10.77.0.10:8470/golden.img -disk="$DIR/disk.raw" --token=wrong-token-0123456789 2>"$DIR/make-bad.log"
+echo "make with a wrong token: exit $?"
+lab_exec h1 "$IMG" make http://10.77.0.10:8470/golden.img -disk="$DIR/disk.raw" --token-file="$DIR/images/.imgcast-token" --json >"$DIR/make.json" 2>"$DIR/make.log"
+echo "make exit $?"
+api() { lab_exec h0 curl -sS -H "Authorization: Bearer $TOKEN" "$@"; }
+api -X POST -H 'Content-Type: application/json' \
+  -d '{"name":"e2e","image":"golden.img","clients":3,"timeout":30,"throttle":0.5}' \
+  http://10.77.0.10:8470/api/sessions >"$DIR/created.json"
+id=$(grep -o '"id":[0-9]*' "$DIR/created.json" | head -1 | cut -d: -f2)
+pids=""
+for i in 1 2 3; do
+  lab_spawn h$i "$DIR/c$i.log" "$IMG" -session e2e -client -disk="$DIR/c$i.raw" >/dev/null
+  pids="$pids $LAB_LAST_PID"
+done
+for n in $(seq 1 600); do
+  api "http://10.77.0.10:8470/api/sessions/$id" >"$DIR/poll-$n.json"
+  grep -q '"state":"\(done\|failed\)"' "$DIR/poll-$n.json" && break
+  sleep 0.1
+done
+lab_wait 30 $pids >/dev/null 2>&1
+api http://10.77.0.10:8470/metrics >"$DIR/metrics.txt"
+lab_kill $srv
+"#;
+    let out = lab(d, script);
+    let log = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+    let show = format!(
+        "{}\n{}\n--- server\n{}\n--- make\n{}\n--- c1\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        log("server.log"),
+        log("make.log"),
+        log("c1.log")
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("make with a wrong token: exit 1"), "{show}");
+    assert!(log("make-bad.log").contains("401"), "{show}");
+    assert!(stdout.contains("make exit 0"), "{show}");
+    let made: Value = serde_json::from_str(&log("make.json")).expect("make json");
+    assert_eq!(made["name"], json!("golden.img"), "{show}");
+
+    let mut polls = Vec::new();
+    for n in 1.. {
+        let Ok(text) = std::fs::read_to_string(d.join(format!("poll-{n}.json"))) else {
+            break;
+        };
+        polls.push(serde_json::from_str::<Value>(&text).expect("poll json"));
+    }
+    let last = polls.last().expect("polls");
+    assert_eq!(last["state"], json!("done"), "{last:#}\n{show}");
+    let clients = last["clients"].as_array().expect("clients");
+    let mut addrs: Vec<&str> = clients
+        .iter()
+        .map(|c| {
+            c["addr"]
+                .as_str()
+                .expect("addr")
+                .split(':')
+                .next()
+                .expect("ip")
+        })
+        .collect();
+    addrs.sort_unstable();
+    assert_eq!(addrs, ["10.77.0.11", "10.77.0.12", "10.77.0.13"]);
+    for c in clients {
+        assert_eq!(c["result"], json!("done"), "{last:#}");
+    }
+    // Progress was visible while it ran: a client part-way, with a rate.
+    let midway = polls.iter().any(|p| {
+        p["state"] == json!("running")
+            && p["clients"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    let (done, total) = (c["done"].as_u64(), c["total"].as_u64());
+                    matches!((done, total), (Some(d), Some(t)) if d > 0 && d < t)
+                        && c["rate"].as_f64().is_some_and(|r| r > 0.0)
+                })
+            })
+    });
+    assert!(
+        midway,
+        "no poll showed progress: {} polls\n{show}",
+        polls.len()
+    );
+    let disk = std::fs::read(d.join("disk.raw")).expect("disk");
+    for i in 1..=3 {
+        assert!(
+            std::fs::read(d.join(format!("c{i}.raw"))).expect("target") == disk,
+            "client {i} differs\n{show}"
+        );
+    }
+    let metrics = log("metrics.txt");
+    assert!(
+        metrics.contains("imgcast_clients_done_total 3"),
+        "{metrics}"
+    );
+}
+
+/// A WebDriver session with chromedriver (W3C JSON over HTTP).
+struct Browser {
+    driver: Child,
+    addr: String,
+    session: String,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    fn start(profile: &Path) -> Self {
+        let port = 9515;
+        let driver = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver (Debian's chromium-driver; scripts/setup.sh installs it)");
+        let addr = format!("127.0.0.1:{port}");
+        let end = Instant::now() + Duration::from_secs(20);
+        while client::request(&addr, "GET", "/status", None, None).is_err() {
+            assert!(Instant::now() < end, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync", "--no-first-run",
+                         "--disable-dev-shm-usage", "--window-size=1280,900",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let r = client::request(
+            &addr,
+            "POST",
+            "/session",
+            None,
+            Some(caps.to_string().as_bytes()),
+        )
+        .expect("new session");
+        let session = r.json()["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {}", r.text()))
+            .to_string();
+        Self {
+            driver,
+            addr,
+            session,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        let r = client::request(
+            &self.addr,
+            method,
+            &format!("/session/{}{path}", self.session),
+            None,
+            bytes.as_deref(),
+        )
+        .expect("webdriver");
+        assert!(r.status < 300, "{method} {path}: {}", r.text());
+        r.json()["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        self.call("POST", "/url", Some(json!({"url": url})));
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self.call(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        v[ELEMENT].as_str().expect("element id").to_string()
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css);
+        self.call(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({"text": text})),
+        );
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.find(css);
+        self.call("POST", &format!("/element/{e}/click"), Some(json!({})));
+    }
+
+    fn js(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+    }
+
+    /// Evaluates `script` until it returns something other than null/false.
+    fn wait_js(&self, script: &str, secs: u64) -> Value {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.js(script);
+            if !v.is_null() && v != json!(false) {
+                return v;
+            }
+            assert!(Instant::now() < end, "timed out waiting for: {script}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot(&self, path: &Path) {
+        let b64 = self.call("GET", "/screenshot", None);
+        let png = base64_decode(b64.as_str().expect("base64"));
+        std::fs::write(path, png).expect("write screenshot");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = client::request(
+            &self.addr,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+            None,
+        );
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in s.bytes().filter_map(val) {
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// The dashboard in real headless Chromium: log in with the token, start a
+/// session from the form, watch the client's row and progress bar move, abort.
+/// Leaves a screenshot in the target directory (`dashboard.png`).
+#[test]
+fn dashboard_in_headless_chromium() {
+    if !in_private_netns("dashboard_in_headless_chromium") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    make_image(work.path(), &dir, "base.img", 12, 3);
+    let srv = Server::start(&dir, &work.path().join("state.sqlite"));
+    let end = Instant::now() + Duration::from_secs(20);
+    while srv.req("GET", "/api/images/base.img", None).status != 200 {
+        assert!(Instant::now() < end, "not listed: {}", srv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let b = Browser::start(&work.path().join("profile"));
+    let base = format!("http://{}/", srv.addr);
+    b.goto(&base);
+    assert_eq!(
+        b.js("return document.title"),
+        json!("imgcast server: log in")
+    );
+    b.type_into("#token", "not-the-token");
+    b.click("#login");
+    b.wait_js("return document.body.innerText.includes('wrong token')", 10);
+    b.type_into("#token", &srv.token);
+    b.click("#login");
+    b.wait_js(
+        "return document.querySelector('#f-image option[value=\"base.img\"]') !== null",
+        10,
+    );
+    b.wait_js(
+        "return document.getElementById('conn').textContent === 'live'",
+        10,
+    );
+
+    // A client waits; the form starts a slow session for it.
+    let target = work.path().join("t.raw");
+    let mut client = Command::new(img())
+        .args(["-session", "web1", "-client"])
+        .arg(format!("-disk={}", target.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("client");
+    b.type_into("#f-name", "web1");
+    b.type_into("#f-clients", "1");
+    b.type_into("#f-throttle", "20");
+    b.click("#f-submit");
+    b.wait_js(
+        "return document.querySelector('#live .session[data-state]') !== null",
+        10,
+    );
+    // The client's row appears and its progress moves.
+    let first = b.wait_js(
+        "const p = document.querySelector('#live .client-row .pct'); \
+         const n = p ? parseInt(p.textContent) : 0; return n > 0 && n < 100 ? n : null",
+        60,
+    );
+    let first = first.as_u64().expect("percent");
+    b.wait_js(
+        &format!(
+            "const p = document.querySelector('#live .client-row .pct'); \
+             return p && parseInt(p.textContent) > {first}"
+        ),
+        30,
+    );
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    b.screenshot(&shots.join("dashboard.png"));
+    // Abort from the page: the session ends failed, "aborted".
+    b.click("#live button.abort");
+    b.wait_js(
+        "const s = document.querySelector('#past .session'); \
+         return s && s.dataset.state === 'failed' && s.innerText.includes('aborted')",
+        30,
+    );
+    b.screenshot(&shots.join("dashboard-aborted.png"));
+    let list = srv.req("GET", "/api/sessions", None).json();
+    assert_eq!(list[0]["state"], json!("failed"));
+    assert_eq!(list[0]["error"], json!("aborted"));
+    let _ = client.kill();
+    let _ = client.wait();
+    eprintln!("screenshots in {}", shots.display());
+}
