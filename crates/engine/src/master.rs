@@ -88,6 +88,7 @@ pub fn run_master(
     let mut feed_done = false;
     let mut pushed: u64 = 0;
     let mut finished = false;
+    let mut last_stats = Instant::now();
     let mut aborted = false;
     let mut outcome = None;
     let bytes_per_object = u64::from(geometry.chunk_size);
@@ -253,6 +254,15 @@ pub fn run_master(
         }
         if outcome.is_some() {
             break;
+        }
+        if started_at.is_some() && last_stats.elapsed() >= Duration::from_millis(500) {
+            last_stats = now;
+            let stats = sender.stats();
+            on_event(SessionEvent::Sending {
+                bytes_sent: stats.bytes_sent,
+                repair_ratio: repair_ratio(stats),
+                rate_bps: sender.current_rate(),
+            });
         }
         // Wait for a datagram, the protocol's next deadline, or a short tick
         // to look at the feeder and the keys.

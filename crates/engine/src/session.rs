@@ -178,6 +178,15 @@ pub enum SessionEvent {
     Registered,
     /// This client came too late and waits for the next run of the session.
     Queued,
+    /// The master's own transfer figures, every half second while sending.
+    Sending {
+        /// Bytes put on the wire so far (data and repair).
+        bytes_sent: u64,
+        /// Repair symbols over source symbols so far.
+        repair_ratio: f64,
+        /// Current sending rate, bits per second.
+        rate_bps: u64,
+    },
     /// Informational line.
     Note(String),
 }

@@ -269,6 +269,10 @@ pub(crate) struct RestoreArgs {
     /// The target: a block device or a regular file (created if it does not exist).
     #[arg(long, value_name = "TARGET")]
     pub(crate) disk: PathBuf,
+    /// Do not ask before overwriting the target (on a terminal, a block device
+    /// or a non-empty file needs a typed confirmation otherwise).
+    #[arg(long)]
+    pub(crate) yes: bool,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,

@@ -126,6 +126,9 @@ fn make_to_server(a: &MakeArgs, url: &str, level: image::Level, chunk_size: u32)
 
 /// `img restore IMAGE -disk=TARGET`.
 pub(crate) fn restore(a: &RestoreArgs) -> Result<()> {
+    if crate::tui::available() && !a.yes {
+        crate::cmd_session::confirm_overwrite(&a.disk, "the restore")?;
+    }
     let started = Instant::now();
     let bar = bytes_bar(0, "restore");
     let opts = image::RestoreOptions::new(&a.image, &a.disk);

@@ -94,7 +94,7 @@ pub(crate) fn run_session(a: &SessionArgs, from_menu: bool) -> Result<()> {
     let live = tui::available();
     if live && !a.yes && !matches!(role, Role::Master) {
         if let Some(disk) = &a.disk {
-            confirm_overwrite(disk)?;
+            confirm_overwrite(disk, "the session")?;
         }
     }
     let control = Arc::new(Control::default());
@@ -320,14 +320,15 @@ fn client_summary(r: &imgcast_engine::ClientReport) -> String {
     )
 }
 
-/// On a terminal, before a client's disk is overwritten: names the disk, its
-/// size and what is on it, and wants `yes` or the disk's name typed.
-fn confirm_overwrite(path: &Path) -> Result<()> {
+/// On a terminal, before a disk is overwritten (by a session's client or by
+/// `img restore`): names the disk, its size and what is on it, and wants `yes`
+/// or the disk's name typed.
+pub(crate) fn confirm_overwrite(path: &Path, by: &str) -> Result<()> {
     let summary = tui::disk_info::describe(path)?;
     if !summary.needs_consent() {
         return Ok(());
     }
-    eprintln!("img: the session will overwrite");
+    eprintln!("img: {by} will overwrite");
     for l in summary.lines() {
         eprintln!("  {l}");
     }

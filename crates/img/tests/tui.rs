@@ -210,10 +210,28 @@ keys c Enter
 wait_for c "not confirmed" 5
 wait_for c "EXIT=1" 5
 cmp "$DIR/disk.raw" "$DIR/full.raw" && echo "UNTOUCHED"
+
+# img restore asks the same way; "no" keeps the file, "yes" restores it.
+"$IMG" make "$DIR/other.img" -disk="$DIR/lab.sh" 2>/dev/null
+pane r1 h1 "$IMG" restore "$DIR/other.img" -disk="$DIR/full.raw"
+wait_for r1 "the restore will overwrite" 10
+wait_for r1 "Type yes (or full.raw) to overwrite it" 5
+text r1 no
+keys r1 Enter
+wait_for r1 "EXIT=1" 5
+cmp "$DIR/disk.raw" "$DIR/full.raw" && echo "RESTORE UNTOUCHED"
+pane r2 h1 "$IMG" restore "$DIR/other.img" -disk="$DIR/full.raw"
+wait_for r2 "Type yes (or full.raw) to overwrite it" 10
+text r2 yes
+keys r2 Enter
+wait_for r2 "EXIT=0" 10
+cmp "$DIR/lab.sh" "$DIR/full.raw" && echo "RESTORED AFTER YES"
 "#);
     let text = show(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("UNTOUCHED"), "{text}");
+    assert!(text.contains("RESTORE UNTOUCHED"), "{text}");
+    assert!(text.contains("RESTORED AFTER YES"), "{text}");
     drop(dir);
 }
 

@@ -89,6 +89,8 @@ pub(crate) struct LiveState {
     registered: bool,
     waiting_next: bool,
     own: Transfer,
+    /// The master's bytes sent, repair ratio and rate (bit/s).
+    sending: Option<(u64, f64, u64)>,
     outcome: Option<String>,
     /// The screen stays up after the outcome until a key is pressed.
     hold: bool,
@@ -117,6 +119,7 @@ impl LiveState {
             registered: false,
             waiting_next: false,
             own: Transfer::default(),
+            sending: None,
             outcome: None,
             hold: false,
         }
@@ -198,6 +201,11 @@ impl LiveState {
                 self.waiting_next = false;
             }
             SessionEvent::Queued => self.waiting_next = true,
+            SessionEvent::Sending {
+                bytes_sent,
+                repair_ratio,
+                rate_bps,
+            } => self.sending = Some((bytes_sent, repair_ratio, rate_bps)),
             SessionEvent::Note(n) => self.note(n),
         }
     }
@@ -410,8 +418,16 @@ fn status(s: &LiveState) -> String {
             ),
             Some(t) => {
                 let ended = s.clients.iter().filter(|c| c.result.is_some()).count();
+                let wire = s.sending.map_or(String::new(), |(sent, repair, rate)| {
+                    format!(
+                        "; {} sent at {:.0} Mbit/s, repairs {:.1}%",
+                        crate::cmd_image::human(sent),
+                        rate as f64 / 1e6,
+                        repair * 100.0
+                    )
+                });
                 format!(
-                    "Sending to {} clients, {} finished; {} elapsed",
+                    "Sending to {} clients, {} finished; {} elapsed{wire}",
                     s.clients.len(),
                     ended,
                     clock(s.now.saturating_sub(t))
@@ -753,6 +769,14 @@ mod tests {
                 id: 2,
                 done: 16 * MIB,
                 total: 64 * MIB,
+            },
+            secs(14),
+        );
+        s.apply(
+            SessionEvent::Sending {
+                bytes_sent: 40 * MIB,
+                repair_ratio: 0.034,
+                rate_bps: 612_000_000,
             },
             secs(14),
         );
