@@ -579,6 +579,117 @@ fn sessions_progress_duplicates_abort_and_restart() {
     srv.stop();
 }
 
+/// Two sessions of different names, from two images, run at the same time on
+/// one server, each with its own client: the API shows both running at once,
+/// both end done, and each client's disk equals its image's source.
+#[test]
+fn two_sessions_at_once() {
+    if !in_private_netns("two_sessions_at_once") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let disks = [
+        make_image(work.path(), &dir, "a.img", 4, 11),
+        make_image(work.path(), &dir, "b.img", 4, 12),
+    ];
+    let srv = Server::start(&dir, &work.path().join("state.sqlite"));
+    let end = Instant::now() + Duration::from_secs(20);
+    for image in ["a.img", "b.img"] {
+        while srv.req("GET", &format!("/api/images/{image}"), None).status != 200 {
+            assert!(Instant::now() < end, "{image} not listed: {}", srv.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Each session waits for its one client; the throttle keeps each running
+    // for a few seconds so that they overlap.
+    let mut ids = Vec::new();
+    for (name, image) in [("par-a", "a.img"), ("par-b", "b.img")] {
+        let s = srv.req(
+            "POST",
+            "/api/sessions",
+            Some(
+                &json!({"name": name, "image": image, "clients": 1, "timeout": 20, "throttle": 3}),
+            ),
+        );
+        assert_eq!(s.status, 201, "{}", s.text());
+        ids.push(s.json()["id"].as_u64().expect("id"));
+    }
+    let mut clients = Vec::new();
+    for (i, name) in ["par-a", "par-b"].into_iter().enumerate() {
+        let target = work.path().join(format!("t{i}.raw"));
+        let c = Command::new(img())
+            .args(["-session", name, "-client"])
+            .arg(format!("-disk={}", target.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("client");
+        clients.push((c, target));
+    }
+    // Poll a, b, a: if all three say running, b ran while a did (a's running
+    // stretch is one interval holding both of a's polls, and b's poll between).
+    let get = |id: u64| srv.req("GET", &format!("/api/sessions/{id}"), None).json();
+    let running = |v: &Value| v["state"] == json!("running");
+    let ended = |v: &Value| v["state"] == json!("done") || v["state"] == json!("failed");
+    let end = Instant::now() + Duration::from_secs(90);
+    let mut overlap = false;
+    let (a, b) = loop {
+        let (a1, b1, a2) = (get(ids[0]), get(ids[1]), get(ids[0]));
+        overlap |= running(&a1) && running(&b1) && running(&a2);
+        if ended(&a2) && ended(&b1) {
+            break (a2, b1);
+        }
+        assert!(
+            Instant::now() < end,
+            "sessions did not end: {a2:#}\n{b1:#}\n{}",
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(overlap, "the two sessions never ran at once\n{}", srv.log());
+    for (v, name, image) in [(&a, "par-a", "a.img"), (&b, "par-b", "b.img")] {
+        assert_eq!(v["state"], json!("done"), "{v:#}\n{}", srv.log());
+        assert_eq!(v["name"], json!(name));
+        assert_eq!(v["image"], json!(image));
+        assert_eq!(v["run"], json!(1));
+        let cl = v["clients"].as_array().expect("clients");
+        assert_eq!(cl.len(), 1, "{v:#}");
+        assert_eq!(cl[0]["result"], json!("done"), "{v:#}");
+        assert_eq!(cl[0]["done"], cl[0]["total"], "{v:#}");
+        assert!(v["bytes_sent"].as_u64().expect("sent") > 0);
+    }
+    for ((mut c, target), disk) in clients.into_iter().zip(&disks) {
+        assert!(c.wait().expect("client").success());
+        assert!(
+            std::fs::read(&target).expect("target") == std::fs::read(disk).expect("disk"),
+            "{} differs from {}",
+            target.display(),
+            disk.display()
+        );
+    }
+    let list = srv.req("GET", "/api/sessions", None).json();
+    let mut listed: Vec<(u64, String)> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_u64().expect("id"),
+                s["state"].as_str().expect("state").to_string(),
+            )
+        })
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        [(ids[0], "done".to_string()), (ids[1], "done".to_string())]
+    );
+    srv.stop();
+}
+
 /// Runs `script` (bash, with lab/lab.sh loaded and `lab_init` done) in a fresh
 /// private user+network+mount namespace; `$IMG` is the binary, `$DIR` a directory.
 fn lab(dir: &Path, script: &str) -> std::process::Output {
@@ -717,6 +828,151 @@ lab_kill $srv
         metrics.contains("imgcast_clients_done_total 3"),
         "{metrics}"
     );
+}
+
+/// A client that registers too late is queued, and the server's own follow-up
+/// run serves it: in the lab, a session for one client (throttled so it runs a
+/// few seconds) starts with h1; h2 joins while it runs and is told "queued";
+/// when the run ends the server starts run 2 by itself, which restores h2.
+#[test]
+fn lab_late_client_served_by_follow_up_run() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let d = work.path();
+    let images = d.join("images");
+    std::fs::create_dir(&images).expect("mkdir");
+    let disk = make_image(d, &images, "base.img", 6, 9);
+    let script = r#"
+lab_up 3
+lab_spawn h0 "$DIR/server.log" "$IMG" server --images "$DIR/images" --listen 10.77.0.10:8470 >/dev/null
+srv=$LAB_LAST_PID
+for i in $(seq 1 100); do grep -q listening "$DIR/server.log" 2>/dev/null && break; sleep 0.1; done
+TOKEN=$(cat "$DIR/images/.imgcast-token")
+api() { lab_exec h0 curl -sS -H "Authorization: Bearer $TOKEN" "$@"; }
+for i in $(seq 1 200); do
+  [ "$(api -o /dev/null -w '%{http_code}' http://10.77.0.10:8470/api/images/base.img)" = 200 ] && break
+  sleep 0.1
+done
+api -X POST -H 'Content-Type: application/json' \
+  -d '{"name":"late","image":"base.img","clients":1,"timeout":20,"throttle":2}' \
+  http://10.77.0.10:8470/api/sessions >"$DIR/created.json"
+id=$(grep -o '"id":[0-9]*' "$DIR/created.json" | head -1 | cut -d: -f2)
+lab_spawn h1 "$DIR/c1.log" "$IMG" -session late -client -disk="$DIR/c1.raw" >/dev/null
+c1=$LAB_LAST_PID
+n=0
+poll() {
+  n=$((n + 1))
+  api "http://10.77.0.10:8470/api/sessions/$id" >"$DIR/poll-$n.json"
+}
+# Run 1 starts with h1 alone; then h2 comes too late.
+for i in $(seq 1 300); do
+  poll
+  grep -q '"state":"\(running\|done\|failed\)"' "$DIR/poll-$n.json" && break
+  sleep 0.1
+done
+echo "h2 joins at poll $n"
+lab_spawn h2 "$DIR/c2.log" "$IMG" -session late -client -disk="$DIR/c2.raw" >/dev/null
+c2=$LAB_LAST_PID
+for i in $(seq 1 600); do
+  poll
+  grep -q '"state":"\(done\|failed\)"' "$DIR/poll-$n.json" && break
+  sleep 0.1
+done
+wait $c1; echo "c1 exit $?"
+lab_wait 30 $c2 >/dev/null 2>&1; echo "c2 exit $?"
+api http://10.77.0.10:8470/api/sessions >"$DIR/list.json"
+lab_kill $srv
+"#;
+    let out = lab(d, script);
+    let log = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+    let show = format!(
+        "{}\n{}\n--- server\n{}\n--- c1\n{}\n--- c2\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        log("server.log"),
+        log("c1.log"),
+        log("c2.log")
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("c1 exit 0"), "{show}");
+    assert!(stdout.contains("c2 exit 0"), "{show}");
+    assert!(
+        log("c2.log").contains("queued for the next session"),
+        "{show}"
+    );
+
+    let mut polls = Vec::new();
+    for n in 1.. {
+        let Ok(text) = std::fs::read_to_string(d.join(format!("poll-{n}.json"))) else {
+            break;
+        };
+        polls.push(serde_json::from_str::<Value>(&text).expect("poll json"));
+    }
+    // While run 1 ran, the API listed h2 as queued; later, run 2 was on.
+    let queued_in_run1 = polls.iter().position(|p| {
+        p["run"] == json!(1)
+            && p["state"] == json!("running")
+            && p["queued"].as_array().is_some_and(|q| {
+                q.iter()
+                    .any(|a| a.as_str().is_some_and(|a| a.starts_with("10.77.0.12:")))
+            })
+    });
+    let Some(at) = queued_in_run1 else {
+        panic!("no poll showed h2 queued during run 1\n{show}");
+    };
+    assert!(
+        polls[at..].iter().any(|p| p["run"] == json!(2)
+            && (p["state"] == json!("gathering") || p["state"] == json!("running"))),
+        "no poll showed the follow-up run live\n{show}"
+    );
+
+    // The history shows one session, done after its follow-up run: h1 served
+    // by run 1, h2 by run 2, nobody left queued.
+    let list: Value = serde_json::from_str(&log("list.json")).expect("list json");
+    let list = list.as_array().expect("list");
+    assert_eq!(list.len(), 1, "{list:#?}\n{show}");
+    let s = &list[0];
+    assert_eq!(s["state"], json!("done"), "{s:#}\n{show}");
+    assert_eq!(s["run"], json!(2), "{s:#}");
+    assert_eq!(s["queued"], json!([]), "{s:#}");
+    assert!(
+        s["notes"].as_array().expect("notes").iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.contains("follow-up run 2 for 1 queued client"))),
+        "{s:#}"
+    );
+    let mut served: Vec<(String, u64, String)> = s["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .map(|c| {
+            assert_eq!(c["done"], c["total"], "{s:#}");
+            (
+                c["addr"]
+                    .as_str()
+                    .and_then(|a| a.split(':').next())
+                    .expect("addr")
+                    .to_string(),
+                c["run"].as_u64().expect("run"),
+                c["result"].as_str().unwrap_or("none").to_string(),
+            )
+        })
+        .collect();
+    served.sort();
+    assert_eq!(
+        served,
+        [
+            ("10.77.0.11".to_string(), 1, "done".to_string()),
+            ("10.77.0.12".to_string(), 2, "done".to_string()),
+        ],
+        "{s:#}"
+    );
+    let disk = std::fs::read(disk).expect("disk");
+    for i in 1..=2 {
+        assert!(
+            std::fs::read(d.join(format!("c{i}.raw"))).expect("target") == disk,
+            "client {i} differs\n{show}"
+        );
+    }
 }
 
 /// A WebDriver session with chromedriver (W3C JSON over HTTP).
