@@ -400,6 +400,7 @@ fn run(
         while let Some(t) = receiver.poll_transmit(now) {
             net.transmit(&t)?;
         }
+        net.flush()?;
         let tick = now + Duration::from_millis(20);
         let deadline = receiver.poll_timeout().map_or(tick, |t| t.min(tick));
         if deadline > Instant::now() {
@@ -418,7 +419,7 @@ fn flush(receiver: &mut proto::Receiver, net: &mut Net, now: Instant) -> Result<
         };
         net.transmit(&t)?;
     }
-    Ok(())
+    net.flush()
 }
 
 /// This machine's name, shown in the master's table.

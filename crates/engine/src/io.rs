@@ -2,7 +2,7 @@
 //! send path, so the protocol loop waits on a single queue with a deadline.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -30,7 +30,26 @@ pub(crate) struct Net {
     threads: Vec<JoinHandle<()>>,
     /// Send failures that were not fatal (e.g. a transient ENOBUFS).
     pub(crate) send_errors: u64,
+    /// Equal-sized group datagrams waiting to leave in one UDP GSO send.
+    gso: GsoBatch,
 }
+
+/// Consecutive group datagrams of one size, sent with one `sendmsg` and a
+/// `UDP_SEGMENT` control message: the kernel cuts them into datagrams of that
+/// size, so the per-packet cost of the send path is paid once per batch.
+#[derive(Default)]
+struct GsoBatch {
+    buf: Vec<u8>,
+    seg_len: usize,
+    count: usize,
+    /// Set when the kernel or the interface refused GSO: plain sends from then on.
+    unsupported: bool,
+}
+
+/// Datagrams in one GSO send (the kernel allows 64).
+const GSO_MAX_SEGMENTS: usize = 32;
+/// Bytes in one GSO send (an IP packet's limit, with room for headers).
+const GSO_MAX_BYTES: usize = 60 * 1024;
 
 /// Batches queued between the receive threads and the protocol loop.
 const QUEUE: usize = 4096;
@@ -113,6 +132,7 @@ impl Net {
             stop,
             threads,
             send_errors: 0,
+            gso: GsoBatch::default(),
         })
     }
 
@@ -136,13 +156,96 @@ impl Net {
         }
     }
 
-    /// Sends what the protocol asked for, to the group or to one peer.
+    /// Sends what the protocol asked for, to the group or to one peer. Group
+    /// datagrams of equal size are gathered for one GSO send: call
+    /// [`Net::flush`] before waiting.
     pub(crate) fn transmit(&mut self, t: &imgcast_proto::Transmit) -> Result<(), EngineError> {
-        let to = match t.dest {
-            imgcast_proto::Dest::Group => self.group,
-            imgcast_proto::Dest::Peer(a) => a,
+        match t.dest {
+            imgcast_proto::Dest::Group if !self.gso.unsupported => {
+                let len = t.payload.len();
+                let g = &self.gso;
+                if g.count > 0
+                    && (len != g.seg_len
+                        || g.count >= GSO_MAX_SEGMENTS
+                        || g.buf.len() + len > GSO_MAX_BYTES)
+                {
+                    self.flush()?;
+                }
+                if self.gso.count == 0 {
+                    self.gso.seg_len = len;
+                }
+                self.gso.buf.extend_from_slice(&t.payload);
+                self.gso.count += 1;
+                Ok(())
+            }
+            imgcast_proto::Dest::Group => {
+                let to = self.group;
+                self.send(to, &t.payload)
+            }
+            imgcast_proto::Dest::Peer(a) => {
+                self.flush()?;
+                self.send(a, &t.payload)
+            }
+        }
+    }
+
+    /// Sends the gathered group datagrams.
+    pub(crate) fn flush(&mut self) -> Result<(), EngineError> {
+        let count = std::mem::take(&mut self.gso.count);
+        if count == 0 {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.gso.buf);
+        let seg = self.gso.seg_len;
+        let to = self.group;
+        let result = if count == 1 {
+            self.send(to, &buf)
+        } else {
+            match self.send_gso(&buf, seg) {
+                Ok(()) => Ok(()),
+                Err(
+                    nix::errno::Errno::EIO
+                    | nix::errno::Errno::EINVAL
+                    | nix::errno::Errno::EOPNOTSUPP
+                    | nix::errno::Errno::ENOPROTOOPT,
+                ) => {
+                    // No GSO here (old kernel, a device without it): send one by one, from now on too.
+                    self.gso.unsupported = true;
+                    buf.chunks(seg).try_for_each(|d| self.send(to, d))
+                }
+                Err(nix::errno::Errno::ENOBUFS | nix::errno::Errno::EAGAIN) => {
+                    self.send_errors += 1;
+                    Ok(())
+                }
+                Err(e) => Err(EngineError::io(
+                    format!("sending to {to}"),
+                    std::io::Error::from(e),
+                )),
+            }
         };
-        self.send(to, &t.payload)
+        let mut buf = buf;
+        buf.clear();
+        self.gso.buf = buf;
+        result
+    }
+
+    fn send_gso(&self, buf: &[u8], seg: usize) -> Result<(), nix::errno::Errno> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrIn};
+        let SocketAddr::V4(group) = self.group else {
+            return Err(nix::errno::Errno::EINVAL);
+        };
+        let seg = u16::try_from(seg).map_err(|_| nix::errno::Errno::EINVAL)?;
+        let addr = SockaddrIn::from(group);
+        let iov = [std::io::IoSlice::new(buf)];
+        let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
+        sendmsg(
+            self.unicast.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map(|_| ())
     }
 
     /// Sends one datagram; a full send buffer (`ENOBUFS`/`EAGAIN`) is counted

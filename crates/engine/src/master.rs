@@ -148,6 +148,7 @@ pub fn run_master(
             net.transmit(&t)?;
             sent += 1;
         }
+        net.flush()?;
         while let Some(ev) = sender.poll_event() {
             match ev {
                 proto::SenderEvent::ClientRegistered {
@@ -345,7 +346,7 @@ fn flush(sender: &mut proto::Sender, net: &mut Net, now: Instant) -> Result<(), 
         };
         net.transmit(&t)?;
     }
-    Ok(())
+    net.flush()
 }
 
 /// Opens the source and starts the thread that reads it into wire-ready chunks.
