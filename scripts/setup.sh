@@ -8,7 +8,7 @@ set -euo pipefail
 need=()
 for pair in nft:nftables ip:iproute2 unshare:util-linux losetup:mount mkfs.ext4:e2fsprogs \
             zstd:zstd udp-sender:udpcast tmux:tmux sfdisk:fdisk \
-            curl:curl chromium:chromium chromedriver:chromium-driver; do
+            curl:curl chromium:chromium chromedriver:chromium-driver python3:python3; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

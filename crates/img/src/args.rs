@@ -172,6 +172,8 @@ Session (multicast) mode, as in the ZENworks imaging engine; these are equivalen
   img --session lab3 --master --clients 5 --timeout 20 --disk /dev/sda
   img -session lab3 -client -disk=/dev/sda
 
+`img` alone, on a terminal, opens the menu (Multicast Session -> Master / Client).
+
 Exit codes: 0 success; 1 the operation failed (the message says why);
 2 the command line is wrong.";
 

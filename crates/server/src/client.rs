@@ -492,8 +492,8 @@ mod tests {
 
     #[test]
     fn urls_parse() {
-        let u = ServerUrl::parse("http://10.0.0.1:8470/win11.img").expect("url");
-        assert_eq!(u.addr, "10.0.0.1:8470");
+        let u = ServerUrl::parse("http://imaging.example:8470/win11.img").expect("url");
+        assert_eq!(u.addr, "imaging.example:8470");
         assert_eq!(u.path, "/win11.img");
         assert_eq!(
             ServerUrl::parse("http://srv/x").expect("url").addr,
