@@ -23,6 +23,9 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+mod extents;
+pub use extents::{Extent, Extents};
+
 /// Errors from disk inspection and opening. Each names the path involved.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
