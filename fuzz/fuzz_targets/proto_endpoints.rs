@@ -4,7 +4,7 @@
 
 #[path = "../src/proto_endpoints.rs"]
 mod proto_endpoints;
-// Only its MAC helper is used here.
+// Only its key helper is used here.
 #[allow(dead_code)]
 #[path = "../src/proto_packet.rs"]
 mod proto_packet;

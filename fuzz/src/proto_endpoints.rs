@@ -13,18 +13,19 @@
 //!   starts first); `len` is ignored.
 //!
 //! Before a datagram is delivered, op bit 4 writes the session's name hash
-//! into it, bit 5 the sender's session id, bit 6 sets the MAC flag and
-//! appends a valid MAC, so the fuzzer reaches past the filters at the door.
+//! into it, bit 5 the master's session id, and bit 6 seals it with the run's
+//! key (keyless or keyed, as the session is), so the fuzzer reaches past the
+//! filters and the packet check at the door.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use imgcast_proto::wire::HEADER_LEN;
+use imgcast_proto::wire::{self, HEADER_LEN};
 use imgcast_proto::{
     Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig, SessionKey, SessionName,
 };
 
-use crate::proto_packet::{append_mac, KEY};
+use crate::proto_packet::{keys, KEY};
 
 /// Session id of the fuzzed master.
 const SESSION_ID: u64 = 0x5EED_0001;
@@ -91,8 +92,11 @@ pub(crate) fn run(data: &[u8]) {
                 d[15..23].copy_from_slice(&SESSION_ID.to_be_bytes());
             }
             if op & 0x40 != 0 {
-                d[6] |= 1;
-                append_mac(&mut d);
+                let [check, keyed] = keys(&name.hash(), SESSION_ID);
+                let k = if mode & 1 != 0 { keyed } else { check };
+                if let Ok(sealed) = wire::seal_encoded(&d, &k) {
+                    d = sealed;
+                }
             }
         }
         if op & 3 == 0 {
@@ -126,11 +130,11 @@ fn exchange(
         while let Some(e) = receiver.poll_event() {
             match e {
                 ReceiverEvent::Announced { .. } => {
-                    let _ = receiver.register(now);
+                    let _ = receiver.register(now, 1 << 20);
                 }
                 ReceiverEvent::Object { index, .. } => receiver.object_done(index),
                 ReceiverEvent::Trailer(_) => {
-                    let _ = receiver.report_done(now);
+                    let _ = receiver.report_done(now, String::new());
                 }
                 _ => {}
             }

@@ -89,6 +89,11 @@ impl Assembly {
         }
     }
 
+    /// Distinct symbols held.
+    pub(crate) fn held(&self) -> u32 {
+        self.sources + self.repairs.len() as u32
+    }
+
     /// Symbols still needed before a decode is worth trying.
     pub(crate) fn need(&self) -> u32 {
         (self.k + self.extra).saturating_sub(self.sources + self.repairs.len() as u32)

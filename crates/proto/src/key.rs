@@ -1,11 +1,9 @@
-//! The optional session key: every packet then carries a 16-byte keyed BLAKE3 MAC.
+//! The optional session key (`-key`): derived once from the passphrase; each run's packet key is
+//! derived from it, the name and the run's session id ([`crate::PacketKey`]).
 
 use std::fmt;
 
 use crate::name::SessionName;
-
-/// Length of the MAC appended to every packet of a keyed session.
-pub const MAC_LEN: usize = 16;
 
 /// Why a key could not be derived.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,7 +29,7 @@ impl SessionKey {
         if passphrase.is_empty() {
             return Err(KeyError::EmptyPassphrase);
         }
-        let salt = format!("imgcast-v1:{}", name.as_str());
+        let salt = format!("imgcast-v2:{}", name.as_str());
         let mut key = [0u8; 32];
         argon2::Argon2::default()
             .hash_password_into(passphrase.as_bytes(), salt.as_bytes(), &mut key)
@@ -44,24 +42,9 @@ impl SessionKey {
         Self(bytes)
     }
 
-    /// The MAC of `data`: the first 16 bytes of keyed BLAKE3.
-    pub(crate) fn mac(&self, data: &[u8]) -> [u8; MAC_LEN] {
-        let h = blake3::keyed_hash(&self.0, data);
-        let mut out = [0; MAC_LEN];
-        out.copy_from_slice(&h.as_bytes()[..MAC_LEN]);
-        out
-    }
-
-    /// Checks a MAC in constant time.
-    pub(crate) fn verify(&self, data: &[u8], mac: &[u8]) -> bool {
-        let h = blake3::keyed_hash(&self.0, data);
-        // Truncated compare in constant time: fold the differences.
-        mac.len() == MAC_LEN
-            && h.as_bytes()[..MAC_LEN]
-                .iter()
-                .zip(mac)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+    /// The key material, for deriving run keys.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 }
 
@@ -84,10 +67,6 @@ mod tests {
         assert_ne!(k1, SessionKey::derive("secret", &b).unwrap());
         assert_ne!(k1, SessionKey::derive("Secret", &a).unwrap());
         assert_eq!(SessionKey::derive("", &a), Err(KeyError::EmptyPassphrase));
-        let mac = k1.mac(b"hello");
-        assert!(k1.verify(b"hello", &mac));
-        assert!(!k1.verify(b"hellp", &mac));
-        assert!(!k1.verify(b"hello", &mac[..15]));
         assert_eq!(format!("{k1:?}"), "SessionKey(..)");
     }
 }

@@ -20,17 +20,22 @@
 mod fec;
 mod key;
 mod name;
-mod rate;
+mod protect;
 mod receiver;
+mod replay;
 mod sender;
 pub mod wire;
 
 use std::net::SocketAddr;
 
+/// Most objects a master keeps in flight (its `window`): receivers bound their buffers with it.
+pub const MAX_WINDOW: u16 = 1024;
+
 pub use fec::MAX_K;
-pub use key::{KeyError, SessionKey, MAC_LEN};
+pub use key::{KeyError, SessionKey};
 pub use name::{group_addr, NameError, SessionName, MAX_NAME_LEN};
-pub use receiver::{Receiver, ReceiverConfig, ReceiverError, ReceiverEvent};
+pub use protect::{PacketKey, TAG_LEN};
+pub use receiver::{Receiver, ReceiverConfig, ReceiverError, ReceiverEvent, Rejection};
 pub use sender::{
     tie_break, ConfigError, DropReason, PushError, Sender, SenderConfig, SenderEvent,
 };
@@ -75,14 +80,30 @@ pub struct Stats {
     pub dropped_stray: u64,
     /// Dropped: not a valid packet.
     pub dropped_malformed: u64,
-    /// Dropped: MAC missing, unexpected or wrong.
-    pub mac_failures: u64,
+    /// Dropped: keyless packets whose check failed (corrupted, cut, padded, forged).
+    pub check_failures: u64,
+    /// Dropped: keyed differently from us, or failing authentication with our key.
+    pub auth_failures: u64,
+    /// Dropped: a packet number seen before (a replay or a duplicate), or older than the window.
+    pub replays: u64,
     /// Valid packets of our session that need no action (e.g. our own multicast looped back).
     pub ignored: u64,
     /// Data symbols already held (receiver).
     pub duplicates: u64,
     /// Data symbols refused as inconsistent with the session (receiver).
     pub dropped_invalid_data: u64,
+}
+
+impl Stats {
+    /// Counts a datagram [`wire::open`] refused; `keyed` when we hold a session key.
+    pub(crate) fn count_open_error(&mut self, e: &wire::OpenError, keyed: bool) {
+        match e {
+            wire::OpenError::Decode(_) => self.dropped_malformed += 1,
+            wire::OpenError::KeyMismatch => self.auth_failures += 1,
+            wire::OpenError::BadTag if keyed => self.auth_failures += 1,
+            wire::OpenError::BadTag => self.check_failures += 1,
+        }
+    }
 }
 
 /// A small deterministic PRNG (SplitMix64): jitter needs no cryptographic quality and must be

@@ -1,18 +1,20 @@
 //! Packet formats and the one codec every packet goes through (see docs/PROTOCOL.md, "Packets").
 //!
 //! Parsers never panic and never trust a length: every malformed input is a [`DecodeError`].
+//! [`seal`] protects a packet with its run's [`PacketKey`]; [`open`] checks that protection before
+//! it parses anything beyond the header.
 
-use crate::key::{SessionKey, MAC_LEN};
+use crate::protect::{PacketKey, TAG_LEN};
 
 /// First four bytes of every packet.
 pub const MAGIC: [u8; 4] = *b"IMGC";
 /// Protocol version carried by every packet.
-pub const VERSION: u8 = 1;
-/// Bytes of the common header: magic, version, type, flags, name hash, session id.
-pub const HEADER_LEN: usize = 4 + 1 + 1 + 1 + 8 + 8;
-/// Bytes of a data packet before its symbol: header plus seq, object, object length, symbol id,
-/// sent-through.
-pub const DATA_OVERHEAD: usize = HEADER_LEN + 8 + 4 + 4 + 4 + 4;
+pub const VERSION: u8 = 2;
+/// Bytes of the common header: magic, version, type, flags, name hash, session id, sender, seq.
+pub const HEADER_LEN: usize = 4 + 1 + 1 + 1 + 8 + 8 + 8 + 8;
+/// Bytes of a data packet around its symbol: header, object, object length, symbol id,
+/// sent-through, and the tag.
+pub const DATA_OVERHEAD: usize = HEADER_LEN + 4 + 4 + 4 + 4 + TAG_LEN;
 /// Largest opaque session info carried by an Announce.
 pub const MAX_SESSION_INFO: usize = 512;
 /// Largest opaque trailer carried by an End packet.
@@ -27,8 +29,15 @@ pub const MAX_NEEDS: usize = 64;
 pub const MAX_ESI: u32 = 1 << 24;
 /// Need value meaning "I have no symbol of this object yet (its length is unknown to me)".
 pub const NEED_ALL: u16 = u16::MAX;
+/// Sender id of the master; clients use their random non-zero client id.
+pub const MASTER: u64 = 0;
 
-const FLAG_MAC: u8 = 1;
+/// Flag bit 0: the packet is encrypted and authenticated with the session key (`-key`).
+const FLAG_KEYED: u8 = 1;
+/// Flag bit 1: the packet went to one peer, not to the group. Group and unicast packets of the
+/// master are numbered separately, so a receiver can measure group loss from the gaps.
+const FLAG_UNICAST: u8 = 2;
+const KNOWN_FLAGS: u8 = FLAG_KEYED | FLAG_UNICAST;
 
 /// Why bytes are not a valid packet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -144,23 +153,32 @@ pub(crate) fn clamp_text(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
-/// The common header of every packet.
+/// The common header of every packet, readable before the packet's tag is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     /// Packet type code (see [`Body::kind`]).
     pub kind: u8,
-    /// Bit 0: a MAC follows the body.
+    /// Bit 0: keyed (encrypted); bit 1: unicast. Other bits must be 0.
     pub flags: u8,
     /// First 8 bytes of BLAKE3 of the session name.
     pub name_hash: [u8; 8],
-    /// The master's random per-run session id.
+    /// The master's random per-run session id (client packets carry their master's).
     pub session_id: u64,
+    /// [`MASTER`] (0) for the master; the client id for a client.
+    pub sender: u64,
+    /// The sender's packet number, from 1, one sequence per sender and channel (group or unicast).
+    pub seq: u64,
 }
 
 impl Header {
-    /// Whether the packet claims a MAC.
-    pub fn has_mac(&self) -> bool {
-        self.flags & FLAG_MAC != 0
+    /// Whether the packet is protected with the session key.
+    pub fn keyed(&self) -> bool {
+        self.flags & FLAG_KEYED != 0
+    }
+
+    /// Whether the packet was sent to one peer rather than to the group.
+    pub fn unicast(&self) -> bool {
+        self.flags & FLAG_UNICAST != 0
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -171,17 +189,45 @@ impl Header {
         if version != VERSION {
             return Err(DecodeError::Version(version));
         }
+        let kind = r.u8("type")?;
+        let flags = r.u8("flags")?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(DecodeError::BadValue { field: "flags" });
+        }
         Ok(Self {
-            kind: r.u8("type")?,
-            flags: r.u8("flags")?,
+            kind,
+            flags,
             name_hash: r.array("name hash")?,
             session_id: r.u64("session id")?,
+            sender: r.u64("sender")?,
+            seq: r.u64("seq")?,
         })
     }
 
-    /// Parses only the header, to filter by name and session before any further work.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(self.kind);
+        out.push(self.flags);
+        out.extend_from_slice(&self.name_hash);
+        out.extend_from_slice(&self.session_id.to_be_bytes());
+        out.extend_from_slice(&self.sender.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+    }
+
+    /// Parses only the header, to find the run's key and filter by name before any further work.
     pub fn peek(buf: &[u8]) -> Result<Self, DecodeError> {
         Self::read(&mut Reader { buf })
+    }
+
+    /// The AEAD nonce: sender, sequence number, flags and type, unique per packet of a run.
+    fn nonce(&self) -> [u8; 24] {
+        let mut n = [0u8; 24];
+        n[..8].copy_from_slice(&self.sender.to_be_bytes());
+        n[8..16].copy_from_slice(&self.seq.to_be_bytes());
+        n[16] = self.flags;
+        n[17] = self.kind;
+        n
     }
 }
 
@@ -211,11 +257,12 @@ pub struct Announce {
     pub session_info: Vec<u8>,
 }
 
-/// Client to master: please count me in.
+/// Client to master: please count me in (the client id is the packet's sender).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Register {
-    /// Random id of the client, stable for one Receiver.
-    pub client_id: u64,
+    /// Fresh for each registration: the master's Ack must echo it, so a replayed Ack of an earlier
+    /// run cannot register a client with a master that is not there.
+    pub nonce: u64,
     /// Host name or other label shown by the master.
     pub label: String,
 }
@@ -240,13 +287,13 @@ pub struct Ack {
     pub client_id: u64,
     /// What is acknowledged.
     pub kind: AckKind,
+    /// The nonce of the client's latest Register.
+    pub nonce: u64,
 }
 
 /// One symbol of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Data {
-    /// Sender packet sequence number (data packets only): receivers measure loss from its gaps.
-    pub seq: u64,
     /// Object index.
     pub object: u32,
     /// Object length in bytes.
@@ -269,38 +316,36 @@ pub struct Need {
     pub count: u16,
 }
 
-/// Client feedback, paced and jittered.
+/// Client feedback, paced and jittered (the client id is the packet's sender).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
-    /// The client.
-    pub client_id: u64,
     /// Every object below this one is done (decoded and taken by the engine).
     pub low: u32,
     /// Objects done.
     pub objects_done: u32,
     /// Object bytes done.
     pub bytes: u64,
-    /// Highest data sequence number seen.
+    /// Highest group sequence number seen from the master.
     pub highest_seq: u64,
     /// Microseconds between the arrival of `highest_seq` and this Status: the master subtracts it
     /// to measure the round-trip time.
     pub held_us: u32,
-    /// Data packets missing from the sequence since the previous Status.
+    /// Group packets missing from the sequence since the previous Status.
     pub lost: u32,
-    /// Data packets expected since the previous Status.
+    /// Group packets expected since the previous Status.
     pub expected: u32,
+    /// Objects this client decoded but had to throw away (their chunk failed its check), so far.
+    pub rejected: u32,
     /// Incomplete objects, most urgent first.
     pub needs: Vec<Need>,
 }
 
-/// Client to master: the engine's verdict.
+/// Client to master: the engine's verdict (the client id is the packet's sender).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// The client.
-    pub client_id: u64,
     /// Everything verified.
     pub ok: bool,
-    /// Why not, when `ok` is false.
+    /// Why not, when `ok` is false; a short note (e.g. about the image-safe record) when true.
     pub reason: String,
 }
 
@@ -366,7 +411,7 @@ impl Body {
                 put_bytes16(out, &a.session_info, MAX_SESSION_INFO);
             }
             Self::Register(r) => {
-                out.extend_from_slice(&r.client_id.to_be_bytes());
+                out.extend_from_slice(&r.nonce.to_be_bytes());
                 put_bytes16(out, clamp_text(&r.label, MAX_LABEL).as_bytes(), MAX_LABEL);
             }
             Self::Ack(a) => {
@@ -377,10 +422,10 @@ impl Body {
                     AckKind::Report => 2,
                     AckKind::Dropped => 3,
                 });
+                out.extend_from_slice(&a.nonce.to_be_bytes());
             }
             Self::Start { clients } => out.extend_from_slice(&clients.to_be_bytes()),
             Self::Data(d) => {
-                out.extend_from_slice(&d.seq.to_be_bytes());
                 out.extend_from_slice(&d.object.to_be_bytes());
                 out.extend_from_slice(&d.object_len.to_be_bytes());
                 out.extend_from_slice(&d.esi.to_be_bytes());
@@ -388,7 +433,6 @@ impl Body {
                 out.extend_from_slice(&d.symbol);
             }
             Self::Status(s) => {
-                out.extend_from_slice(&s.client_id.to_be_bytes());
                 out.extend_from_slice(&s.low.to_be_bytes());
                 out.extend_from_slice(&s.objects_done.to_be_bytes());
                 out.extend_from_slice(&s.bytes.to_be_bytes());
@@ -396,6 +440,7 @@ impl Body {
                 out.extend_from_slice(&s.held_us.to_be_bytes());
                 out.extend_from_slice(&s.lost.to_be_bytes());
                 out.extend_from_slice(&s.expected.to_be_bytes());
+                out.extend_from_slice(&s.rejected.to_be_bytes());
                 let needs = &s.needs[..s.needs.len().min(MAX_NEEDS)];
                 out.push(needs.len() as u8);
                 for n in needs {
@@ -405,7 +450,6 @@ impl Body {
             }
             Self::End { trailer } => put_bytes16(out, trailer, MAX_TRAILER),
             Self::Report(r) => {
-                out.extend_from_slice(&r.client_id.to_be_bytes());
                 out.push(u8::from(r.ok));
                 put_bytes16(
                     out,
@@ -438,7 +482,7 @@ impl Body {
                 session_info: r.bytes16("session info", MAX_SESSION_INFO)?,
             }),
             2 => Self::Register(Register {
-                client_id: r.u64("client id")?,
+                nonce: r.u64("nonce")?,
                 label: r.text("label", MAX_LABEL)?,
             }),
             3 => Self::Ack(Ack {
@@ -450,12 +494,12 @@ impl Body {
                     3 => AckKind::Dropped,
                     _ => return Err(DecodeError::BadValue { field: "ack kind" }),
                 },
+                nonce: r.u64("nonce")?,
             }),
             4 => Self::Start {
                 clients: r.u32("clients")?,
             },
             5 => {
-                let seq = r.u64("seq")?;
                 let object = r.u32("object")?;
                 let object_len = r.u32("object length")?;
                 let esi = r.u32("symbol id")?;
@@ -468,7 +512,6 @@ impl Body {
                     return Err(DecodeError::Truncated { field: "symbol" });
                 }
                 Self::Data(Data {
-                    seq,
                     object,
                     object_len,
                     esi,
@@ -478,7 +521,6 @@ impl Body {
             }
             6 => {
                 let mut s = Status {
-                    client_id: r.u64("client id")?,
                     low: r.u32("low")?,
                     objects_done: r.u32("objects done")?,
                     bytes: r.u64("bytes")?,
@@ -486,6 +528,7 @@ impl Body {
                     held_us: r.u32("held")?,
                     lost: r.u32("lost")?,
                     expected: r.u32("expected")?,
+                    rejected: r.u32("rejected")?,
                     needs: Vec::new(),
                 };
                 let n = usize::from(r.u8("need count")?);
@@ -508,7 +551,6 @@ impl Body {
                 trailer: r.bytes16("trailer", MAX_TRAILER)?,
             },
             8 => Self::Report(Report {
-                client_id: r.u64("client id")?,
                 ok: match r.u8("ok")? {
                     0 => false,
                     1 => true,
@@ -534,63 +576,95 @@ fn nonzero16(v: u16, field: &'static str) -> Result<u16, DecodeError> {
     }
 }
 
-/// A whole packet without its MAC.
+/// A whole packet, as its sender means it (before protection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
     /// Name hash of the session.
     pub name_hash: [u8; 8],
     /// The master's session id.
     pub session_id: u64,
+    /// [`MASTER`] or the sending client's id.
+    pub sender: u64,
+    /// The sender's packet number in its channel (group or unicast), from 1.
+    pub seq: u64,
+    /// Sent to one peer rather than to the group.
+    pub unicast: bool,
     /// Type-specific content.
     pub body: Body,
 }
 
-impl Codec for Packet {
-    /// Encodes without MAC (flags 0); [`seal`] adds one.
-    fn encode(&self, out: &mut Vec<u8>) {
-        self.encode_with_flags(out, 0);
+impl Packet {
+    fn header(&self, keyed: bool) -> Header {
+        let mut flags = 0;
+        if keyed {
+            flags |= FLAG_KEYED;
+        }
+        if self.unicast {
+            flags |= FLAG_UNICAST;
+        }
+        Header {
+            kind: self.body.kind(),
+            flags,
+            name_hash: self.name_hash,
+            session_id: self.session_id,
+            sender: self.sender,
+            seq: self.seq,
+        }
     }
 
-    /// Decodes a packet without MAC; a packet that claims a MAC is refused (use [`open`]).
+    fn from_parts(h: &Header, body: Body) -> Self {
+        Self {
+            name_hash: h.name_hash,
+            session_id: h.session_id,
+            sender: h.sender,
+            seq: h.seq,
+            unicast: h.unicast(),
+            body,
+        }
+    }
+}
+
+impl Codec for Packet {
+    /// The unprotected form: header and body, no tag (tests and fuzzing; [`seal`] is what is sent).
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.header(false).write(out);
+        self.body.encode(out);
+    }
+
+    /// Parses the unprotected form; a packet flagged keyed is refused (use [`open`]).
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader { buf };
         let h = Header::read(&mut r)?;
-        if h.flags != 0 {
+        if h.keyed() {
             return Err(DecodeError::BadValue { field: "flags" });
         }
         let body = Body::read(h.kind, &mut r)?;
-        Ok(Self {
-            name_hash: h.name_hash,
-            session_id: h.session_id,
-            body,
-        })
+        Ok(Self::from_parts(&h, body))
     }
 }
 
-impl Packet {
-    fn encode_with_flags(&self, out: &mut Vec<u8>, flags: u8) {
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(self.body.kind());
-        out.push(flags);
-        out.extend_from_slice(&self.name_hash);
-        out.extend_from_slice(&self.session_id.to_be_bytes());
-        self.body.encode(out);
-    }
-}
-
-/// Encodes `packet`, appending a MAC when a key is given.
-pub fn seal(packet: &Packet, key: Option<&SessionKey>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    match key {
-        None => packet.encode(&mut out),
-        Some(k) => {
-            packet.encode_with_flags(&mut out, FLAG_MAC);
-            let mac = k.mac(&out);
-            out.extend_from_slice(&mac);
-        }
-    }
+/// Encodes `packet` and protects it with its run's key: the tag is appended and, when keyed, the
+/// body encrypted.
+pub fn seal(packet: &Packet, key: &PacketKey) -> Vec<u8> {
+    let header = packet.header(key.keyed());
+    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    header.write(&mut out);
+    packet.body.encode(&mut out);
+    key.seal(&mut out, HEADER_LEN, &header.nonce());
     out
+}
+
+/// Protects an already encoded packet (header and body, as [`Codec::encode`] writes them, with any
+/// body bytes): sets the keyed flag to match `key` and appends the tag. For tools and tests that
+/// build packets byte by byte; [`seal`] is the normal way.
+pub fn seal_encoded(encoded: &[u8], key: &PacketKey) -> Result<Vec<u8>, DecodeError> {
+    let mut h = Header::peek(encoded)?;
+    h.flags = (h.flags & !FLAG_KEYED) | if key.keyed() { FLAG_KEYED } else { 0 };
+    let mut out = Vec::with_capacity(encoded.len() + TAG_LEN);
+    h.write(&mut out);
+    out.extend_from_slice(&encoded[HEADER_LEN..]);
+    key.seal(&mut out, HEADER_LEN, &h.nonce());
+    Ok(out)
 }
 
 /// Why a datagram was refused by [`open`].
@@ -600,67 +674,59 @@ pub enum OpenError {
     /// Malformed.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// The MAC is missing, unexpected or wrong.
-    #[error("packet fails authentication")]
-    Auth,
+    /// Keyed where we are keyless, or the other way round: a different `-key` setting.
+    #[error("packet is keyed differently (wrong or missing -key)")]
+    KeyMismatch,
+    /// The tag is wrong: corrupted, cut, padded, forged, or protected with another key.
+    #[error("packet fails its check")]
+    BadTag,
 }
 
-/// Checks the MAC (when a key is set; a keyless endpoint refuses MAC'd packets) and decodes.
-pub fn open(buf: &[u8], key: Option<&SessionKey>) -> Result<Packet, OpenError> {
+/// Checks `buf`'s protection with `key` (the key of the run its header names) and decodes it.
+/// Nothing but the header is parsed before the tag has been verified.
+pub fn open(buf: &[u8], key: &PacketKey) -> Result<Packet, OpenError> {
     let h = Header::peek(buf)?;
-    let body = match (key, h.has_mac()) {
-        (None, false) => buf,
-        (Some(k), true) => {
-            let Some(split) = buf.len().checked_sub(MAC_LEN).filter(|&s| s >= HEADER_LEN) else {
-                return Err(OpenError::Auth);
-            };
-            let (body, mac) = buf.split_at(split);
-            if !k.verify(body, mac) {
-                return Err(OpenError::Auth);
-            }
-            body
-        }
-        _ => return Err(OpenError::Auth),
-    };
-    if h.flags & !FLAG_MAC != 0 {
-        return Err(DecodeError::BadValue { field: "flags" }.into());
+    if h.keyed() != key.keyed() {
+        return Err(OpenError::KeyMismatch);
     }
+    let mut copy = buf.to_vec();
+    let len = key
+        .open(&mut copy, HEADER_LEN, &h.nonce())
+        .ok_or(OpenError::BadTag)?;
     let mut r = Reader {
-        buf: &body[HEADER_LEN..],
+        buf: &copy[HEADER_LEN..len],
     };
-    Ok(Packet {
-        name_hash: h.name_hash,
-        session_id: h.session_id,
-        body: Body::read(h.kind, &mut r)?,
-    })
+    let body = Body::read(h.kind, &mut r)?;
+    Ok(Packet::from_parts(&h, body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SessionKey;
     use proptest::prelude::*;
 
-    fn samples() -> Vec<Packet> {
+    pub(crate) fn samples() -> Vec<Packet> {
         let bodies = vec![
             Body::Announce(Announce {
                 phase: Phase::Running,
                 yields: true,
                 object_count: 7,
-                symbol_size: 1405,
+                symbol_size: 1377,
                 window: 64,
                 session_info: vec![1, 2, 3],
             }),
             Body::Register(Register {
-                client_id: 42,
+                nonce: 0x1234_5678_9abc,
                 label: "pc-12".into(),
             }),
             Body::Ack(Ack {
                 client_id: 42,
                 kind: AckKind::Dropped,
+                nonce: 77,
             }),
             Body::Start { clients: 3 },
             Body::Data(Data {
-                seq: 9,
                 object: 1,
                 object_len: 3000,
                 esi: 2,
@@ -668,7 +734,6 @@ mod tests {
                 symbol: vec![7; 100],
             }),
             Body::Status(Status {
-                client_id: 5,
                 low: 1,
                 objects_done: 3,
                 bytes: 1 << 40,
@@ -676,6 +741,7 @@ mod tests {
                 held_us: 1000,
                 lost: 2,
                 expected: 50,
+                rejected: 1,
                 needs: vec![
                     Need {
                         object: 1,
@@ -691,7 +757,6 @@ mod tests {
                 trailer: vec![9; 32],
             },
             Body::Report(Report {
-                client_id: 5,
                 ok: false,
                 reason: "hash mismatch in chunk 4".into(),
             }),
@@ -701,26 +766,36 @@ mod tests {
         ];
         bodies
             .into_iter()
-            .map(|body| Packet {
+            .enumerate()
+            .map(|(i, body)| Packet {
                 name_hash: [1, 2, 3, 4, 5, 6, 7, 8],
                 session_id: 0xdead_beef,
+                sender: if i % 2 == 0 { MASTER } else { 99 },
+                seq: 1000 + i as u64,
+                unicast: i % 3 == 0,
                 body,
             })
             .collect()
     }
 
+    fn keys() -> [PacketKey; 2] {
+        let pass = SessionKey::from_bytes([3; 32]);
+        [
+            PacketKey::new(None, &[1, 2, 3, 4, 5, 6, 7, 8], 0xdead_beef),
+            PacketKey::new(Some(&pass), &[1, 2, 3, 4, 5, 6, 7, 8], 0xdead_beef),
+        ]
+    }
+
     #[test]
     fn round_trip_and_every_truncation_fails() {
-        let key = SessionKey::from_bytes([3; 32]);
         for p in samples() {
             let mut buf = Vec::new();
             p.encode(&mut buf);
             assert_eq!(Packet::decode(&buf), Ok(p.clone()));
-            assert_eq!(open(&buf, None), Ok(p.clone()));
             // A data packet's symbol is the rest of the packet: its length is checked by the
             // receiver against the session's symbol size, so only the fixed part must be whole.
             let must_fail = match p.body {
-                Body::Data(_) => DATA_OVERHEAD + 1,
+                Body::Data(_) => DATA_OVERHEAD - TAG_LEN + 1,
                 _ => buf.len(),
             };
             for cut in 0..must_fail {
@@ -732,20 +807,50 @@ mod tests {
             if !matches!(p.body, Body::Data(_)) {
                 assert_eq!(Packet::decode(&longer), Err(DecodeError::TrailingBytes(1)));
             }
-            let sealed = seal(&p, Some(&key));
-            assert_eq!(open(&sealed, Some(&key)), Ok(p.clone()));
-            assert_eq!(open(&sealed, None), Err(OpenError::Auth));
-            assert_eq!(open(&buf, Some(&key)), Err(OpenError::Auth));
-            let other = SessionKey::from_bytes([4; 32]);
-            assert_eq!(open(&sealed, Some(&other)), Err(OpenError::Auth));
-            for cut in 0..sealed.len() {
-                assert!(open(&sealed[..cut], Some(&key)).is_err());
-            }
-            let mut flipped = sealed.clone();
-            let last = flipped.len() - 17;
-            flipped[last] ^= 1;
-            assert_eq!(open(&flipped, Some(&key)), Err(OpenError::Auth));
         }
+    }
+
+    #[test]
+    fn sealed_packets_open_only_whole_and_with_their_own_key() {
+        let [check, keyed] = keys();
+        let other_run = PacketKey::new(None, &[1, 2, 3, 4, 5, 6, 7, 8], 0xdead_bee0);
+        for p in samples() {
+            for key in [&check, &keyed] {
+                let sealed = seal(&p, key);
+                assert_eq!(open(&sealed, key), Ok(p.clone()));
+                assert_eq!(Header::peek(&sealed).map(|h| h.keyed()), Ok(key.keyed()));
+                let other = if key.keyed() { &check } else { &keyed };
+                assert_eq!(open(&sealed, other), Err(OpenError::KeyMismatch));
+                if !key.keyed() {
+                    assert_eq!(open(&sealed, &other_run), Err(OpenError::BadTag));
+                }
+                for cut in 0..sealed.len() {
+                    assert!(open(&sealed[..cut], key).is_err(), "cut at {cut}");
+                }
+                let mut padded = sealed.clone();
+                padded.push(0);
+                assert!(open(&padded, key).is_err());
+                // Every single bit flip is refused, header included.
+                for i in 0..sealed.len() {
+                    let mut bad = sealed.clone();
+                    bad[i] ^= 1 << (i % 8);
+                    assert!(open(&bad, key).is_err(), "{p:?} bit at byte {i}");
+                }
+            }
+        }
+        // seal_encoded of the plain encoding is seal.
+        for p in samples() {
+            let mut plain = Vec::new();
+            p.encode(&mut plain);
+            for key in [&check, &keyed] {
+                assert_eq!(seal_encoded(&plain, key), Ok(seal(&p, key)));
+            }
+        }
+        // Keyed bodies are encrypted: the label of a Register is not readable on the wire.
+        let reg = &samples()[1];
+        let sealed = seal(reg, &keyed);
+        assert!(!sealed.windows(5).any(|w| w == b"pc-12"));
+        assert!(seal(reg, &check).windows(5).any(|w| w == b"pc-12"));
     }
 
     #[test]
@@ -756,18 +861,26 @@ mod tests {
         bad[0] = b'X';
         assert_eq!(Packet::decode(&bad), Err(DecodeError::BadMagic));
         let mut bad = buf.clone();
-        bad[4] = 2;
-        assert_eq!(Packet::decode(&bad), Err(DecodeError::Version(2)));
+        bad[4] = 1;
+        assert_eq!(Packet::decode(&bad), Err(DecodeError::Version(1)));
         let mut bad = buf.clone();
         bad[5] = 77;
         assert_eq!(Packet::decode(&bad), Err(DecodeError::UnknownType(77)));
+        let mut bad = buf.clone();
+        bad[6] = 4;
+        assert_eq!(
+            Packet::decode(&bad),
+            Err(DecodeError::BadValue { field: "flags" })
+        );
     }
 
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Packet::decode(&bytes);
-            let _ = open(&bytes, Some(&SessionKey::from_bytes([1; 32])));
+            for k in keys() {
+                let _ = open(&bytes, &k);
+            }
         }
 
         #[test]
@@ -778,7 +891,8 @@ mod tests {
             buf[p] = val;
             buf.truncate(cut % (buf.len() + 1));
             let _ = Packet::decode(&buf);
-            let _ = open(&buf, None);
+            let [check, _] = keys();
+            let _ = open(&buf, &check);
         }
     }
 }

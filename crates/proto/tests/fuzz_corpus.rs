@@ -17,8 +17,9 @@ use std::path::Path;
 
 use imgcast_proto::wire::{
     self, Ack, AckKind, Announce, Body, Codec, Data, Need, Packet, Phase, Register, Report, Status,
+    MASTER,
 };
-use imgcast_proto::{SessionKey, SessionName};
+use imgcast_proto::SessionName;
 
 /// Runs `run` on every file of the corpus `dir`; fails if fewer than `min`
 /// were found (the corpus must not vanish unnoticed).
@@ -71,7 +72,7 @@ fn proto_endpoints_corpus() {
 }
 
 /// Each corpus holds its valid seeds and what the fuzzer found (30 files now).
-const MIN_INPUTS: usize = 20;
+const MIN_INPUTS: usize = 9;
 
 fn write_seed(target: &str, name: &str, bytes: &[u8]) {
     assert!(
@@ -95,7 +96,7 @@ fn samples() -> Vec<(&'static str, Packet)> {
                 phase: Phase::Gathering,
                 yields: true,
                 object_count: 3,
-                symbol_size: 209,
+                symbol_size: 185,
                 window: 64,
                 session_info: b"fuzz".to_vec(),
             }),
@@ -103,7 +104,7 @@ fn samples() -> Vec<(&'static str, Packet)> {
         (
             "register",
             Body::Register(Register {
-                client_id: 7,
+                nonce: 1,
                 label: "fuzz".into(),
             }),
         ),
@@ -112,24 +113,23 @@ fn samples() -> Vec<(&'static str, Packet)> {
             Body::Ack(Ack {
                 client_id: 7,
                 kind: AckKind::Registered,
+                nonce: 1,
             }),
         ),
         ("start", Body::Start { clients: 1 }),
         (
             "data",
             Body::Data(Data {
-                seq: 1,
                 object: 1,
                 object_len: 300,
                 esi: 0,
                 sent_through: 1,
-                symbol: vec![2; 209],
+                symbol: vec![2; 185],
             }),
         ),
         (
             "status",
             Body::Status(Status {
-                client_id: 7,
                 low: 1,
                 objects_done: 1,
                 bytes: 300,
@@ -137,6 +137,7 @@ fn samples() -> Vec<(&'static str, Packet)> {
                 held_us: 1000,
                 lost: 1,
                 expected: 4,
+                rejected: 0,
                 needs: vec![
                     Need {
                         object: 1,
@@ -158,7 +159,6 @@ fn samples() -> Vec<(&'static str, Packet)> {
         (
             "report",
             Body::Report(Report {
-                client_id: 7,
                 ok: false,
                 reason: "hash mismatch".into(),
             }),
@@ -173,10 +173,15 @@ fn samples() -> Vec<(&'static str, Packet)> {
     let name = SessionName::new("fuzz").expect("valid session name");
     bodies
         .into_iter()
-        .map(|(n, body)| {
+        .enumerate()
+        .map(|(i, (n, body))| {
+            let client = matches!(n, "register" | "status" | "report");
             let p = Packet {
                 name_hash: name.hash(),
                 session_id: 0x5EED_0001,
+                sender: if client { 7 } else { MASTER },
+                seq: 100 + i as u64,
+                unicast: client || n == "ack",
                 body,
             };
             (n, p)
@@ -194,16 +199,21 @@ fn op(script: &mut Vec<u8>, op: u8, len: u16, datagram: &[u8]) {
 #[test]
 #[ignore = "writes the seed files of fuzz/corpus"]
 fn write_seeds() {
-    let key = SessionKey::from_bytes(proto_packet::KEY);
     for (name, p) in samples() {
         let mut plain = Vec::new();
         p.encode(&mut plain);
         write_seed("proto_packet", name, &plain);
+        let [check, keyed] = proto_packet::keys(&p.name_hash, p.session_id);
         if matches!(name, "announce" | "data" | "status") {
             write_seed(
                 "proto_packet",
+                &format!("{name}-sealed"),
+                &wire::seal(&p, &check),
+            );
+            write_seed(
+                "proto_packet",
                 &format!("{name}-keyed"),
-                &wire::seal(&p, Some(&key)),
+                &wire::seal(&p, &keyed),
             );
         }
     }
@@ -222,14 +232,15 @@ fn write_seeds() {
         write_seed("proto_endpoints", name, &s);
     }
     // Registered and started, then forged packets of the session to either side
-    // (op bits 4-5 patch in name hash and session id).
+    // (op bits 4-6 patch in name hash and session id and seal them).
     for (name, p) in samples() {
         let mut d = Vec::new();
         p.encode(&mut d);
+        // Name hash, session id and a valid tag patched in (op bits 4-6).
         let to = if matches!(name, "register" | "status" | "report") {
-            0x30
+            0x70
         } else {
-            0x31
+            0x71
         };
         let mut s = vec![0];
         op(&mut s, 3, 0, &[]);

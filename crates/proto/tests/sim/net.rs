@@ -6,8 +6,10 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use imgcast_proto::wire::{self, Body, Header};
 use imgcast_proto::{
-    Dest, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig, SenderEvent, SessionName,
+    Dest, PacketKey, Receiver, ReceiverConfig, ReceiverEvent, Rejection, Sender, SenderConfig,
+    SenderEvent, SessionName,
 };
 
 /// SplitMix64: repeatable randomness for the network.
@@ -38,6 +40,12 @@ pub(crate) struct Link {
     pub(crate) reorder: f64,
     pub(crate) latency: Duration,
     pub(crate) jitter: Duration,
+    /// Share of datagrams with one bit flipped in flight: the packet check must catch them.
+    pub(crate) corrupt: f64,
+    /// Share of keyless data packets whose symbol is changed and then re-sealed with a valid tag
+    /// and the original header, as an on-path forger (or a faulty master) would: only the
+    /// engine's hash check can catch them.
+    pub(crate) forge: f64,
 }
 
 impl Link {
@@ -48,6 +56,8 @@ impl Link {
             reorder: 0.0,
             latency: Duration::from_micros(200),
             jitter: Duration::ZERO,
+            corrupt: 0.0,
+            forge: 0.0,
         }
     }
     pub(crate) fn lossy(loss: f64) -> Self {
@@ -57,6 +67,8 @@ impl Link {
             reorder: 0.02,
             latency: Duration::from_micros(300),
             jitter: Duration::from_micros(200),
+            corrupt: 0.0,
+            forge: 0.0,
         }
     }
 }
@@ -95,6 +107,10 @@ pub(crate) struct TxNode {
 
 pub(crate) struct RxNode {
     pub(crate) rx: Receiver,
+    /// Objects that failed verification and were thrown away (and asked for again).
+    pub(crate) rejected: u32,
+    /// Set when the engine gave up: an object failed the bound number of times.
+    pub(crate) gave_up: Option<String>,
     pub(crate) addr: SocketAddr,
     pub(crate) down: Link,
     pub(crate) up: Link,
@@ -137,6 +153,9 @@ pub(crate) struct Sim {
     order: u64,
     rng: Rng,
     pub(crate) steps: u64,
+    /// Group datagrams seen on the wire, as a capturing host would record them (up to `tap_limit`).
+    pub(crate) tap: Vec<Vec<u8>>,
+    pub(crate) tap_limit: usize,
 }
 
 pub(crate) fn addr(host: u32) -> SocketAddr {
@@ -168,6 +187,8 @@ impl Sim {
             order: 0,
             rng: Rng::new(seed),
             steps: 0,
+            tap: Vec::new(),
+            tap_limit: 0,
         }
     }
 
@@ -208,6 +229,8 @@ impl Sim {
         let join_at = self.at(join_ms);
         self.receivers.push(RxNode {
             rx: Receiver::new(cfg),
+            rejected: 0,
+            gave_up: None,
             addr: addr(host),
             down,
             up,
@@ -227,9 +250,16 @@ impl Sim {
         self.now >= r.join_at && r.die_at.is_none_or(|d| self.now < d)
     }
 
-    fn schedule(&mut self, link: Link, to: To, from: SocketAddr, bytes: Vec<u8>) {
+    fn schedule(&mut self, link: Link, to: To, from: SocketAddr, mut bytes: Vec<u8>) {
         if self.rng.unit() < link.loss {
             return;
+        }
+        if link.corrupt > 0.0 && self.rng.unit() < link.corrupt && !bytes.is_empty() {
+            let i = (self.rng.next_u64() % bytes.len() as u64) as usize;
+            bytes[i] ^= 1 << (self.rng.next_u64() % 8);
+        }
+        if link.forge > 0.0 && self.rng.unit() < link.forge {
+            bytes = self.forged(bytes);
         }
         let copies = if self.rng.unit() < link.dup { 2 } else { 1 };
         for _ in 0..copies {
@@ -251,6 +281,24 @@ impl Sim {
         }
     }
 
+    /// A keyless data packet with its symbol changed, re-sealed under the run's check key with its
+    /// original header: it passes the packet check and the replay window.
+    fn forged(&mut self, bytes: Vec<u8>) -> Vec<u8> {
+        let Ok(h) = Header::peek(&bytes) else {
+            return bytes;
+        };
+        let key = PacketKey::new(None, &h.name_hash, h.session_id);
+        let Ok(mut p) = wire::open(&bytes, &key) else {
+            return bytes;
+        };
+        let Body::Data(d) = &mut p.body else {
+            return bytes;
+        };
+        let i = (self.rng.next_u64() % d.symbol.len() as u64) as usize;
+        d.symbol[i] ^= 0x5a;
+        wire::seal(&p, &key)
+    }
+
     /// Injects a datagram to a receiver (or, with `None`, to sender 0) arriving now.
     pub(crate) fn inject(&mut self, receiver: Option<usize>, from: SocketAddr, bytes: Vec<u8>) {
         self.order += 1;
@@ -267,6 +315,9 @@ impl Sim {
         let from = self.senders[s].addr;
         match dest {
             Dest::Group => {
+                if self.tap.len() < self.tap_limit {
+                    self.tap.push(payload.clone());
+                }
                 for r in 0..self.receivers.len() {
                     let link = self.receivers[r].down;
                     self.schedule(link, To::Receiver(r), from, payload.clone());
@@ -343,20 +394,52 @@ impl Sim {
                     let n = &mut self.receivers[r];
                     match &e {
                         ReceiverEvent::Announced { .. } if n.policy.register => {
-                            n.rx.register(now).expect("register after announce");
+                            n.rx.register(now, 64 << 20)
+                                .expect("register after announce");
                         }
                         ReceiverEvent::Object { index, bytes } => {
-                            if n.objects.insert(*index, bytes.clone()).is_some() {
-                                n.duplicate_objects += 1;
-                            }
-                            if n.policy.confirm {
-                                n.rx.object_done(*index);
+                            // The engine's hash check: the truth is the followed master's object.
+                            let truth =
+                                n.rx.session_id()
+                                    .and_then(|id| {
+                                        self.senders.iter().find(|s| s.tx.session_id() == id)
+                                    })
+                                    .and_then(|s| s.objects.get(*index as usize));
+                            if truth == Some(bytes) {
+                                if n.objects.insert(*index, bytes.clone()).is_some() {
+                                    n.duplicate_objects += 1;
+                                }
+                                if n.policy.confirm {
+                                    n.rx.object_done(*index);
+                                }
+                            } else {
+                                n.rejected += 1;
+                                match n.rx.object_failed(*index) {
+                                    Rejection::GiveUp { attempts } => {
+                                        let why = format!(
+                                            "chunk {index} failed its check {attempts} times; giving up"
+                                        );
+                                        n.gave_up = Some(why.clone());
+                                        let _ = n.rx.report_failed(now, why);
+                                    }
+                                    Rejection::Retry { .. } => {}
+                                    Rejection::NotPending => panic!("object {index} not pending"),
+                                }
                             }
                         }
                         ReceiverEvent::Trailer(t) => {
-                            n.trailer = Some(t.clone());
-                            if n.policy.report {
-                                n.rx.report_done(now).expect("complete");
+                            let expected =
+                                n.rx.session_id()
+                                    .and_then(|id| {
+                                        self.senders.iter().find(|s| s.tx.session_id() == id)
+                                    })
+                                    .map(|s| s.trailer.clone());
+                            // The engine's root check: only the run's own trailer is obeyed.
+                            if expected.as_ref() == Some(t) {
+                                n.trailer = Some(t.clone());
+                                if n.policy.report {
+                                    n.rx.report_done(now, String::new()).expect("complete");
+                                }
                             }
                         }
                         ReceiverEvent::Queued | ReceiverEvent::Dropped => n.objects.clear(),

@@ -1,0 +1,955 @@
+//! The client side: find the session, register, collect objects, report.
+//!
+//! Before the start the client's disk is the user's, not ours: the receiver only listens and
+//! registers, and a master that goes away (silent, aborted, or never answering the registration)
+//! sends it back to listening for the next master of the name. Only after the start does a silent
+//! master end the session (`MasterLost`). Objects, their candidates and the done sets are in
+//! [`objects`].
+
+mod objects;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::fec::{self, MAX_K};
+use crate::key::SessionKey;
+use crate::name::SessionName;
+use crate::protect::PacketKey;
+use crate::replay::ReplayWindow;
+use crate::sender::tie_break;
+use crate::wire::{
+    self, AckKind, Announce, Body, Data, Header, OpenError, Packet, Phase, Register, Report,
+    Status, MASTER, MAX_SESSION_INFO,
+};
+use crate::{Dest, Rng, Stats, Transmit, MAX_WINDOW};
+use objects::{Objects, Offer};
+
+/// Register retransmission period until acknowledged.
+const REGISTER_EVERY: Duration = Duration::from_millis(250);
+/// Report retransmission period until acknowledged.
+const REPORT_EVERY: Duration = Duration::from_millis(300);
+/// Auth failures before the one `AuthFailures` event.
+const AUTH_EVENT_AFTER: u64 = 3;
+/// Events waiting for the engine before new objects are refused (the master repairs them later).
+const MAX_EVENTS: usize = 4096;
+/// Sessions ignored at once (queued out of, declined, refused, unanswered); the oldest goes first.
+const MAX_IGNORED: usize = 64;
+/// A master that never answered our registration is ignored this long, then given another chance.
+const UNANSWERED_IGNORED_FOR: Duration = Duration::from_secs(60);
+/// Distinct trailers (End packets that disagree) remembered per run.
+const MAX_TRAILERS: usize = 4;
+/// Smallest symbol size accepted from an Announce: smaller ones make objects need absurd counts.
+const MIN_SYMBOL_SIZE: u16 = 16;
+
+/// Client settings. Build with [`ReceiverConfig::new`], then adjust the public fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReceiverConfig {
+    /// Session name to join.
+    pub name: SessionName,
+    /// Optional key; must match the master's.
+    pub key: Option<SessionKey>,
+    /// Random non-zero id of this client (the engine draws it from the OS; 0 is the master's).
+    pub client_id: u64,
+    /// Seed of the feedback jitter.
+    pub seed: u64,
+    /// Shown by the master (host name); at most 64 bytes are sent.
+    pub label: String,
+    /// Silence from the master after which it is gone: before the start the client listens again
+    /// (`MasterGone`), after it the session has failed (`MasterLost`). Default 15 s.
+    pub master_timeout: Duration,
+    /// A master that does not acknowledge the registration this long is given up (a replayed or
+    /// forged Announce, or a master that cannot reach us): listen again (`Unanswered`). Default 3 s.
+    pub register_patience: Duration,
+    /// Times one object may fail the engine's check before the client gives up (default 4).
+    pub max_object_failures: u32,
+}
+
+impl ReceiverConfig {
+    /// Defaults; `client_id` also seeds the jitter (an id of 0 becomes 1: 0 is the master's).
+    pub fn new(name: SessionName, client_id: u64, label: &str) -> Self {
+        let client_id = client_id.max(1);
+        Self {
+            name,
+            key: None,
+            client_id,
+            seed: client_id,
+            label: wire::clamp_text(label, wire::MAX_LABEL),
+            master_timeout: Duration::from_secs(15),
+            register_patience: Duration::from_secs(3),
+            max_object_failures: 4,
+        }
+    }
+}
+
+/// A call that does not fit the receiver's state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiverError {
+    /// `register` without an announced session, or after the session ended.
+    #[error("no announced session to register with")]
+    NoSession,
+    /// `report_done` before every object and the trailer arrived.
+    #[error("report_done before every object and the trailer arrived")]
+    Incomplete,
+    /// The session is over (completed, aborted, lost).
+    #[error("the session is over")]
+    Closed,
+}
+
+/// What [`Receiver::object_failed`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The object is wanted again (this was its `attempts`-th failure).
+    Retry {
+        /// Failures of this object so far.
+        attempts: u32,
+    },
+    /// The object failed `attempts` times, the configured bound: the engine should fail the client.
+    GiveUp {
+        /// Failures of this object.
+        attempts: u32,
+    },
+    /// The object was not waiting for the engine's verdict (already written, or not decoded).
+    NotPending,
+}
+
+/// What the receiver reports to the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReceiverEvent {
+    /// A master of our name announced itself: check `session_info`, then `register` or `decline`.
+    /// Reported again if a winning master replaces it while gathering, and for the next master
+    /// after `Queued`, `Dropped`, `Unanswered` or `MasterGone`.
+    Announced {
+        /// The master's session id.
+        session_id: u64,
+        /// The master's address.
+        master: SocketAddr,
+        /// Opaque geometry.
+        session_info: Vec<u8>,
+        /// Number of objects.
+        object_count: u32,
+    },
+    /// An authentic Announce whose geometry the protocol cannot follow (window or symbol size out
+    /// of bounds); that session is ignored.
+    Refused {
+        /// The master's address.
+        master: SocketAddr,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The master counted us in.
+    Registered,
+    /// The master never acknowledged our registration: listening again.
+    Unanswered {
+        /// The master that did not answer.
+        master: SocketAddr,
+    },
+    /// The master we registered with went away before the start: listening again.
+    MasterGone {
+        /// The master.
+        master: SocketAddr,
+        /// "fell silent", or the reason it aborted with.
+        reason: String,
+    },
+    /// The run had already started: we wait for the next run of this name.
+    Queued,
+    /// The master dropped us (silent or too slow); we wait for the next run of this name.
+    Dropped,
+    /// The transfer started.
+    Started,
+    /// Object `index`, complete. Call `object_done` once written, or `object_failed` if it does not
+    /// verify; each decode of an object is reported once.
+    Object {
+        /// Object index.
+        index: u32,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// Every object arrived, and this is a trailer the master sent: verify, then
+    /// `report_done`/`report_failed`. Each distinct trailer is reported once (a forged End may
+    /// carry another): the engine keeps the one its chunks match.
+    Trailer(Vec<u8>),
+    /// The master aborted after the start.
+    Aborted {
+        /// Its reason.
+        reason: String,
+    },
+    /// Nothing heard from the master for `master_timeout` after the start.
+    MasterLost,
+    /// The master acknowledged our report: the session is over for us.
+    Completed,
+    /// Packets of our session name fail authentication (wrong or missing `-key`); reported once.
+    AuthFailures {
+        /// Failures so far.
+        count: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Listening,
+    Announced,
+    Registering,
+    Registered,
+    Running,
+    /// Everything arrived; waiting for the engine's verdict.
+    Complete,
+    Reporting,
+    Completed,
+    Aborted,
+    Lost,
+}
+
+impl State {
+    fn before_start(self) -> bool {
+        matches!(self, Self::Announced | Self::Registering | Self::Registered)
+    }
+    fn terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Aborted | Self::Lost)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    id: u64,
+    key: PacketKey,
+    master: SocketAddr,
+    yields: bool,
+    object_count: u32,
+    symbol_size: u16,
+    window: u32,
+    max_object_len: u32,
+    group: ReplayWindow,
+    unicast: ReplayWindow,
+}
+
+/// The client's state machine. See the crate docs for how to drive it.
+///
+/// A receiver never blocks on the disk: complete objects are handed out as events, and an object
+/// counts as done for the master only after [`Receiver::object_done`]. A client whose writer falls
+/// behind therefore holds the master's window (at most `window` objects in memory here), the master
+/// waits for it at most `drop_after`, then drops it (it hears `Dropped`) and the others go on.
+#[derive(Debug)]
+pub struct Receiver {
+    cfg: ReceiverConfig,
+    name_hash: [u8; 8],
+    state: State,
+    session: Option<Session>,
+    /// Sessions not to follow, until an instant or (None) for good.
+    ignored: VecDeque<(u64, Option<Instant>)>,
+    auto_register: bool,
+    start_seen: bool,
+    objects: Objects,
+    sent_through: u32,
+    trailers: Vec<Vec<u8>>,
+    trailers_emitted: usize,
+    highest_seq: u64,
+    highest_at: Option<Instant>,
+    seq_at_status: u64,
+    received_since: u32,
+    last_data: Option<Instant>,
+    last_master: Option<Instant>,
+    next_status: Option<Instant>,
+    next_register: Option<Instant>,
+    register_since: Option<Instant>,
+    nonce: u64,
+    seq: u64,
+    report: Option<(bool, String)>,
+    next_report: Option<Instant>,
+    auth_failures: u64,
+    control: VecDeque<Transmit>,
+    events: VecDeque<ReceiverEvent>,
+    rng: Rng,
+    stats: Stats,
+}
+
+impl Receiver {
+    /// A receiver listening for an Announce of its session name.
+    pub fn new(cfg: ReceiverConfig) -> Self {
+        Self {
+            name_hash: cfg.name.hash(),
+            rng: Rng::new(cfg.seed),
+            cfg,
+            state: State::Listening,
+            session: None,
+            ignored: VecDeque::new(),
+            auto_register: false,
+            start_seen: false,
+            objects: Objects::default(),
+            sent_through: 0,
+            trailers: Vec::new(),
+            trailers_emitted: 0,
+            highest_seq: 0,
+            highest_at: None,
+            seq_at_status: 0,
+            received_since: 0,
+            last_data: None,
+            last_master: None,
+            next_status: None,
+            next_register: None,
+            register_since: None,
+            nonce: 0,
+            seq: 0,
+            report: None,
+            next_report: None,
+            auth_failures: 0,
+            control: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The session id we follow, if any.
+    pub fn session_id(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
+    /// Objects the engine confirmed with `object_done`.
+    pub fn objects_done(&self) -> u32 {
+        self.objects.objects_done
+    }
+
+    /// Objects decoded and then thrown away by the engine so far.
+    pub fn objects_rejected(&self) -> u32 {
+        self.objects.rejected
+    }
+
+    /// Whether the transfer has started for us (the target may be written from now on).
+    pub fn started(&self) -> bool {
+        !self.state.before_start() && self.state != State::Listening
+    }
+
+    /// The next event for the engine.
+    pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        self.events.pop_front()
+    }
+
+    /// Joins the announced session: sends Register until the master answers. Objects longer than
+    /// `max_object_len` (the engine's bound from the geometry it checked) are refused.
+    pub fn register(&mut self, now: Instant, max_object_len: u32) -> Result<(), ReceiverError> {
+        if let Some(s) = &mut self.session {
+            s.max_object_len = max_object_len;
+        }
+        match self.state {
+            State::Announced => {
+                self.begin_registering(now);
+                Ok(())
+            }
+            State::Registering | State::Registered | State::Running => Ok(()),
+            State::Listening => Err(ReceiverError::NoSession),
+            _ => Err(ReceiverError::Closed),
+        }
+    }
+
+    fn begin_registering(&mut self, now: Instant) {
+        self.state = State::Registering;
+        self.next_register = Some(now);
+        self.register_since = Some(now);
+        self.nonce = self.rng.next_u64();
+    }
+
+    /// Refuses the announced session (e.g. the target is too small for it): that session is
+    /// ignored for good and the receiver listens for another master of the name.
+    pub fn decline(&mut self, reason: &str) {
+        let _ = reason;
+        if self.state.before_start() {
+            if let Some(id) = self.session_id() {
+                self.ignore(id, None);
+            }
+            self.listen_again();
+        }
+    }
+
+    /// The engine wrote object `index`: it now counts as done for the master (releasing its window).
+    pub fn object_done(&mut self, index: u32) {
+        self.objects.confirm(index);
+    }
+
+    /// The engine threw object `index` away: its bytes failed the chunk's check. The object is
+    /// asked for again, up to `max_object_failures` times.
+    pub fn object_failed(&mut self, index: u32) -> Rejection {
+        let Some(attempts) = self.objects.reject(index) else {
+            return Rejection::NotPending;
+        };
+        if self.state == State::Complete {
+            self.state = State::Running;
+        }
+        if attempts >= self.cfg.max_object_failures {
+            Rejection::GiveUp { attempts }
+        } else {
+            Rejection::Retry { attempts }
+        }
+    }
+
+    /// Everything verified: tell the master, with an optional note for its table (retransmitted
+    /// until acknowledged, then `Completed`).
+    pub fn report_done(&mut self, now: Instant, note: String) -> Result<(), ReceiverError> {
+        match self.state {
+            State::Complete => {
+                self.start_report(now, true, note);
+                Ok(())
+            }
+            State::Running | State::Registered => Err(ReceiverError::Incomplete),
+            _ => Err(ReceiverError::Closed),
+        }
+    }
+
+    /// Something failed (verification, disk): tell the master, which lists the reason.
+    pub fn report_failed(&mut self, now: Instant, reason: String) -> Result<(), ReceiverError> {
+        match self.state {
+            State::Complete | State::Running | State::Registered => {
+                self.start_report(now, false, reason);
+                Ok(())
+            }
+            _ => Err(ReceiverError::Closed),
+        }
+    }
+
+    fn start_report(&mut self, now: Instant, ok: bool, reason: String) {
+        self.state = State::Reporting;
+        self.report = Some((ok, wire::clamp_text(&reason, wire::MAX_REASON)));
+        self.next_report = Some(now);
+        self.objects.drop_partial();
+    }
+
+    fn send(&mut self, body: Body) {
+        let Some(s) = &self.session else { return };
+        self.seq += 1;
+        let payload = wire::seal(
+            &Packet {
+                name_hash: self.name_hash,
+                session_id: s.id,
+                sender: self.cfg.client_id,
+                seq: self.seq,
+                unicast: true,
+                body,
+            },
+            &s.key,
+        );
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += payload.len() as u64;
+        // At most a few control packets are ever due at once; keep it bounded anyway.
+        if self.control.len() < 64 {
+            self.control.push_back(Transmit {
+                dest: Dest::Peer(s.master),
+                payload,
+            });
+        }
+    }
+
+    fn ignore(&mut self, id: u64, until: Option<Instant>) {
+        self.ignored.retain(|(i, _)| *i != id);
+        if self.ignored.len() >= MAX_IGNORED {
+            self.ignored.pop_front();
+        }
+        self.ignored.push_back((id, until));
+    }
+
+    fn is_ignored(&self, id: u64, now: Instant) -> bool {
+        self.ignored
+            .iter()
+            .any(|(i, until)| *i == id && until.is_none_or(|u| now < u))
+    }
+
+    fn count_open_error(&mut self, e: &OpenError, keyed: bool) {
+        let before = self.stats.auth_failures;
+        self.stats.count_open_error(e, keyed);
+        if self.stats.auth_failures > before {
+            self.auth_failures += 1;
+            if self.auth_failures == AUTH_EVENT_AFTER {
+                self.events.push_back(ReceiverEvent::AuthFailures {
+                    count: self.auth_failures,
+                });
+            }
+        }
+    }
+
+    /// Feeds one received datagram.
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        let Ok(header) = Header::peek(datagram) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        if header.name_hash != self.name_hash || header.sender != MASTER {
+            self.stats.dropped_stray += 1;
+            return;
+        }
+        let keyed = self.cfg.key.is_some();
+        let ours = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.id == header.session_id);
+        if !ours {
+            // From another run only an Announce can matter; it is checked under that run's key.
+            // Until the wrong-key warning is out, other packets of our name are checked too, so a
+            // client with a wrong -key says so within a few packets.
+            let warn_pending = self.auth_failures < AUTH_EVENT_AFTER;
+            if (header.kind != 1 && !warn_pending)
+                || self.state.terminal()
+                || self.is_ignored(header.session_id, now)
+            {
+                self.stats.dropped_stray += 1;
+                return;
+            }
+            let key = PacketKey::new(self.cfg.key.as_ref(), &self.name_hash, header.session_id);
+            match wire::open(datagram, &key) {
+                Ok(Packet {
+                    body: Body::Announce(a),
+                    ..
+                }) if !header.unicast() => {
+                    self.on_foreign_announce(now, from, header.session_id, key, a);
+                }
+                Ok(_) => self.stats.dropped_stray += 1,
+                Err(e) => self.count_open_error(&e, keyed),
+            }
+            return;
+        }
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let packet = match wire::open(datagram, &s.key) {
+            Ok(p) => p,
+            Err(e) => {
+                self.count_open_error(&e, keyed);
+                return;
+            }
+        };
+        let window = if packet.unicast {
+            &mut s.unicast
+        } else {
+            &mut s.group
+        };
+        if !window.accept(packet.seq) {
+            self.stats.replays += 1;
+            return;
+        }
+        if self.state.terminal() {
+            self.stats.ignored += 1;
+            return;
+        }
+        self.last_master = Some(now);
+        if !packet.unicast {
+            self.count_group_packet(now, packet.seq);
+        }
+        match packet.body {
+            Body::Announce(a) => {
+                if a.phase == Phase::Running {
+                    self.on_start(now);
+                }
+            }
+            Body::Ack(a) if a.client_id == self.cfg.client_id && packet.unicast => {
+                self.on_ack(now, a.kind, a.nonce);
+            }
+            Body::Start { .. } => self.on_start(now),
+            Body::Data(d) => self.on_data(now, d),
+            Body::End { trailer } => {
+                if !self.trailers.contains(&trailer) {
+                    if self.trailers.len() < MAX_TRAILERS {
+                        self.trailers.push(trailer);
+                    } else {
+                        self.stats.dropped_invalid_data += 1;
+                    }
+                }
+                self.check_complete(now);
+            }
+            Body::Abort { reason } => {
+                if self.state.before_start() {
+                    let master = self.session.as_ref().map(|s| s.master);
+                    self.listen_again();
+                    if let Some(master) = master {
+                        self.events.push_back(ReceiverEvent::MasterGone {
+                            master,
+                            reason: format!("aborted: {reason}"),
+                        });
+                    }
+                } else {
+                    self.state = State::Aborted;
+                    self.objects.drop_partial();
+                    self.events.push_back(ReceiverEvent::Aborted { reason });
+                }
+            }
+            _ => self.stats.ignored += 1,
+        }
+    }
+
+    /// Loss accounting on the master's group sequence: gaps since the previous Status.
+    fn count_group_packet(&mut self, now: Instant, seq: u64) {
+        if self.seq_at_status == 0 {
+            // The first packet we hear: losses before it are not ours to report.
+            self.seq_at_status = seq - 1;
+        }
+        if seq > self.seq_at_status {
+            self.received_since = self.received_since.saturating_add(1);
+        }
+        if seq > self.highest_seq {
+            self.highest_seq = seq;
+            self.highest_at = Some(now);
+        }
+    }
+
+    /// Why the protocol cannot follow an Announce's geometry, if it cannot.
+    fn unfollowable(a: &Announce) -> Option<String> {
+        let max_symbol = (65_507 - wire::DATA_OVERHEAD) as u16;
+        if a.window > MAX_WINDOW {
+            return Some(format!(
+                "a window of {} objects (at most {MAX_WINDOW})",
+                a.window
+            ));
+        }
+        if !(MIN_SYMBOL_SIZE..=max_symbol).contains(&a.symbol_size) {
+            return Some(format!(
+                "a symbol size of {} bytes (allowed {MIN_SYMBOL_SIZE}..={max_symbol})",
+                a.symbol_size
+            ));
+        }
+        if a.session_info.len() > MAX_SESSION_INFO {
+            return Some("an oversized session info".into());
+        }
+        None
+    }
+
+    fn on_foreign_announce(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        id: u64,
+        key: PacketKey,
+        a: Announce,
+    ) {
+        let take = match (&self.session, self.state) {
+            (_, State::Listening) => true,
+            // Two masters gathering under one name: follow the one that will win the tie-break.
+            (Some(cur), State::Announced | State::Registering | State::Registered) => {
+                a.phase == Phase::Gathering && cur.yields && (!a.yields || tie_break(id, cur.id))
+            }
+            _ => false,
+        };
+        if !take {
+            self.stats.dropped_stray += 1;
+            return;
+        }
+        if let Some(reason) = Self::unfollowable(&a) {
+            self.ignore(id, None);
+            self.events.push_back(ReceiverEvent::Refused {
+                master: from,
+                reason: format!("the master announces {reason}"),
+            });
+            return;
+        }
+        let rejoin =
+            self.auto_register || matches!(self.state, State::Registering | State::Registered);
+        self.reset_transfer();
+        self.session = Some(Session {
+            id,
+            key,
+            master: from,
+            yields: a.yields,
+            object_count: a.object_count,
+            symbol_size: a.symbol_size,
+            window: u32::from(a.window),
+            max_object_len: 0,
+            group: ReplayWindow::default(),
+            unicast: ReplayWindow::default(),
+        });
+        self.last_master = Some(now);
+        self.state = State::Announced;
+        self.events.push_back(ReceiverEvent::Announced {
+            session_id: id,
+            master: from,
+            session_info: a.session_info,
+            object_count: a.object_count,
+        });
+        if rejoin {
+            // The engine still checks the geometry and may decline.
+            self.begin_registering(now);
+        }
+        if a.phase == Phase::Running {
+            self.start_seen = true;
+        }
+    }
+
+    fn reset_transfer(&mut self) {
+        self.start_seen = false;
+        self.objects = Objects::default();
+        self.sent_through = 0;
+        self.trailers.clear();
+        self.trailers_emitted = 0;
+        self.highest_seq = 0;
+        self.highest_at = None;
+        self.seq_at_status = 0;
+        self.received_since = 0;
+        self.last_data = None;
+        self.next_status = None;
+        self.next_register = None;
+        self.register_since = None;
+    }
+
+    /// Forget the session followed before its start; wait for the next master of the name.
+    fn listen_again(&mut self) {
+        self.session = None;
+        self.state = State::Listening;
+        self.reset_transfer();
+    }
+
+    /// Stop following this run and wait for the next one of the same name.
+    fn requeue(&mut self, event: ReceiverEvent) {
+        if let Some(id) = self.session_id() {
+            self.ignore(id, None);
+        }
+        self.auto_register = true;
+        self.listen_again();
+        self.events.push_back(event);
+    }
+
+    fn on_ack(&mut self, now: Instant, kind: AckKind, nonce: u64) {
+        let fresh = nonce == self.nonce;
+        match (kind, self.state) {
+            (AckKind::Registered, State::Registering) if fresh => {
+                self.state = State::Registered;
+                self.next_register = None;
+                self.register_since = None;
+                self.events.push_back(ReceiverEvent::Registered);
+                if self.start_seen {
+                    self.on_start(now);
+                }
+            }
+            (AckKind::Queued, State::Registering | State::Registered) if fresh => {
+                self.requeue(ReceiverEvent::Queued);
+            }
+            (
+                AckKind::Dropped,
+                State::Registering
+                | State::Registered
+                | State::Running
+                | State::Complete
+                | State::Reporting,
+            ) if fresh => {
+                self.requeue(ReceiverEvent::Dropped);
+            }
+            (AckKind::Report, State::Reporting) => {
+                self.state = State::Completed;
+                self.next_report = None;
+                self.events.push_back(ReceiverEvent::Completed);
+            }
+            _ => self.stats.ignored += 1,
+        }
+    }
+
+    fn on_start(&mut self, now: Instant) {
+        self.start_seen = true;
+        if self.state == State::Registered {
+            self.state = State::Running;
+            self.events.push_back(ReceiverEvent::Started);
+            self.next_status = Some(now + self.rng.millis(50, 200));
+            self.check_complete(now);
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, d: Data) {
+        // Data implies start; while our registration is unanswered we keep it in case we are in.
+        self.on_start(now);
+        if !matches!(self.state, State::Registering | State::Running) {
+            self.stats.ignored += 1;
+            return;
+        }
+        let Some(s) = &self.session else { return };
+        let len_ok = d.object_len <= s.max_object_len
+            && fec::source_count(d.object_len, s.symbol_size) <= MAX_K;
+        if d.symbol.len() != usize::from(s.symbol_size)
+            || d.object >= s.object_count
+            || !len_ok
+            // The master never sends beyond its window, whose base is at most our confirmed low.
+            || d.object >= self.objects.confirmed.low.saturating_add(s.window)
+        {
+            self.stats.dropped_invalid_data += 1;
+            return;
+        }
+        let symbol_size = s.symbol_size;
+        self.last_data = Some(now);
+        self.sent_through = self.sent_through.max(d.sent_through.min(s.object_count));
+        if self.events.len() >= MAX_EVENTS {
+            // The engine is not draining: refuse rather than grow; repair brings it again.
+            self.stats.dropped_invalid_data += 1;
+            return;
+        }
+        match self
+            .objects
+            .offer(d.object, d.object_len, d.esi, &d.symbol, symbol_size)
+        {
+            Offer::Duplicate => self.stats.duplicates += 1,
+            Offer::Stored => {}
+            Offer::Complete(bytes) => {
+                self.events.push_back(ReceiverEvent::Object {
+                    index: d.object,
+                    bytes,
+                });
+                self.check_complete(now);
+            }
+        }
+    }
+
+    fn check_complete(&mut self, now: Instant) {
+        let Some(s) = &self.session else { return };
+        if !matches!(self.state, State::Running | State::Complete)
+            || self.objects.decoded.low < s.object_count
+        {
+            return;
+        }
+        if self.trailers_emitted < self.trailers.len() {
+            for t in &self.trailers[self.trailers_emitted..] {
+                self.events.push_back(ReceiverEvent::Trailer(t.clone()));
+            }
+            self.trailers_emitted = self.trailers.len();
+            if self.state == State::Running {
+                self.state = State::Complete;
+                self.next_status = Some(now);
+            }
+        }
+    }
+
+    fn status(&mut self, now: Instant) -> Status {
+        let mut needs = Vec::new();
+        if let Some(s) = &self.session {
+            // Objects whose source symbols were all sent: below `sent_through`, or all after End.
+            let bound = if self.trailers.is_empty() {
+                self.sent_through
+            } else {
+                s.object_count
+            };
+            let bound = bound.min(self.objects.decoded.low.saturating_add(s.window));
+            needs = self.objects.needs(bound);
+        }
+        let expected = self.highest_seq.saturating_sub(self.seq_at_status);
+        let expected = u32::try_from(expected).unwrap_or(u32::MAX);
+        let lost = expected.saturating_sub(self.received_since);
+        self.seq_at_status = self.highest_seq;
+        self.received_since = 0;
+        Status {
+            low: self.objects.confirmed.low,
+            objects_done: self.objects.objects_done,
+            bytes: self.objects.bytes_done,
+            highest_seq: self.highest_seq,
+            held_us: self.highest_at.map_or(0, |t| {
+                u32::try_from(now.saturating_duration_since(t).as_micros()).unwrap_or(u32::MAX)
+            }),
+            lost,
+            expected,
+            rejected: self.objects.rejected,
+            needs,
+        }
+    }
+
+    fn on_time(&mut self, now: Instant) {
+        if matches!(self.state, State::Listening) || self.state.terminal() {
+            return;
+        }
+        let master = self.session.as_ref().map(|s| s.master);
+        let silent = self
+            .last_master
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.master_timeout);
+        if silent {
+            if self.state.before_start() {
+                self.listen_again();
+                if let Some(master) = master {
+                    self.events.push_back(ReceiverEvent::MasterGone {
+                        master,
+                        reason: "fell silent".into(),
+                    });
+                }
+            } else {
+                self.state = State::Lost;
+                self.objects.drop_partial();
+                self.events.push_back(ReceiverEvent::MasterLost);
+            }
+            return;
+        }
+        if self.state == State::Registering
+            && self
+                .register_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.register_patience)
+        {
+            if let Some(id) = self.session_id() {
+                self.ignore(id, Some(now + UNANSWERED_IGNORED_FOR));
+            }
+            self.listen_again();
+            if let Some(master) = master {
+                self.events.push_back(ReceiverEvent::Unanswered { master });
+            }
+            return;
+        }
+        if self.state == State::Registering && self.next_register.is_some_and(|t| now >= t) {
+            self.next_register = Some(now + REGISTER_EVERY);
+            let body = Body::Register(Register {
+                nonce: self.nonce,
+                label: self.cfg.label.clone(),
+            });
+            self.send(body);
+        }
+        if matches!(self.state, State::Running | State::Complete)
+            && self.next_status.is_some_and(|t| now >= t)
+        {
+            let st = self.status(now);
+            // Idle (nothing missing and no data for a while): report less often.
+            let quiet = st.needs.is_empty()
+                && self
+                    .last_data
+                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+            let next = if self.state == State::Complete || quiet {
+                self.rng.millis(500, 1000)
+            } else {
+                self.rng.millis(50, 200)
+            };
+            self.next_status = Some(now + next);
+            self.send(Body::Status(st));
+        }
+        if self.state == State::Reporting && self.next_report.is_some_and(|t| now >= t) {
+            self.next_report = Some(now + REPORT_EVERY);
+            if let Some((ok, reason)) = self.report.clone() {
+                self.send(Body::Report(Report { ok, reason }));
+            }
+        }
+    }
+
+    /// The next datagram to send (always unicast to the master).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        self.on_time(now);
+        self.control.pop_front()
+    }
+
+    /// When `handle_timeout` must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |i: Option<Instant>| {
+            if let Some(i) = i {
+                t = Some(t.map_or(i, |t| t.min(i)));
+            }
+        };
+        match self.state {
+            State::Announced | State::Registered => {}
+            State::Registering => {
+                at(self.next_register);
+                at(self.register_since.map(|s| s + self.cfg.register_patience));
+            }
+            State::Running | State::Complete => at(self.next_status),
+            State::Reporting => at(self.next_report),
+            _ => return None,
+        }
+        at(self.last_master.map(|l| l + self.cfg.master_timeout));
+        t
+    }
+
+    /// Runs timers (same as `poll_transmit` without taking a datagram).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.on_time(now);
+    }
+}

@@ -1,0 +1,300 @@
+//! A receiver's objects: partial assemblies, what was decoded, what the engine confirmed written,
+//! and what it threw away.
+//!
+//! Every symbol names its object's length. Symbols that disagree about it cannot all be right:
+//! they go into separate *candidate* assemblies (at most [`MAX_CANDIDATES`] per object, the one
+//! with the fewest symbols evicted first), and the first candidate to decode is handed to the
+//! engine, which checks the chunk's hash. A candidate the engine rejects is gone; the others, and
+//! new symbols, go on — so a symbol with a wrong length can neither lock an object nor replace a
+//! good one. Only failures of the object's *first-seen* length count toward the bound on
+//! failures: a rival length that fails is simply dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::fec::{Added, Assembly};
+use crate::wire::{Need, MAX_NEEDS, NEED_ALL};
+
+/// Candidate assemblies (distinct object lengths) kept per object.
+pub(crate) const MAX_CANDIDATES: usize = 2;
+
+/// Objects below `low` are all in; those above it are listed.
+#[derive(Debug, Default)]
+pub(crate) struct DoneSet {
+    pub(crate) low: u32,
+    above: BTreeSet<u32>,
+}
+
+impl DoneSet {
+    pub(crate) fn contains(&self, i: u32) -> bool {
+        i < self.low || self.above.contains(&i)
+    }
+
+    pub(crate) fn insert(&mut self, i: u32) -> bool {
+        if self.contains(i) {
+            return false;
+        }
+        self.above.insert(i);
+        while self.above.remove(&self.low) {
+            self.low += 1;
+        }
+        true
+    }
+
+    /// Takes `i` out; everything between it and the old `low` is then listed (at most a window).
+    pub(crate) fn remove(&mut self, i: u32) -> bool {
+        if i < self.low {
+            self.above.extend(i + 1..self.low);
+            self.low = i;
+            true
+        } else {
+            self.above.remove(&i)
+        }
+    }
+}
+
+/// What a symbol did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// The object is already decoded, or the symbol already held.
+    Duplicate,
+    /// Kept; more symbols are needed.
+    Stored,
+    /// The object decoded: hand these bytes to the engine.
+    Complete(Vec<u8>),
+}
+
+/// The objects of one run.
+#[derive(Debug, Default)]
+pub(crate) struct Objects {
+    partial: BTreeMap<u32, Vec<Assembly>>,
+    /// Decoded and handed to the engine (confirmed or not).
+    pub(crate) decoded: DoneSet,
+    /// Confirmed written by the engine.
+    pub(crate) confirmed: DoneSet,
+    /// Lengths of objects decoded but not yet confirmed.
+    lens: BTreeMap<u32, u32>,
+    /// Times each unconfirmed object was rejected in its first-seen length.
+    failures: BTreeMap<u32, u32>,
+    /// The length each unconfirmed object was first seen with.
+    first_len: BTreeMap<u32, u32>,
+    pub(crate) rejected: u32,
+    pub(crate) objects_done: u32,
+    pub(crate) bytes_done: u64,
+}
+
+impl Objects {
+    /// Adds symbol `esi` of `object` (whose length this packet says is `len`); the caller checked
+    /// the length against its bounds and the symbol's size.
+    pub(crate) fn offer(
+        &mut self,
+        object: u32,
+        len: u32,
+        esi: u32,
+        symbol: &[u8],
+        symbol_size: u16,
+    ) -> Offer {
+        if self.decoded.contains(object) {
+            return Offer::Duplicate;
+        }
+        self.first_len.entry(object).or_insert(len);
+        let candidates = self.partial.entry(object).or_default();
+        let pos = match candidates.iter().position(|a| a.len == len) {
+            Some(p) => p,
+            None => {
+                if candidates.len() >= MAX_CANDIDATES {
+                    // The real length collects symbols fastest; a stray one is evicted.
+                    if let Some(weakest) =
+                        (0..candidates.len()).min_by_key(|&i| candidates[i].held())
+                    {
+                        candidates.swap_remove(weakest);
+                    }
+                }
+                candidates.push(Assembly::new(len, symbol_size));
+                candidates.len() - 1
+            }
+        };
+        match candidates[pos].add(esi, symbol) {
+            Added::Duplicate => Offer::Duplicate,
+            Added::Stored => Offer::Stored,
+            Added::Complete(bytes) => {
+                // The finished candidate is spent; rivals stay in case the engine rejects it.
+                candidates.swap_remove(pos);
+                self.decoded.insert(object);
+                self.lens.insert(object, len);
+                Offer::Complete(bytes)
+            }
+        }
+    }
+
+    /// The engine wrote `object`. Returns whether that was news.
+    pub(crate) fn confirm(&mut self, object: u32) -> bool {
+        if !self.decoded.contains(object) || !self.confirmed.insert(object) {
+            return false;
+        }
+        self.objects_done += 1;
+        self.bytes_done += u64::from(self.lens.remove(&object).unwrap_or(0));
+        self.partial.remove(&object);
+        self.failures.remove(&object);
+        self.first_len.remove(&object);
+        true
+    }
+
+    /// The engine threw `object` away (its chunk failed its check): it is wanted again. Returns
+    /// how many times it has failed in its first-seen length (a rival length's failure does not
+    /// count), or `None` when it was not awaiting confirmation.
+    pub(crate) fn reject(&mut self, object: u32) -> Option<u32> {
+        if !self.decoded.contains(object) || self.confirmed.contains(object) {
+            return None;
+        }
+        self.decoded.remove(object);
+        let len = self.lens.remove(&object);
+        self.rejected = self.rejected.saturating_add(1);
+        let n = self.failures.entry(object).or_insert(0);
+        if len.is_some() && len == self.first_len.get(&object).copied() {
+            *n += 1;
+            // The next length seen is the one to trust next.
+            self.first_len.remove(&object);
+        }
+        Some(*n)
+    }
+
+    /// The incomplete objects from the first not decoded up to `bound`, oldest first: how many
+    /// symbols each still lacks ([`NEED_ALL`] when none is held).
+    pub(crate) fn needs(&self, bound: u32) -> Vec<Need> {
+        let mut needs = Vec::new();
+        for o in self.decoded.low..bound {
+            if needs.len() >= MAX_NEEDS {
+                break;
+            }
+            if self.decoded.contains(o) {
+                continue;
+            }
+            let count = self
+                .partial
+                .get(&o)
+                .and_then(|c| c.iter().map(Assembly::need).min())
+                .map_or(NEED_ALL, |n| n.clamp(1, u32::from(NEED_ALL - 1)) as u16);
+            needs.push(Need { object: o, count });
+        }
+        needs
+    }
+
+    /// Forgets the partial assemblies (the session is over for us).
+    pub(crate) fn drop_partial(&mut self) {
+        self.partial.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fec;
+
+    const T: u16 = 64;
+
+    fn symbols(data: &[u8]) -> Vec<Vec<u8>> {
+        let k = fec::source_count(data.len() as u32, T);
+        (0..k).map(|e| fec::source_symbol(data, e, T)).collect()
+    }
+
+    #[test]
+    fn done_set_remove_reopens_a_gap() {
+        let mut d = DoneSet::default();
+        for i in 0..10 {
+            d.insert(i);
+        }
+        d.insert(12);
+        assert_eq!(d.low, 10);
+        assert!(d.remove(4));
+        assert_eq!(d.low, 4);
+        assert!(!d.contains(4) && d.contains(5) && d.contains(9) && d.contains(12));
+        assert!(d.insert(4));
+        assert_eq!(d.low, 10);
+        assert!(d.remove(12) && !d.remove(12));
+    }
+
+    #[test]
+    fn a_wrong_length_neither_locks_nor_replaces_the_object() {
+        let data = vec![9u8; 300];
+        let mut o = Objects::default();
+        // A stray symbol claiming another length arrives first.
+        assert_eq!(o.offer(0, 64, 0, &[1; 64], T), Offer::Complete(vec![1; 64]));
+        // The engine rejects what it decoded from it ...
+        assert_eq!(o.reject(0), Some(1));
+        // ... a rival length failing does not count ...
+        assert_eq!(o.offer(0, 300, 0, &symbols(&data)[0], T), Offer::Stored);
+        assert_eq!(o.offer(0, 10, 0, &[2; 64], T), Offer::Complete(vec![2; 10]));
+        assert_eq!(o.reject(0), Some(1), "a rival's failure is only dropped");
+        // ... and the real symbols decode the real object.
+        let syms = symbols(&data);
+        let mut out = None;
+        for (e, s) in syms.iter().enumerate().skip(1) {
+            if let Offer::Complete(b) = o.offer(0, 300, e as u32, s, T) {
+                out = Some(b);
+            }
+        }
+        assert_eq!(out, Some(data.clone()));
+        assert!(o.confirm(0));
+        assert_eq!((o.objects_done, o.bytes_done, o.rejected), (1, 300, 2));
+        assert_eq!(o.offer(0, 300, 0, &syms[0], T), Offer::Duplicate);
+    }
+
+    #[test]
+    fn rival_lengths_are_bounded_and_the_strongest_survives() {
+        let data = vec![5u8; 640]; // K = 10
+        let syms = symbols(&data);
+        let mut o = Objects::default();
+        for (e, s) in syms.iter().enumerate().take(6) {
+            assert_eq!(o.offer(3, 640, e as u32, s, T), Offer::Stored);
+        }
+        // Strays with many lengths: each evicts the other stray, never the real candidate.
+        for len in 1000..1100u32 {
+            o.offer(3, len, 1, &[0; 64], T);
+            assert!(o.partial[&3].len() <= MAX_CANDIDATES);
+        }
+        let mut done = None;
+        for (e, s) in syms.iter().enumerate().skip(6) {
+            if let Offer::Complete(b) = o.offer(3, 640, e as u32, s, T) {
+                done = Some(b);
+            }
+        }
+        assert_eq!(done, Some(data));
+    }
+
+    #[test]
+    fn needs_list_missing_objects_and_rejected_ones_again() {
+        let mut o = Objects::default();
+        let a = vec![1u8; 200]; // K = 4
+        for (e, s) in symbols(&a).iter().enumerate().take(3) {
+            o.offer(1, 200, e as u32, s, T);
+        }
+        o.offer(0, 10, 0, &symbols(&[2u8; 10])[0], T);
+        assert_eq!(
+            o.needs(4),
+            vec![
+                Need {
+                    object: 1,
+                    count: 1
+                },
+                Need {
+                    object: 2,
+                    count: NEED_ALL
+                },
+                Need {
+                    object: 3,
+                    count: NEED_ALL
+                }
+            ]
+        );
+        assert_eq!(o.reject(0), Some(1));
+        assert_eq!(
+            o.needs(1),
+            vec![Need {
+                object: 0,
+                count: NEED_ALL
+            }]
+        );
+        assert_eq!(o.reject(0), None, "not decoded again yet");
+        assert_eq!(o.reject(7), None);
+    }
+}

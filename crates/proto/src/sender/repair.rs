@@ -1,0 +1,386 @@
+//! The master's window of objects and its repair scheduling.
+//!
+//! The first pass sends each object's source symbols once. Receivers report how many symbols they
+//! still lack per object; for each object the master owes the **maximum** need over receivers,
+//! minus what is still in flight to the reporter, and pays it with **new** repair symbols (ids are
+//! never reused), so one repair symbol heals different losses at different receivers. Encoders are
+//! built lazily, cached (at most [`MAX_ENCODERS`]) and freed when idle. Repair goes before new data.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use raptorq::SourceBlockEncoder;
+
+use crate::fec;
+use crate::wire::{MAX_ESI, NEED_ALL};
+use crate::Stats;
+
+/// Repair encoders kept at once; each costs about twice its object in memory.
+const MAX_ENCODERS: usize = 8;
+/// An encoder unused this long is freed.
+const ENCODER_IDLE: Duration = Duration::from_secs(2);
+/// Repair symbols generated per encoder call.
+const REPAIR_BATCH: u32 = 32;
+/// Sequence numbers remembered per object to tell in-flight symbols from lost ones.
+const MAX_SEQS_PER_OBJECT: usize = 4096;
+/// A receiver that reports a need above K asks for at most this many more (RaptorQ needs a symbol
+/// or two beyond K now and then; more is a receiver that threw the object away).
+const MAX_NEED_ABOVE_K: u32 = 64;
+
+struct Obj {
+    data: Vec<u8>,
+    k: u32,
+    /// Repair symbols still to send (includes `pending`).
+    owed: u32,
+    next_repair: u32,
+    pending: VecDeque<(u32, Vec<u8>)>,
+    enc: Option<(SourceBlockEncoder, Instant)>,
+    /// Sequence numbers and send times of the data packets sent for this object, ascending.
+    seqs: VecDeque<(u64, Instant)>,
+}
+
+/// One symbol ready to go.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Symbol {
+    pub(crate) object: u32,
+    pub(crate) object_len: u32,
+    pub(crate) esi: u32,
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// The objects between `base` (every live client has everything below) and `pushed`.
+pub(crate) struct Window {
+    objects: VecDeque<Obj>,
+    pub(crate) base: u32,
+    pub(crate) pushed: u32,
+    /// The first pass is at symbol `next_esi` of object `next_obj`.
+    pub(crate) next_obj: u32,
+    next_esi: u32,
+    symbol_size: u16,
+}
+
+impl Window {
+    pub(crate) fn new(symbol_size: u16) -> Self {
+        Self {
+            objects: VecDeque::new(),
+            base: 0,
+            pushed: 0,
+            next_obj: 0,
+            next_esi: 0,
+            symbol_size,
+        }
+    }
+
+    /// Objects held.
+    pub(crate) fn held(&self) -> u32 {
+        self.pushed - self.base
+    }
+
+    /// Appends the next object (the caller checked its index and size).
+    pub(crate) fn push(&mut self, data: Vec<u8>) {
+        let k = fec::source_count(data.len() as u32, self.symbol_size);
+        self.objects.push_back(Obj {
+            data,
+            k,
+            owed: 0,
+            next_repair: 0,
+            pending: VecDeque::new(),
+            enc: None,
+            seqs: VecDeque::new(),
+        });
+        self.pushed += 1;
+    }
+
+    /// Forgets the objects below `new_base` (clamped to what was pushed).
+    pub(crate) fn release_below(&mut self, new_base: u32) {
+        let new_base = new_base.min(self.pushed);
+        while self.base < new_base {
+            self.objects.pop_front();
+            self.base += 1;
+        }
+        if self.next_obj < self.base {
+            self.next_obj = self.base;
+            self.next_esi = 0;
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.objects.clear();
+    }
+
+    /// Whether a symbol is ready (ignoring pacing).
+    pub(crate) fn has_data(&self) -> bool {
+        self.objects.iter().any(|o| o.owed > 0) || self.next_obj < self.pushed
+    }
+
+    /// One receiver lacks `count` symbols of `object` ([`NEED_ALL`]: all of them), having seen the
+    /// group up to `highest`: owe the max need over receivers, minus what is still in flight to it
+    /// (sent after `highest`, and after `recent` when known).
+    pub(crate) fn on_need(
+        &mut self,
+        object: u32,
+        count: u16,
+        highest: u64,
+        recent: Option<Instant>,
+    ) {
+        if object < self.base || object >= self.pushed || object > self.next_obj {
+            return;
+        }
+        let in_first_pass = object == self.next_obj;
+        let next_esi = self.next_esi;
+        let Some(o) = self.objects.get_mut((object - self.base) as usize) else {
+            return;
+        };
+        // Source symbols not sent yet will still come: they are not repair.
+        let unsent_sources = if in_first_pass { o.k - next_esi } else { 0 };
+        let count = if count == NEED_ALL {
+            o.k
+        } else {
+            u32::from(count).min(o.k + MAX_NEED_ABOVE_K)
+        };
+        let in_flight = o
+            .seqs
+            .iter()
+            .rev()
+            .take_while(|(q, t)| *q > highest && recent.is_none_or(|r| *t > r))
+            .count() as u32;
+        let room = (MAX_ESI - o.k).saturating_sub(o.next_repair + o.owed);
+        let extra = count
+            .saturating_sub(in_flight + unsent_sources)
+            .min(o.owed + room);
+        o.owed = o.owed.max(extra);
+    }
+
+    /// The next symbol to send: repairs first (they hold the window back), then the first pass.
+    pub(crate) fn next(&mut self, now: Instant, stats: &mut Stats) -> Option<Symbol> {
+        let symbol_size = self.symbol_size;
+        if let Some(pos) = self.objects.iter().position(|o| o.owed > 0) {
+            if self.objects[pos].pending.is_empty() {
+                self.refill(pos, now, stats);
+            }
+            let o = &mut self.objects[pos];
+            o.owed = o.owed.saturating_sub(1);
+            if let Some((esi, bytes)) = o.pending.pop_front() {
+                stats.repair_sent += 1;
+                return Some(Symbol {
+                    object: self.base + pos as u32,
+                    object_len: o.data.len() as u32,
+                    esi,
+                    bytes,
+                });
+            }
+        }
+        while self.next_obj < self.pushed {
+            let o = self.objects.get((self.next_obj - self.base) as usize)?;
+            if self.next_esi >= o.k {
+                self.next_obj += 1;
+                self.next_esi = 0;
+                continue;
+            }
+            let bytes = fec::source_symbol(&o.data, self.next_esi, symbol_size);
+            let sym = Symbol {
+                object: self.next_obj,
+                object_len: o.data.len() as u32,
+                esi: self.next_esi,
+                bytes,
+            };
+            self.next_esi += 1;
+            if self.next_esi >= o.k {
+                self.next_obj += 1;
+                self.next_esi = 0;
+            }
+            stats.source_sent += 1;
+            return Some(sym);
+        }
+        None
+    }
+
+    /// Generates the next batch of repair symbols of the object at `pos`, building (and caching)
+    /// its encoder; evicts the least recently used encoder beyond [`MAX_ENCODERS`].
+    fn refill(&mut self, pos: usize, now: Instant, stats: &mut Stats) {
+        let live = self.objects.iter().filter(|o| o.enc.is_some()).count();
+        if self.objects[pos].enc.is_none() && live >= MAX_ENCODERS {
+            if let Some(victim) = self
+                .objects
+                .iter_mut()
+                .filter(|o| o.enc.is_some())
+                .min_by_key(|o| o.enc.as_ref().map(|(_, t)| *t))
+            {
+                victim.enc = None;
+            }
+        }
+        let symbol_size = self.symbol_size;
+        let o = &mut self.objects[pos];
+        let enc = match o.enc.take() {
+            Some((e, _)) => e,
+            None => {
+                stats.encoders_built += 1;
+                fec::encoder(&o.data, symbol_size)
+            }
+        };
+        let n = o.owed.min(REPAIR_BATCH);
+        o.pending.extend(fec::repair(&enc, o.next_repair, n));
+        o.next_repair += n;
+        o.enc = Some((enc, now));
+    }
+
+    /// Remembers that group packet `seq` carried a symbol of `object`.
+    pub(crate) fn record_seq(&mut self, object: u32, seq: u64, now: Instant) {
+        let Some(o) = object
+            .checked_sub(self.base)
+            .and_then(|i| self.objects.get_mut(i as usize))
+        else {
+            return;
+        };
+        if o.seqs.len() >= MAX_SEQS_PER_OBJECT {
+            o.seqs.pop_front();
+        }
+        o.seqs.push_back((seq, now));
+    }
+
+    /// Frees encoders nobody asked for lately.
+    pub(crate) fn free_idle_encoders(&mut self, now: Instant) {
+        for o in &mut self.objects {
+            if o.owed == 0
+                && o.enc
+                    .as_ref()
+                    .is_some_and(|(_, used)| now.saturating_duration_since(*used) >= ENCODER_IDLE)
+            {
+                o.enc = None;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn encoders(&self) -> usize {
+        self.objects.iter().filter(|o| o.enc.is_some()).count()
+    }
+
+    #[cfg(test)]
+    fn owed(&self, object: u32) -> u32 {
+        self.objects[(object - self.base) as usize].owed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u16 = 100;
+
+    fn window(objects: usize, len: usize) -> Window {
+        let mut w = Window::new(T);
+        for i in 0..objects {
+            w.push(vec![i as u8; len]);
+        }
+        w
+    }
+
+    /// Sends the whole first pass, recording seqs from 1.
+    fn first_pass(w: &mut Window, now: Instant) -> Vec<Symbol> {
+        let mut stats = Stats::default();
+        let mut out = Vec::new();
+        let mut seq = 0;
+        while let Some(s) = w.next(now, &mut stats) {
+            seq += 1;
+            w.record_seq(s.object, seq, now);
+            out.push(s);
+        }
+        out
+    }
+
+    #[test]
+    fn first_pass_sends_every_source_symbol_once_in_order() {
+        let now = Instant::now();
+        let mut w = window(3, 250); // K = 3 each
+        let sent = first_pass(&mut w, now);
+        let ids: Vec<_> = sent.iter().map(|s| (s.object, s.esi)).collect();
+        assert_eq!(
+            ids,
+            [
+                (0, 0),
+                (0, 1),
+                (0, 2),
+                (1, 0),
+                (1, 1),
+                (1, 2),
+                (2, 0),
+                (2, 1),
+                (2, 2)
+            ]
+        );
+        assert!(sent.iter().all(|s| s.bytes.len() == usize::from(T)));
+        assert_eq!(&sent[2].bytes[..50], &[0; 50], "the last symbol is padded");
+        assert!(!w.has_data());
+    }
+
+    #[test]
+    fn need_is_the_max_over_receivers_minus_in_flight_and_repairs_are_new() {
+        let now = Instant::now();
+        let mut w = window(2, 1000); // K = 10
+        first_pass(&mut w, now);
+        // A receiver that saw everything (highest 20) lacks 3 of object 0, another 5: owe 5.
+        w.on_need(0, 3, 20, None);
+        w.on_need(0, 5, 20, None);
+        w.on_need(0, 2, 20, None);
+        assert_eq!(w.owed(0), 5);
+        // A receiver that has seen only up to seq 5 lacks 9 of object 0: symbols 6..=10 may still
+        // be on their way to it.
+        let mut w2 = window(2, 1000);
+        first_pass(&mut w2, now);
+        w2.on_need(0, 9, 5, None);
+        assert_eq!(w2.owed(0), 4);
+        // NEED_ALL asks for K.
+        w2.on_need(1, NEED_ALL, 20, None);
+        assert_eq!(w2.owed(1), 10);
+        // Repairs come before anything else and never reuse an id.
+        let mut stats = Stats::default();
+        let mut ids = Vec::new();
+        while let Some(s) = w.next(now, &mut stats) {
+            assert!(s.esi >= 10);
+            ids.push(s.esi);
+        }
+        assert_eq!(ids, [10, 11, 12, 13, 14]);
+        w.on_need(0, 2, 100, None);
+        let more: Vec<_> = std::iter::from_fn(|| w.next(now, &mut stats))
+            .map(|s| s.esi)
+            .collect();
+        assert_eq!(more, [15, 16]);
+        assert_eq!(stats.repair_sent, 7);
+        assert_eq!(stats.encoders_built, 1);
+    }
+
+    #[test]
+    fn needs_outside_the_window_or_ahead_of_the_first_pass_are_ignored() {
+        let now = Instant::now();
+        let mut w = window(4, 1000);
+        let mut stats = Stats::default();
+        for _ in 0..12 {
+            w.next(now, &mut stats); // object 0 whole, object 1 partly
+        }
+        w.on_need(3, NEED_ALL, 0, None);
+        assert_eq!(w.owed(3), 0, "not reached by the first pass");
+        w.on_need(1, 9, 12, None);
+        assert_eq!(w.owed(1), 1, "8 sources still unsent: only one is repair");
+        w.release_below(1);
+        w.on_need(0, NEED_ALL, 12, None); // below the base: released
+        assert_eq!(w.base, 1);
+        assert_eq!(w.held(), 3);
+    }
+
+    #[test]
+    fn encoders_are_bounded_and_freed_when_idle() {
+        let now = Instant::now();
+        let mut w = window(12, 1000);
+        first_pass(&mut w, now);
+        let mut stats = Stats::default();
+        for o in 0..12 {
+            w.on_need(o, 1, 1000, None);
+            assert!(w.next(now, &mut stats).is_some());
+            assert!(w.encoders() <= MAX_ENCODERS);
+        }
+        assert_eq!(w.encoders(), MAX_ENCODERS);
+        w.free_idle_encoders(now + ENCODER_IDLE);
+        assert_eq!(w.encoders(), 0);
+    }
+}
