@@ -194,6 +194,42 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
+/// Total bytes of the filesystem holding `path` (a file or directory), from `statvfs`: no file on
+/// it, however sparse, can hold a disk larger than this.
+pub fn fs_size(path: &Path) -> io::Result<u64> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call and `st`
+    // is a live statvfs the kernel fills in.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_blocks as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Opens a block device read-only and exclusively (`O_EXCL`: refused while it is mounted or held),
+/// to look at it without writing: its size, its first sectors.
+pub fn open_exclusive_readonly(path: &Path) -> Result<File, DiskError> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(path)
+    {
+        Ok(f) => Ok(f),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(DiskError::InUse {
+            path: path.to_path_buf(),
+            by: mounted_status(path)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "opened exclusively by another program".to_string()),
+        }),
+        Err(e) => Err(DiskError::io("open", path, e)),
+    }
+}
+
 /// Opens a disk for writing, exclusively where the kernel allows it.
 ///
 /// Block devices are opened `O_RDWR | O_EXCL`: the kernel then refuses the

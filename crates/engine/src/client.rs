@@ -1,9 +1,14 @@
-//! The client: the protocol `Receiver` on the receive side, a pool that
-//! decompresses and verifies chunks, and positional writes to the target.
-//! Receiving never waits on the disk: chunks queue between the stages.
+//! The client: the protocol `Receiver` on the receive side, [`ClientCore`] for everything between
+//! its events and the target (checks, a pool that decompresses and verifies chunks, positional
+//! writes, the root hash), and the socket loop that drives both. Receiving never waits on the
+//! disk: chunks queue between the stages.
+//!
+//! Until the session starts the target is the user's: it is checked without being opened for
+//! writing, and only the start opens it and writes the incomplete marker.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -12,13 +17,15 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use imgcast_image::{
     self as image, ChunkKind, DiskTarget, EncodedChunk, Geometry, RootHasher, TargetOptions,
+    WIRE_HEADER_LEN,
 };
-use imgcast_proto::{self as proto, SessionKey, SessionName};
+use imgcast_proto::{self as proto, Rejection, SessionKey, SessionName};
 
+use crate::info::SessionInfo;
 use crate::io::Net;
 use crate::net::choose_interface;
 use crate::session::{ClientConfig, ClientReport, Control, SessionEvent};
-use crate::{info, EngineError};
+use crate::EngineError;
 
 /// How a device without a role ended.
 pub enum UndecidedOutcome {
@@ -55,6 +62,9 @@ pub fn run_undecided(
 /// Chunks waiting for the decode pool: bounded so memory is too (each up to a
 /// chunk's stored size).
 const DECODE_QUEUE: usize = 64;
+/// After every chunk arrived, how long to wait for an End whose root hash the chunks match (the
+/// master repeats End every 500 ms; one that disagrees may be forged).
+const TRAILER_PATIENCE: Duration = Duration::from_secs(10);
 
 struct Written {
     index: u64,
@@ -62,101 +72,148 @@ struct Written {
     raw_len: u64,
 }
 
+/// The root hash, fed with chunk hashes as they are verified, in any order: at most a window of
+/// them waits for its predecessors, so memory does not grow with the disk.
+struct RootTracker {
+    hasher: RootHasher,
+    next: u64,
+    waiting: BTreeMap<u64, [u8; 32]>,
+}
+
+impl RootTracker {
+    fn new(g: &Geometry) -> Self {
+        Self {
+            hasher: RootHasher::new(g.disk_size, g.chunk_size),
+            next: 0,
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    /// Records chunk `index`'s hash; false when it was recorded before.
+    fn push(&mut self, index: u64, hash: [u8; 32]) -> bool {
+        if index < self.next || self.waiting.insert(index, hash).is_some() {
+            return false;
+        }
+        while let Some(h) = self.waiting.remove(&self.next) {
+            self.hasher.push(&h);
+            self.next += 1;
+        }
+        true
+    }
+
+    fn done(&self) -> u64 {
+        self.next + self.waiting.len() as u64
+    }
+}
+
+/// Where decoded chunks go: a pool of threads, or (with no threads) the caller's own thread.
+enum Pool {
+    Threads {
+        work: Option<Sender<(u64, Vec<u8>)>>,
+        done: Receiver<Written>,
+        workers: Vec<JoinHandle<()>>,
+    },
+    Inline {
+        done: VecDeque<Written>,
+        scratch: Vec<u8>,
+        dec: image::Decompressor,
+    },
+}
+
 /// The target and its decode pool for one run of the session.
 struct Restore {
     geometry: Geometry,
     target: Option<Arc<DiskTarget>>,
-    work: Option<Sender<(u64, Vec<u8>)>>,
-    done: Receiver<Written>,
-    workers: Vec<JoinHandle<()>>,
-    hashes: Vec<Option<[u8; 32]>>,
-    written: u64,
+    pool: Pool,
+    root: RootTracker,
     bytes: u64,
-    trailer: Option<[u8; 32]>,
-    reported: bool,
 }
 
 impl Restore {
-    fn open(path: &Path, geometry: Geometry) -> Result<Self, EngineError> {
+    fn open(path: &Path, geometry: Geometry, threads: usize) -> Result<Self, EngineError> {
         let target = Arc::new(DiskTarget::open(
             path,
             &geometry,
             &TargetOptions::default(),
         )?);
-        let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(DECODE_QUEUE);
-        let (done_tx, done_rx) = bounded::<Written>(DECODE_QUEUE * 2);
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let mut workers = Vec::new();
-        for i in 0..threads {
-            let rx = work_rx.clone();
-            let tx = done_tx.clone();
-            let target = target.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("imgcast-decode-{i}"))
-                .spawn(move || {
-                    let mut raw = Vec::new();
-                    let mut dec = image::Decompressor::new();
-                    for (index, wire) in rx {
-                        let result = write_one(&target, index, &wire, &mut raw, &mut dec);
-                        let raw_len = u64::from(geometry.chunk_len(index));
-                        if tx
-                            .send(Written {
-                                index,
-                                result,
-                                raw_len,
-                            })
-                            .is_err()
-                        {
-                            return;
+        let pool = if threads == 0 {
+            Pool::Inline {
+                done: VecDeque::new(),
+                scratch: Vec::new(),
+                dec: image::Decompressor::new(),
+            }
+        } else {
+            let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(DECODE_QUEUE);
+            let (done_tx, done_rx) = bounded::<Written>(DECODE_QUEUE * 2);
+            let mut workers = Vec::new();
+            for i in 0..threads {
+                let rx = work_rx.clone();
+                let tx = done_tx.clone();
+                let target = target.clone();
+                let h = std::thread::Builder::new()
+                    .name(format!("imgcast-decode-{i}"))
+                    .spawn(move || {
+                        let mut raw = Vec::new();
+                        let mut dec = image::Decompressor::new();
+                        for (index, wire) in rx {
+                            let w = write_one(&target, index, &wire, &mut raw, &mut dec);
+                            if tx.send(w).is_err() {
+                                return;
+                            }
                         }
-                    }
-                })
-                .map_err(|e| EngineError::io("starting a decode thread", e))?;
-            workers.push(h);
-        }
-        let count = usize::try_from(geometry.chunk_count).map_err(|_| {
-            EngineError::Session("image has too many chunks for this machine".into())
-        })?;
+                    })
+                    .map_err(|e| EngineError::io("starting a decode thread", e))?;
+                workers.push(h);
+            }
+            Pool::Threads {
+                work: Some(work_tx),
+                done: done_rx,
+                workers,
+            }
+        };
         Ok(Self {
+            root: RootTracker::new(&geometry),
             geometry,
             target: Some(target),
-            work: Some(work_tx),
-            done: done_rx,
-            workers,
-            hashes: vec![None; count],
-            written: 0,
+            pool,
             bytes: 0,
-            trailer: None,
-            reported: false,
         })
     }
 
-    fn complete(&self) -> bool {
-        self.written == self.geometry.chunk_count && self.trailer.is_some()
+    fn submit(&mut self, index: u64, wire: Vec<u8>) {
+        match &mut self.pool {
+            // Blocks only when the disk is far behind; the socket buffers and the receive queue
+            // keep taking packets.
+            Pool::Threads { work: Some(w), .. } => {
+                let _ = w.send((index, wire));
+            }
+            Pool::Threads { work: None, .. } => {}
+            Pool::Inline { done, scratch, dec } => {
+                if let Some(t) = &self.target {
+                    done.push_back(write_one(t, index, &wire, scratch, dec));
+                }
+            }
+        }
     }
 
-    /// Checks the root hash and writes the held-back first chunk; after this
-    /// the target is a finished copy.
-    fn finish(&mut self) -> Result<[u8; 32], EngineError> {
-        let mut root = RootHasher::new(self.geometry.disk_size, self.geometry.chunk_size);
-        for h in &self.hashes {
-            root.push(
-                h.as_ref()
-                    .ok_or_else(|| EngineError::Session("a chunk is missing".into()))?,
-            );
+    fn next_written(&mut self) -> Option<Written> {
+        match &mut self.pool {
+            Pool::Threads { done, .. } => done.try_recv().ok(),
+            Pool::Inline { done, .. } => done.pop_front(),
         }
-        let root = root.finish();
-        let expected = self.trailer.unwrap_or([0; 32]);
-        if root != expected {
-            return Err(EngineError::Session(format!(
-                "root hash mismatch: the chunks make {}, the master announced {}",
-                image::hex(&root),
-                image::hex(&expected)
-            )));
-        }
-        self.work = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
+    }
+
+    fn all_written(&self) -> bool {
+        self.root.done() == self.geometry.chunk_count
+    }
+
+    /// Writes the held-back first chunk; after this the target is a finished copy.
+    fn finish(&mut self) -> Result<(), EngineError> {
+        if let Pool::Threads { work, workers, .. } = &mut self.pool {
+            *work = None;
+            for w in workers.drain(..) {
+                let _ = w.join();
+            }
         }
         let target = self
             .target
@@ -164,39 +221,348 @@ impl Restore {
             .and_then(|t| Arc::try_unwrap(t).ok())
             .ok_or_else(|| EngineError::Session("the target is still in use".into()))?;
         target.finish()?;
-        Ok(root)
+        Ok(())
     }
 }
 
+/// Decodes, verifies and writes one chunk object; nothing unverified reaches the disk.
 fn write_one(
     target: &DiskTarget,
     index: u64,
     wire: &[u8],
     raw: &mut Vec<u8>,
     dec: &mut image::Decompressor,
-) -> Result<[u8; 32], EngineError> {
-    let chunk = EncodedChunk::from_wire(wire)?;
-    let expected_len = target.geometry().chunk_len(index);
-    if chunk.raw_len != expected_len {
-        return Err(EngineError::Session(format!(
-            "chunk {index} claims {} bytes; the image's geometry says {expected_len}",
-            chunk.raw_len
-        )));
+) -> Written {
+    let raw_len = u64::from(target.geometry().chunk_len(index));
+    let result = (|| {
+        let chunk = EncodedChunk::from_wire(wire)?;
+        let expected_len = target.geometry().chunk_len(index);
+        if chunk.raw_len != expected_len {
+            return Err(EngineError::Session(format!(
+                "it claims {} bytes; the image's geometry says {expected_len}",
+                chunk.raw_len
+            )));
+        }
+        if chunk.index != index {
+            return Err(EngineError::Session(format!(
+                "object {index} carries chunk {}",
+                chunk.index
+            )));
+        }
+        let bytes = chunk.verified(raw, dec)?;
+        if chunk.kind == ChunkKind::Hole {
+            target.write_hole(index)?;
+        } else {
+            target.write_chunk(index, bytes)?;
+        }
+        Ok(chunk.hash)
+    })();
+    Written {
+        index,
+        result,
+        raw_len,
     }
-    if chunk.index != index {
-        return Err(EngineError::Session(format!(
-            "object {index} carries chunk {}: the master sent a wrong chunk",
-            chunk.index
-        )));
+}
+
+/// Longest chunk object of a geometry: the wire header and a payload never larger than the chunk.
+fn max_object_len(g: &Geometry) -> u32 {
+    g.chunk_size.saturating_add(WIRE_HEADER_LEN as u32)
+}
+
+/// Everything a client does between the protocol's events and its target, without sockets: the
+/// socket loop drives it, and so does the fuzz target that feeds datagrams into a real file.
+pub struct ClientCore {
+    target: PathBuf,
+    threads: usize,
+    accepted: Option<SessionInfo>,
+    master: Option<SocketAddr>,
+    restore: Option<Restore>,
+    trailers: Vec<[u8; 32]>,
+    complete_since: Option<Instant>,
+    reported: bool,
+    opened: bool,
+    finished: bool,
+    started_at: Option<Instant>,
+    last_progress: Option<Instant>,
+    auth_warned: bool,
+}
+
+impl ClientCore {
+    /// A client that will restore onto `target`, decoding on `threads` threads (0: on the caller's
+    /// thread, in [`ClientCore::poll`]'s stead at once).
+    pub fn new(target: PathBuf, threads: usize) -> Self {
+        Self {
+            target,
+            threads,
+            accepted: None,
+            master: None,
+            restore: None,
+            trailers: Vec::new(),
+            complete_since: None,
+            reported: false,
+            opened: false,
+            finished: false,
+            started_at: None,
+            last_progress: None,
+            auth_warned: false,
+        }
     }
-    // decode_into checks the chunk's hash: nothing unverified reaches the disk.
-    let bytes = chunk.verified(raw, dec)?;
-    if chunk.kind == ChunkKind::Hole {
-        target.write_hole(index)?;
-    } else {
-        target.write_chunk(index, bytes)?;
+
+    /// Whether a target was opened (and marked incomplete) for a started session.
+    pub fn target_opened(&self) -> bool {
+        self.opened
     }
-    Ok(chunk.hash)
+
+    /// Whether the target was finished: every chunk verified and written, the root hash matched,
+    /// the first chunk written over the marker.
+    pub fn target_finished(&self) -> bool {
+        self.finished
+    }
+
+    fn forget_run(&mut self) {
+        self.accepted = None;
+        self.restore = None;
+        self.trailers.clear();
+        self.complete_since = None;
+        self.reported = false;
+    }
+
+    /// Acts on one event of the receiver. `Ok(Some(report))` when the session is over and the
+    /// target verified; an error ends the client.
+    pub fn on_event(
+        &mut self,
+        now: Instant,
+        rx: &mut proto::Receiver,
+        ev: proto::ReceiverEvent,
+        on_event: &mut dyn FnMut(SessionEvent),
+    ) -> Result<Option<ClientReport>, EngineError> {
+        use proto::ReceiverEvent as E;
+        match ev {
+            E::Announced {
+                master,
+                session_info,
+                ..
+            } => {
+                self.forget_run();
+                let info = match SessionInfo::decode(&session_info) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        on_event(SessionEvent::Note(format!(
+                            "ignoring master {master}: {e}; the target is untouched, still waiting"
+                        )));
+                        rx.decline(&e.to_string());
+                        return Ok(None);
+                    }
+                };
+                if let Err(e) = image::check_target(&self.target, &info.geometry) {
+                    on_event(SessionEvent::Note(format!(
+                        "ignoring master {master}: it sends a disk of {} bytes and {e}; the target is untouched, still waiting for a master of this name",
+                        info.geometry.disk_size
+                    )));
+                    rx.decline(&e.to_string());
+                    return Ok(None);
+                }
+                self.master = Some(master);
+                on_event(SessionEvent::Found {
+                    master,
+                    disk_size: info.geometry.disk_size,
+                });
+                rx.register(now, max_object_len(&info.geometry))
+                    .map_err(|e| EngineError::Session(e.to_string()))?;
+                self.accepted = Some(info);
+            }
+            E::Refused { master, reason } => on_event(SessionEvent::Note(format!(
+                "ignoring master {master}: {reason}; the target is untouched, still waiting"
+            ))),
+            E::Unanswered { master } => on_event(SessionEvent::Note(format!(
+                "master {master} did not answer the registration; the target is untouched, listening again"
+            ))),
+            E::MasterGone { master, reason } => {
+                self.forget_run();
+                on_event(SessionEvent::Note(format!(
+                    "the master {master} {reason} before the start; the target is untouched, waiting for the next master of this name"
+                )));
+            }
+            E::Registered => on_event(SessionEvent::Registered),
+            E::Queued => {
+                self.forget_run();
+                on_event(SessionEvent::Queued);
+            }
+            E::Dropped => {
+                self.forget_run();
+                on_event(SessionEvent::Note(
+                    "the master dropped this client (too slow or silent); the target stays marked incomplete, waiting for the next session of this name".into(),
+                ));
+            }
+            E::Started => {
+                let Some(info) = &self.accepted else {
+                    return Err(EngineError::Session(
+                        "the session started without an accepted geometry".into(),
+                    ));
+                };
+                // Only now, registered and started, is the target opened and marked.
+                match Restore::open(&self.target, info.geometry, self.threads) {
+                    Ok(r) => {
+                        self.restore = Some(r);
+                        self.opened = true;
+                    }
+                    Err(e) => {
+                        let _ = rx.report_failed(now, e.to_string());
+                        return Err(e);
+                    }
+                }
+                self.started_at = Some(now);
+                on_event(SessionEvent::Started { clients: 0 });
+            }
+            E::Object { index, bytes } => {
+                if let Some(r) = self.restore.as_mut() {
+                    r.submit(u64::from(index), bytes);
+                }
+            }
+            E::Trailer(bytes) => {
+                let Ok(root) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+                    on_event(SessionEvent::Note(
+                        "ignoring an End packet whose trailer is not a root hash".into(),
+                    ));
+                    return Ok(None);
+                };
+                let committed = self.accepted.as_ref().and_then(|i| i.root);
+                if committed.is_some_and(|c| c != root) {
+                    on_event(SessionEvent::Note(format!(
+                        "ignoring an End packet with root hash {}: the master announced another",
+                        image::hex(&root)
+                    )));
+                } else if !self.trailers.contains(&root) {
+                    self.trailers.push(root);
+                }
+            }
+            E::Aborted { reason } => {
+                return Err(EngineError::Session(format!(
+                    "the master aborted the session: {reason}; the target is left marked incomplete"
+                )));
+            }
+            E::MasterLost => {
+                return Err(EngineError::Session(
+                    "the master fell silent after the start; the target is left marked incomplete"
+                        .into(),
+                ));
+            }
+            E::AuthFailures { count } if !self.auth_warned => {
+                self.auth_warned = true;
+                on_event(SessionEvent::Note(format!(
+                    "{count} packets of this session failed authentication: wrong -key?"
+                )));
+            }
+            E::Completed => {
+                let Some(r) = self.restore.take() else {
+                    return Err(EngineError::Session("completed without a target".into()));
+                };
+                let master = self
+                    .master
+                    .ok_or_else(|| EngineError::Session("no master".into()))?;
+                return Ok(Some(ClientReport {
+                    root_hash: self.trailers.first().copied().unwrap_or([0; 32]),
+                    disk_size: r.geometry.disk_size,
+                    seconds: self
+                        .started_at
+                        .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64()),
+                    master,
+                }));
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// Collects the decode pool's results, reports progress, and finishes the target once every
+    /// chunk is written and an End's root hash matches them.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        rx: &mut proto::Receiver,
+        on_event: &mut dyn FnMut(SessionEvent),
+    ) -> Result<(), EngineError> {
+        let Some(r) = self.restore.as_mut() else {
+            return Ok(());
+        };
+        while let Some(w) = r.next_written() {
+            let Ok(index) = u32::try_from(w.index) else {
+                continue;
+            };
+            match w.result {
+                Ok(hash) => {
+                    if r.root.push(w.index, hash) {
+                        r.bytes += w.raw_len;
+                        // Only now may the master forget this chunk.
+                        rx.object_done(index);
+                    }
+                }
+                Err(e) => match rx.object_failed(index) {
+                    Rejection::Retry { attempts } => on_event(SessionEvent::Note(format!(
+                        "chunk {index} failed its check ({e}); thrown away and fetched again (failure {attempts})"
+                    ))),
+                    Rejection::GiveUp { attempts } => {
+                        let why = format!(
+                            "chunk {index} failed its check {attempts} times ({e}); giving up"
+                        );
+                        let _ = rx.report_failed(now, why.clone());
+                        return Err(EngineError::Session(format!(
+                            "{why}; the target is left marked incomplete"
+                        )));
+                    }
+                    Rejection::NotPending => {}
+                },
+            }
+        }
+        if self
+            .last_progress
+            .is_none_or(|t| now.saturating_duration_since(t) > Duration::from_millis(200))
+        {
+            self.last_progress = Some(now);
+            on_event(SessionEvent::Progress {
+                id: 0,
+                done: r.bytes,
+                total: r.geometry.disk_size,
+            });
+        }
+        if self.reported || !r.all_written() || self.trailers.is_empty() {
+            return Ok(());
+        }
+        let since = *self.complete_since.get_or_insert(now);
+        let root = r.root.hasher.finish();
+        if self.trailers.contains(&root) {
+            self.reported = true;
+            self.trailers = vec![root];
+            on_event(SessionEvent::Progress {
+                id: 0,
+                done: r.bytes,
+                total: r.geometry.disk_size,
+            });
+            if let Err(e) = r.finish() {
+                let _ = rx.report_failed(now, e.to_string());
+                return Err(e);
+            }
+            self.finished = true;
+            rx.report_done(now, String::new())
+                .map_err(|e| EngineError::Session(e.to_string()))?;
+        } else if now.saturating_duration_since(since) >= TRAILER_PATIENCE {
+            let why = format!(
+                "root hash mismatch: the chunks make {}, the master announced {}",
+                image::hex(&root),
+                self.trailers
+                    .iter()
+                    .map(|t| image::hex(t))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            );
+            self.reported = true;
+            let _ = rx.report_failed(now, why.clone());
+            return Err(EngineError::Session(format!(
+                "{why}; the target is left marked incomplete"
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn run(
@@ -227,16 +593,15 @@ fn run(
             "client"
         },
     });
-    let mut rc = proto::ReceiverConfig::new(name.clone(), rand::random::<u64>(), &hostname());
+    let client_id = rand::random::<u64>().max(1);
+    let mut rc = proto::ReceiverConfig::new(name.clone(), client_id, &hostname());
     rc.key = key;
     rc.master_timeout = cfg.net.peer_timeout;
     let mut receiver = proto::Receiver::new(rc);
-
-    let mut restore: Option<Restore> = None;
-    let mut master: Option<SocketAddr> = None;
-    let mut started_at: Option<Instant> = None;
-    let mut last_progress = Instant::now();
-    let mut auth_warned = false;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut core = ClientCore::new(cfg.target.clone(), threads);
+    let wait_until = cfg.wait.map(|w| Instant::now() + w);
+    let mut found_master = false;
     loop {
         let now = Instant::now();
         while let Some(batch) = net.try_batch() {
@@ -249,153 +614,34 @@ fn run(
             flush(&mut receiver, &mut net, now)?;
             return Err(EngineError::Session("aborted".into()));
         }
-        if undecided && master.is_none() && control.take_become_master() {
+        if undecided && !found_master && control.take_become_master() {
             return Ok(UndecidedOutcome::BecomeMaster);
         }
+        if !core.target_opened() && wait_until.is_some_and(|w| now >= w) {
+            return Err(EngineError::Session(format!(
+                "no session {} started within {}; the target was not touched",
+                name.as_str(),
+                crate::session::minutes_text(cfg.wait.unwrap_or_default())
+            )));
+        }
         while let Some(ev) = receiver.poll_event() {
-            match ev {
-                proto::ReceiverEvent::Announced {
-                    master: m,
-                    session_info,
-                    ..
-                } => {
-                    let Some(geometry) = info::decode(&session_info) else {
-                        on_event(SessionEvent::Note(format!(
-                            "master {m} announces an image this img does not understand; ignoring it"
-                        )));
-                        continue;
-                    };
-                    // Check the target (mounted, too small) before registering.
-                    drop(restore.take());
-                    let opened = Restore::open(&cfg.target, geometry);
-                    match opened {
-                        Ok(r) => restore = Some(r),
-                        Err(e) => {
-                            receiver.decline(&e.to_string());
-                            flush(&mut receiver, &mut net, now)?;
-                            return Err(e);
-                        }
-                    }
-                    master = Some(m);
-                    on_event(SessionEvent::Found {
-                        master: m,
-                        disk_size: geometry.disk_size,
-                    });
-                    receiver
-                        .register(now)
-                        .map_err(|e| EngineError::Session(e.to_string()))?;
-                }
-                proto::ReceiverEvent::Registered => on_event(SessionEvent::Registered),
-                proto::ReceiverEvent::Queued => on_event(SessionEvent::Queued),
-                proto::ReceiverEvent::Dropped => {
-                    on_event(SessionEvent::Note(
-                        "the master dropped this client (too slow or silent); waiting for the next session of this name".into(),
-                    ));
-                    drop(restore.take());
-                }
-                proto::ReceiverEvent::Started => {
-                    started_at = Some(now);
-                    on_event(SessionEvent::Started { clients: 0 });
-                }
-                proto::ReceiverEvent::Object { index, bytes } => {
-                    let Some(r) = restore.as_mut() else { continue };
-                    if let Some(work) = &r.work {
-                        // Blocks only when the disk is far behind; the socket
-                        // buffers and the receive queue keep taking packets.
-                        let _ = work.send((u64::from(index), bytes));
-                    }
-                }
-                proto::ReceiverEvent::Trailer(bytes) => {
-                    if let (Some(r), Ok(root)) =
-                        (restore.as_mut(), <[u8; 32]>::try_from(bytes.as_slice()))
-                    {
-                        r.trailer = Some(root);
-                    }
-                }
-                proto::ReceiverEvent::Aborted { reason } => {
-                    return Err(EngineError::Session(format!(
-                        "the master aborted the session: {reason}"
-                    )));
-                }
-                proto::ReceiverEvent::MasterLost => {
-                    return Err(EngineError::Session(format!(
-                        "the master fell silent for {} s; the target is left marked incomplete",
-                        cfg.net.peer_timeout.as_secs()
-                    )));
-                }
-                proto::ReceiverEvent::AuthFailures { count } if !auth_warned => {
-                    auth_warned = true;
-                    on_event(SessionEvent::Note(format!(
-                        "{count} packets of this session failed authentication: wrong -key?"
-                    )));
-                }
-                proto::ReceiverEvent::Completed => {
-                    let Some(r) = restore.take() else {
-                        return Err(EngineError::Session("completed without a target".into()));
-                    };
-                    let m = master.ok_or_else(|| EngineError::Session("no master".into()))?;
+            found_master |= matches!(ev, proto::ReceiverEvent::Announced { .. });
+            let step = core.on_event(now, &mut receiver, ev, on_event);
+            match step {
+                Ok(Some(report)) => {
                     flush(&mut receiver, &mut net, now)?;
-                    return Ok(UndecidedOutcome::Client(ClientReport {
-                        root_hash: r.trailer.unwrap_or([0; 32]),
-                        disk_size: r.geometry.disk_size,
-                        seconds: started_at.map_or(0.0, |s| s.elapsed().as_secs_f64()),
-                        master: m,
-                    }));
+                    return Ok(UndecidedOutcome::Client(report));
                 }
-                _ => {}
+                Ok(None) => {}
+                Err(e) => {
+                    flush(&mut receiver, &mut net, now)?;
+                    return Err(e);
+                }
             }
         }
-        // Results of the decode pool.
-        if let Some(r) = restore.as_mut() {
-            while let Ok(w) = r.done.try_recv() {
-                match w.result {
-                    Ok(hash) => {
-                        if let Some(slot) = r.hashes.get_mut(w.index as usize) {
-                            if slot.is_none() {
-                                *slot = Some(hash);
-                                r.written += 1;
-                                r.bytes += w.raw_len;
-                                // Only now may the master forget this chunk.
-                                if let Ok(i) = u32::try_from(w.index) {
-                                    receiver.object_done(i);
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let why = format!("chunk {}: {e}", w.index);
-                        let _ = receiver.report_failed(now, why.clone());
-                        flush(&mut receiver, &mut net, now)?;
-                        return Err(EngineError::Session(why));
-                    }
-                }
-            }
-            if last_progress.elapsed() > Duration::from_millis(200) {
-                last_progress = now;
-                on_event(SessionEvent::Progress {
-                    id: 0,
-                    done: r.bytes,
-                    total: r.geometry.disk_size,
-                });
-            }
-            if r.complete() && !r.reported {
-                r.reported = true;
-                on_event(SessionEvent::Progress {
-                    id: 0,
-                    done: r.bytes,
-                    total: r.geometry.disk_size,
-                });
-                match r.finish() {
-                    Ok(_) => receiver
-                        .report_done(now)
-                        .map_err(|e| EngineError::Session(e.to_string()))?,
-                    Err(e) => {
-                        let _ = receiver.report_failed(now, e.to_string());
-                        flush(&mut receiver, &mut net, now)?;
-                        return Err(e);
-                    }
-                }
-            }
+        if let Err(e) = core.poll(now, &mut receiver, on_event) {
+            flush(&mut receiver, &mut net, now)?;
+            return Err(e);
         }
         while let Some(t) = receiver.poll_transmit(now) {
             net.transmit(&t)?;

@@ -49,12 +49,13 @@ impl EngineError {
 }
 
 mod client;
-mod info;
+pub mod info;
 mod io;
 mod master;
 mod session;
 
-pub use client::{run_client, run_undecided, UndecidedOutcome};
+pub use client::{run_client, run_undecided, ClientCore, UndecidedOutcome};
+pub use info::SessionInfo;
 pub use master::{run_master, MasterOutcome};
 pub use session::{
     ClientConfig, ClientReport, ClientResult, ClientRow, Control, MasterConfig, MasterReport,

@@ -11,12 +11,13 @@ use crossbeam_channel::{bounded, Receiver, TryRecvError};
 use imgcast_image::{self as image, Geometry, RootHasher};
 use imgcast_proto::{self as proto, SessionKey, SessionName};
 
+use crate::info::SessionInfo;
 use crate::io::Net;
 use crate::net::choose_interface;
 use crate::session::{
     ClientResult, ClientRow, Control, MasterConfig, MasterReport, MasterSource, SessionEvent,
 };
-use crate::{info, EngineError};
+use crate::EngineError;
 
 /// What the feeder thread hands to the protocol loop.
 enum Feed {
@@ -51,7 +52,12 @@ pub fn run_master(
         None => None,
     };
     // Open the source before the network: a missing disk is reported at once.
-    let (geometry, feeder_rx, feeder) = start_feeder(&cfg.source)?;
+    let Feeder {
+        geometry,
+        known_root,
+        chunks: feeder_rx,
+        thread: feeder,
+    } = start_feeder(&cfg.source)?;
     let iface = choose_interface(cfg.net.interface.as_deref(), group)?;
     let mut net = Net::open(iface.clone(), group, cfg.net.port)?;
     on_event(SessionEvent::Listening {
@@ -70,7 +76,12 @@ pub fn run_master(
         ))
     })?;
     let mut sc = proto::SenderConfig::new(name.clone(), rand::random::<u64>(), object_count);
-    sc.session_info = info::encode(&geometry);
+    sc.session_info = SessionInfo {
+        geometry,
+        root: known_root,
+        image: source_name(&cfg.source),
+    }
+    .encode();
     sc.key = key;
     sc.min_clients = cfg.clients;
     sc.timeout = cfg.timeout;
@@ -162,6 +173,8 @@ pub fn run_master(
                             result: ClientResult::Dropped("never started".into()),
                             bytes: 0,
                             seconds: 0.0,
+                            rejected: 0,
+                            note: String::new(),
                         },
                     );
                     on_event(SessionEvent::ClientRegistered {
@@ -185,11 +198,20 @@ pub fn run_master(
                 proto::SenderEvent::ClientProgress {
                     client_id,
                     objects_done,
+                    rejected,
                     ..
                 } => {
                     let done = (u64::from(objects_done) * bytes_per_object).min(geometry.disk_size);
                     if let Some(c) = clients.get_mut(&client_id) {
                         c.bytes = done;
+                        if rejected > c.rejected {
+                            on_event(SessionEvent::Note(format!(
+                                "client {} threw away {} chunk(s) that failed their check; they were sent again",
+                                c.addr.ip(),
+                                rejected - c.rejected
+                            )));
+                            c.rejected = rejected;
+                        }
                     }
                     on_event(SessionEvent::Progress {
                         id: client_id,
@@ -197,7 +219,10 @@ pub fn run_master(
                         total: geometry.disk_size,
                     });
                 }
-                proto::SenderEvent::ClientDone { client_id } => {
+                proto::SenderEvent::ClientDone { client_id, note } => {
+                    if let Some(c) = clients.get_mut(&client_id) {
+                        c.note = note;
+                    }
                     end_client(
                         &mut clients,
                         client_id,
@@ -350,9 +375,16 @@ fn flush(sender: &mut proto::Sender, net: &mut Net, now: Instant) -> Result<(), 
 }
 
 /// Opens the source and starts the thread that reads it into wire-ready chunks.
-fn start_feeder(
-    source: &MasterSource,
-) -> Result<(Geometry, Receiver<Feed>, JoinHandle<()>), EngineError> {
+/// An opened source: its geometry, its root hash when known before sending, and the reader
+/// thread's chunks.
+struct Feeder {
+    geometry: Geometry,
+    known_root: Option<[u8; 32]>,
+    chunks: Receiver<Feed>,
+    thread: JoinHandle<()>,
+}
+
+fn start_feeder(source: &MasterSource) -> Result<Feeder, EngineError> {
     let (tx, rx) = bounded(FEED_QUEUE);
     match source {
         MasterSource::Disk { path, level } => {
@@ -385,11 +417,17 @@ fn start_feeder(
                     });
                 })
                 .map_err(|e| EngineError::io("starting the reader thread", e))?;
-            Ok((geometry, rx, handle))
+            Ok(Feeder {
+                geometry,
+                known_root: None,
+                chunks: rx,
+                thread: handle,
+            })
         }
         MasterSource::Image { path } => {
             let reader = image::ImageReader::open(path)?;
             let geometry = reader.geometry();
+            let root = reader.root_hash();
             let handle = std::thread::Builder::new()
                 .name("imgcast-feed".into())
                 .spawn(move || {
@@ -411,7 +449,26 @@ fn start_feeder(
                     });
                 })
                 .map_err(|e| EngineError::io("starting the reader thread", e))?;
-            Ok((geometry, rx, handle))
+            Ok(Feeder {
+                geometry,
+                known_root: Some(root),
+                chunks: rx,
+                thread: handle,
+            })
+        }
+    }
+}
+
+/// The name clients record for what they received: the image file's name, or the master's disk.
+fn source_name(source: &MasterSource) -> String {
+    match source {
+        MasterSource::Image { path } => path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        MasterSource::Disk { path, .. } => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{} of {}", path.display(), host.trim())
         }
     }
 }

@@ -80,6 +80,28 @@ pub struct ClientConfig {
     pub net: NetConfig,
     /// The disk to overwrite.
     pub target: PathBuf,
+    /// Give up when no session has started this long (`-wait`); `None` waits as long as it takes,
+    /// as the original does. The target is never touched before a start.
+    pub wait: Option<Duration>,
+}
+
+/// "5 minutes", "30 s": a duration as the messages say it.
+pub(crate) fn minutes_text(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 60.0 {
+        let m = s / 60.0;
+        if (m - m.round()).abs() < 1e-9 {
+            format!(
+                "{} minute{}",
+                m.round(),
+                if m.round() == 1.0 { "" } else { "s" }
+            )
+        } else {
+            format!("{m:.1} minutes")
+        }
+    } else {
+        format!("{} s", s.round())
+    }
 }
 
 /// Keys and signals from the user, shared between the UI and the engine.
@@ -215,6 +237,10 @@ pub struct ClientRow {
     pub bytes: u64,
     /// Seconds from start to its end.
     pub seconds: f64,
+    /// Chunks it threw away because they failed their check, and fetched again.
+    pub rejected: u32,
+    /// What it reported besides its result (e.g. its image-safe record), possibly empty.
+    pub note: String,
 }
 
 /// How a master's session ended.

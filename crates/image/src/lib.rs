@@ -42,7 +42,7 @@ pub use format::{
 pub use reader::{ImageReader, StreamReader};
 pub use restore::{restore, restore_stream, RestoreOptions, RestoreSummary};
 pub use target::{
-    incomplete_marker, DiskTarget, IncompleteMarker, TargetOptions, INCOMPLETE_MAGIC,
+    check_target, incomplete_marker, DiskTarget, IncompleteMarker, TargetOptions, INCOMPLETE_MAGIC,
     INCOMPLETE_MARKER_LEN,
 };
 pub use writer::{make, temp_path_for, ImageSummary, ImageWriter, MakeOptions};

@@ -351,3 +351,50 @@ impl DiskTarget {
         self.file.sync_all().map_err(|e| self.write_error(0, 0, e))
     }
 }
+
+/// Checks, without writing or creating anything, that a restore of `geometry` onto `path` could
+/// start: the refusals of [`DiskTarget::open`] (not a disk, mounted or held, a block device too
+/// small), and for a regular file that its filesystem is at least the disk's size (no file there
+/// can hold more). The multicast client runs this before it registers: until the session starts,
+/// the target is the user's.
+pub fn check_target(path: &Path, geometry: &Geometry) -> Result<(), ImageError> {
+    let needed = geometry.disk_size;
+    let meta = match fs::metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ImageError::io("stat target", path, e)),
+    };
+    if let Some(meta) = &meta {
+        if DiskKind::of(meta).is_none() {
+            return Err(imgcast_disk::DiskError::NotADisk {
+                path: path.to_path_buf(),
+            }
+            .into());
+        }
+        if let Some(by) = imgcast_disk::mounted_status(path)? {
+            return Err(imgcast_disk::DiskError::InUse {
+                path: path.to_path_buf(),
+                by,
+            }
+            .into());
+        }
+    }
+    let size = if meta.as_ref().and_then(DiskKind::of) == Some(DiskKind::BlockDevice) {
+        let file = imgcast_disk::open_exclusive_readonly(path)?;
+        imgcast_disk::disk_size(&file).map_err(|e| ImageError::io("read size of", path, e))?
+    } else {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        imgcast_disk::fs_size(dir).map_err(|e| ImageError::io("statvfs", dir, e))?
+    };
+    if size < needed {
+        return Err(ImageError::TargetTooSmall {
+            path: path.to_path_buf(),
+            size,
+            needed,
+        });
+    }
+    Ok(())
+}

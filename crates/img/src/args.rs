@@ -19,6 +19,7 @@ const SINGLE_DASH_LONG: &[&str] = &[
     "clients",
     "timeout",
     "throttle",
+    "wait",
     "comp",
     "disk",
     "image",
@@ -51,6 +52,7 @@ const OLD_FORM_WORDS: &[(&str, &str)] = &[
     ("t", "timeout"),
     ("timeout", "timeout"),
     ("throttle", "throttle"),
+    ("wait", "wait"),
     ("comp", "comp"),
     ("disk", "disk"),
     ("image", "image"),
@@ -314,6 +316,10 @@ pub(crate) struct SessionArgs {
     /// Milliseconds between the master's data packets (default: adaptive rate).
     #[arg(long, value_name = "MS", value_parser = parse_throttle)]
     pub(crate) throttle: Option<Duration>,
+    /// A client gives up when no session has started after this long (minutes, or `30s`, `2m`, `1h`);
+    /// by default it waits as long as it takes. Its disk is never touched before a start.
+    #[arg(long, value_name = "MINUTES", value_parser = parse_timeout, conflicts_with = "master")]
+    pub(crate) wait: Option<Duration>,
     /// Compression when the master reads a disk: 0 none, 1 fastest (default), 6 balanced, 9 smallest.
     #[arg(long, value_name = "0..9", default_value = "1", value_parser = parse_level)]
     pub(crate) comp: u8,
@@ -327,7 +333,7 @@ pub(crate) struct SessionArgs {
     #[arg(long, value_name = "NAME")]
     pub(crate) interface: Option<String>,
     /// UDP port.
-    #[arg(long, value_name = "N", default_value_t = 8471)]
+    #[arg(long, value_name = "N", default_value_t = imgcast_engine::DEFAULT_PORT)]
     pub(crate) port: u16,
     /// Passphrase: every packet is authenticated; clients need the same one.
     #[arg(long, value_name = "PASSPHRASE", conflicts_with = "keyfile")]

@@ -138,7 +138,11 @@ pub(crate) fn run_session(a: &SessionArgs, from_menu: bool) -> Result<()> {
                 .clone()
                 .context("a client needs -disk=TARGET: the disk to overwrite")?;
             let report = run_client(
-                &ClientConfig { net, target },
+                &ClientConfig {
+                    net,
+                    target,
+                    wait: a.wait,
+                },
                 &control,
                 &mut ui.client_sink(),
             )?;
@@ -160,6 +164,7 @@ pub(crate) fn run_session(a: &SessionArgs, from_menu: bool) -> Result<()> {
                 let ccfg = ClientConfig {
                     net: net.clone(),
                     target: disk.clone(),
+                    wait: a.wait,
                 };
                 match imgcast_engine::run_undecided(&ccfg, &control, &mut ui.client_sink())? {
                     imgcast_engine::UndecidedOutcome::Client(report) => {
@@ -380,7 +385,8 @@ fn finish_master(r: &MasterReport, as_json: bool) -> Result<()> {
             .map(|c| {
                 let (result, reason) = result_parts(&c.result);
                 json!({"id": format!("{:016x}", c.id), "addr": c.addr.to_string(), "result": result,
-                       "reason": reason, "bytes": c.bytes, "seconds": c.seconds})
+                       "reason": reason, "bytes": c.bytes, "seconds": c.seconds,
+                       "rejected_chunks": c.rejected, "note": c.note})
             })
             .collect();
         println!(
@@ -397,7 +403,7 @@ fn finish_master(r: &MasterReport, as_json: bool) -> Result<()> {
         );
     } else {
         println!(
-            "{:<22} {:<32} {:>10} {:>8} {:>12}",
+            "{:<22} {:<32} {:>10} {:>8} {:>12}  NOTE",
             "CLIENT", "RESULT", "BYTES", "TIME", "RATE"
         );
         for c in &r.clients {
@@ -407,13 +413,21 @@ fn finish_master(r: &MasterReport, as_json: bool) -> Result<()> {
             } else {
                 format!("{result}: {reason}")
             };
+            let mut note = Vec::new();
+            if c.rejected > 0 {
+                note.push(format!("{} bad chunk(s) fetched again", c.rejected));
+            }
+            if !c.note.is_empty() {
+                note.push(c.note.clone());
+            }
             println!(
-                "{:<22} {:<32} {:>10} {:>7.1}s {:>10}/s",
+                "{:<22} {:<32} {:>10} {:>7.1}s {:>10}/s  {}",
                 c.addr.to_string(),
                 result,
                 human(c.bytes),
                 c.seconds,
-                human(rate(c.bytes, c.seconds))
+                human(rate(c.bytes, c.seconds)),
+                note.join("; ")
             );
         }
         println!(

@@ -379,9 +379,10 @@ impl Menu {
                 .filter(|_| master),
             comp: parse_level(&v[COMP]).unwrap_or(1),
             disk: Some(PathBuf::from(v[DISK].trim())),
+            wait: None,
             image: None,
             interface: None,
-            port: 8471,
+            port: imgcast_engine::DEFAULT_PORT,
             key: None,
             keyfile: None,
             // Asked on the enable screen.
