@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use imgcast_testlab::{sample_disk, Lab};
+
 fn img() -> Command {
     Command::new(env!("CARGO_BIN_EXE_img"))
 }
@@ -19,33 +21,10 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// A disk of `mib` MiB with random, zero and text regions and an odd tail.
+/// A sample disk of `mib` MiB and the 4-byte tail (the seed is the same for all).
 fn sample(dir: &Path, name: &str, mib: usize) -> PathBuf {
     let path = dir.join(name);
-    let mut data = Vec::with_capacity(mib << 20);
-    let mut x: u64 = 0x1234_5678;
-    for i in 0..mib {
-        match i % 4 {
-            0 | 1 => {
-                for _ in 0..(1 << 17) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    data.extend_from_slice(&x.to_le_bytes());
-                }
-            }
-            2 => data.resize(data.len() + (1 << 20), 0),
-            _ => {
-                let line = format!("block {i} of the sample disk, compressible text\n");
-                while data.len() < (i + 1) << 20 {
-                    data.extend_from_slice(line.as_bytes());
-                }
-                data.truncate((i + 1) << 20);
-            }
-        }
-    }
-    data.extend_from_slice(b"odd tail that is not a whole chunk");
-    std::fs::write(&path, &data).expect("write sample");
+    sample_disk(&path, mib, 1);
     path
 }
 
@@ -69,7 +48,8 @@ fn make_restore_info_round_trip() {
     ]);
     assert!(o.status.success(), "make failed: {}", text(&o));
     let made: serde_json::Value = serde_json::from_slice(&o.stdout).expect("make --json");
-    assert_eq!(made["disk_size"], (6u64 << 20) + 34);
+    // 6 MiB and the sample's odd tail.
+    assert_eq!(made["disk_size"], (6u64 << 20) + 4);
     assert_eq!(made["level"], 6);
     assert!(made["holes"].as_u64().expect("holes") >= 1);
     // Nothing but the image is left behind: no temporary file.
@@ -230,31 +210,22 @@ fn unfinished_restore_is_reported_by_info() {
     }
 }
 
-/// Runs `script` with `sh` inside a private user and mount namespace, where a
-/// small tmpfs can be mounted without touching the machine.
-fn in_mount_namespace(script: &str) -> Output {
-    Command::new("unshare")
-        .args(["-Urm", "sh", "-ec", script])
-        .output()
-        .expect("run unshare")
-}
+// The full-disk tests mount a small tmpfs in a lab's private mount namespace,
+// without touching the machine's mounts.
 
 #[test]
 fn full_disk_while_making_leaves_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = sample(dir.path(), "disk.raw", 8);
-    let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let img_bin = env!("CARGO_BIN_EXE_img");
-    let script = format!(
-        "mount -t tmpfs -o size=2m none {m}; \
-         if {img} make {m}/out.img -disk={d} -comp=0; then echo MADE; fi; \
-         echo \"LEFT:$(ls -A {m} | tr '\\n' ' ')END\"",
-        m = p(&mnt),
-        img = img_bin,
-        d = p(&disk)
+    let lab = Lab::new(env!("CARGO_BIN_EXE_img"));
+    lab.sample("disk.raw", 8, 1);
+    std::fs::create_dir(lab.path("small")).expect("mkdir");
+    let o = lab.run(
+        r#"
+set -e
+mount -t tmpfs -o size=2m none "$DIR/small"
+if "$IMG" make "$DIR/small/out.img" -disk="$DIR/disk.raw" -comp=0; then echo MADE; fi
+echo "LEFT:$(ls -A "$DIR/small" | tr '\n' ' ')END"
+"#,
     );
-    let o = in_mount_namespace(&script);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(
@@ -270,24 +241,21 @@ fn full_disk_while_making_leaves_nothing() {
 
 #[test]
 fn full_disk_while_restoring_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = sample(dir.path(), "disk.raw", 8);
-    let image = dir.path().join("disk.img");
+    let lab = Lab::new(env!("CARGO_BIN_EXE_img"));
+    let disk = lab.sample("disk.raw", 8, 1);
+    let image = lab.path("disk.img");
     assert!(run(&["make", p(&image), &format!("-disk={}", p(&disk))])
         .status
         .success());
-    let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let img_bin = env!("CARGO_BIN_EXE_img");
-    let script = format!(
-        "mount -t tmpfs -o size=2m none {m}; \
-         if {img} restore {i} -disk={m}/target.raw; then echo RESTORED; fi; \
-         ls -A {m}",
-        m = p(&mnt),
-        img = img_bin,
-        i = p(&image)
+    std::fs::create_dir(lab.path("small")).expect("mkdir");
+    let o = lab.run(
+        r#"
+set -e
+mount -t tmpfs -o size=2m none "$DIR/small"
+if "$IMG" restore "$DIR/disk.img" -disk="$DIR/small/target.raw"; then echo RESTORED; fi
+ls -A "$DIR/small"
+"#,
     );
-    let o = in_mount_namespace(&script);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(

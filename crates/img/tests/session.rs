@@ -3,120 +3,17 @@
 //! namespace that each test makes itself; nothing leaves the machine. Loss is
 //! injected with nftables at each client.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-const LAB: &str = include_str!("../../../lab/lab.sh");
+use imgcast_testlab::{same, Lab};
 
-/// One lab at a time: each runs several processes, and on two cores parallel
-/// labs would starve each other into the timeouts that the tests check.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-struct Lab {
-    dir: tempfile::TempDir,
-    _serial: std::sync::MutexGuard<'static, ()>,
-}
-
-impl Lab {
-    fn new() -> Self {
-        let serial = SERIAL
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-            _serial: serial,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Runs `script` (bash, with lab.sh loaded and `lab_init` done) in a fresh
-    /// private namespace. `$IMG` is the binary, `$DIR` the test's directory.
-    fn run(&self, script: &str) -> Output {
-        let full = format!("{LAB}\nset -u\nlab_init\n{script}");
-        let out = Command::new("unshare")
-            .args([
-                "-Urnm",
-                "--propagation",
-                "private",
-                "bash",
-                "-c",
-                &full,
-                "lab-test",
-            ])
-            .env("IMG", env!("CARGO_BIN_EXE_img"))
-            .env("DIR", self.dir.path())
-            .env("LAB_INSIDE", "1")
-            .env(
-                "PATH",
-                format!(
-                    "{}:/usr/sbin:/sbin",
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .output()
-            .expect("run unshare");
-        out
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_else(|e| format!("<no {name}: {e}>"))
-    }
-
-    fn sample(&self, name: &str, mib: usize, seed: u64) -> PathBuf {
-        let path = self.path(name);
-        let mut data = Vec::with_capacity(mib << 20);
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        for i in 0..mib {
-            match i % 4 {
-                0 | 1 => {
-                    for _ in 0..(1 << 17) {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        data.extend_from_slice(&x.to_le_bytes());
-                    }
-                }
-                2 => data.resize(data.len() + (1 << 20), 0),
-                _ => {
-                    while data.len() < (i + 1) << 20 {
-                        data.extend_from_slice(format!("line {i} {x}\n").as_bytes());
-                    }
-                    data.truncate((i + 1) << 20);
-                }
-            }
-        }
-        data.extend_from_slice(b"tail");
-        std::fs::write(&path, data).expect("write sample");
-        path
-    }
-}
-
-fn same(a: &Path, b: &Path) -> bool {
-    match (std::fs::read(a), std::fs::read(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
-}
-
-fn show(out: &Output, lab: &Lab, logs: &[&str]) -> String {
-    let mut s = format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for l in logs {
-        s += &format!("\n--- {l}\n{}", lab.log(l));
-    }
-    s
+fn lab() -> Lab {
+    Lab::new(env!("CARGO_BIN_EXE_img"))
 }
 
 /// A master and `n` clients at `loss` percent; returns the lab after checks.
 fn master_and_clients(n: usize, loss: u32, source_flag: &str, prepare: &str) -> Lab {
-    let lab = Lab::new();
+    let lab = lab();
     lab.sample("disk.raw", 12, 3);
     let script = format!(
         r#"
@@ -138,7 +35,7 @@ lab_wait 30 $pids >/dev/null 2>&1
     let mut logs = vec!["master.out".to_string(), "master.log".to_string()];
     logs.extend((1..=n).map(|i| format!("c{i}.log")));
     let logs: Vec<&str> = logs.iter().map(String::as_str).collect();
-    let text = show(&out, &lab, &logs);
+    let text = lab.show(&out, &logs);
     assert!(text.contains("master exit 0"), "{text}");
     for i in 1..=n {
         assert!(
@@ -173,7 +70,7 @@ fn master_fed_by_an_image_file() {
 
 #[test]
 fn late_joiner_is_queued_and_served_by_the_next_run() {
-    let lab = Lab::new();
+    let lab = lab();
     lab.sample("disk.raw", 24, 5);
     let out = lab.run(
         r#"
@@ -192,11 +89,7 @@ echo "second run exit $?"
 lab_wait 30 $c1 $c2 >/dev/null
 "#,
     );
-    let text = show(
-        &out,
-        &lab,
-        &["m1.log", "m2.out", "m2.log", "c1.log", "c2.log"],
-    );
+    let text = lab.show(&out, &["m1.log", "m2.out", "m2.log", "c1.log", "c2.log"]);
     assert!(text.contains("first run exit 0"), "{text}");
     assert!(text.contains("second run exit 0"), "{text}");
     assert!(lab.log("c2.log").contains("queued"), "{text}");
@@ -207,7 +100,7 @@ lab_wait 30 $c1 $c2 >/dev/null
 
 #[test]
 fn a_killed_client_is_dropped_and_the_others_finish() {
-    let lab = Lab::new();
+    let lab = lab();
     lab.sample("disk.raw", 24, 7);
     let out = lab.run(
         r#"
@@ -222,7 +115,7 @@ kill -9 $victim
 lab_wait 90 $m; echo "master exit $?"
 "#,
     );
-    let text = show(&out, &lab, &["m.log", "c1.log", "c2.log", "c3.log"]);
+    let text = lab.show(&out, &["m.log", "c1.log", "c2.log", "c3.log"]);
     assert!(
         text.contains("master exit 1"),
         "the master must fail when a client dropped\n{text}"
@@ -235,7 +128,7 @@ lab_wait 90 $m; echo "master exit $?"
 
 #[test]
 fn a_killed_master_fails_clients_and_leaves_targets_incomplete() {
-    let lab = Lab::new();
+    let lab = lab();
     lab.sample("disk.raw", 24, 9);
     let out = lab.run(
         r#"
@@ -251,9 +144,8 @@ lab_wait 60 $c1 $c2 >/dev/null
 for i in 1 2; do "$IMG" info "$DIR/c$i.raw" >"$DIR/info$i.log" 2>&1; echo "info$i exit $?"; done
 "#,
     );
-    let text = show(
+    let text = lab.show(
         &out,
-        &lab,
         &["m.log", "c1.log", "c2.log", "info1.log", "info2.log"],
     );
     for i in 1..=2 {
@@ -269,7 +161,7 @@ for i in 1 2; do "$IMG" info "$DIR/c$i.raw" >"$DIR/info$i.log" 2>&1; echo "info$
 
 #[test]
 fn two_sessions_at_once_do_not_mix() {
-    let lab = Lab::new();
+    let lab = lab();
     lab.sample("a.raw", 8, 11);
     lab.sample("b.raw", 8, 12);
     let out = lab.run(
@@ -285,7 +177,7 @@ lab_wait 60 $mb; echo "beta exit $?"
 lab_wait 10 $ca $cb >/dev/null
 "#,
     );
-    let text = show(&out, &lab, &["ma.log", "mb.log", "ca.log", "cb.log"]);
+    let text = lab.show(&out, &["ma.log", "mb.log", "ca.log", "cb.log"]);
     assert!(
         text.contains("alpha exit 0") && text.contains("beta exit 0"),
         "{text}"
@@ -296,7 +188,7 @@ lab_wait 10 $ca $cb >/dev/null
 
 #[test]
 fn a_wrong_key_never_registers() {
-    let lab = Lab::new();
+    let lab = lab();
     lab.sample("disk.raw", 4, 13);
     let out = lab.run(
         r#"
@@ -310,7 +202,7 @@ lab_wait 10 $g >/dev/null
 kill $b 2>/dev/null
 "#,
     );
-    let text = show(&out, &lab, &["m.out", "m.log", "good.log", "bad.log"]);
+    let text = lab.show(&out, &["m.out", "m.log", "good.log", "bad.log"]);
     assert!(text.contains("master exit 0"), "{text}");
     assert!(same(&lab.path("disk.raw"), &lab.path("good.raw")), "{text}");
     assert!(lab.log("bad.log").contains("wrong -key"), "{text}");
@@ -319,7 +211,7 @@ kill $b 2>/dev/null
 
 #[test]
 fn garbage_datagrams_are_ignored() {
-    let lab = Lab::new();
+    let lab = lab();
     lab.sample("disk.raw", 8, 17);
     let out = lab.run(
         r#"
@@ -349,7 +241,7 @@ lab_wait 90 $m; echo "master exit $?"
 lab_wait 10 $c >/dev/null
 "#,
     );
-    let text = show(&out, &lab, &["m.log", "c.log"]);
+    let text = lab.show(&out, &["m.log", "c.log"]);
     assert!(text.contains("sent "), "{text}");
     assert!(text.contains("master exit 0"), "{text}");
     assert!(same(&lab.path("disk.raw"), &lab.path("c.raw")), "{text}");
@@ -357,7 +249,7 @@ lab_wait 10 $c >/dev/null
 
 #[test]
 fn no_role_devices_pick_a_master_with_m_and_start_with_s() {
-    let lab = Lab::new();
+    let lab = lab();
     lab.sample("disk.raw", 6, 19);
     // Without a terminal, SIGUSR2 is the `m` key and SIGUSR1 the `s` key.
     let out = lab.run(
@@ -373,7 +265,7 @@ lab_wait 60 $a; echo "master exit $?"
 lab_wait 20 $b; echo "client exit $?"
 "#,
     );
-    let text = show(&out, &lab, &["a.log", "b.log"]);
+    let text = lab.show(&out, &["a.log", "b.log"]);
     assert!(text.contains("master exit 0"), "{text}");
     assert!(text.contains("client exit 0"), "{text}");
     assert!(
@@ -385,9 +277,8 @@ lab_wait 20 $b; echo "client exit $?"
 
 #[test]
 fn the_demo_runs() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The demo builds a lab of its own.
+    let _one = imgcast_testlab::one_at_a_time();
     let out = Command::new(env!("CARGO_BIN_EXE_img"))
         .args(["demo", "--clients", "2", "--size-mib", "8", "--loss", "3"])
         .output()

@@ -5,11 +5,9 @@
 //! its own socket in the test's directory and is killed by the test.
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
-const LAB: &str = include_str!("../../../lab/lab.sh");
-
-/// One lab at a time (each runs several processes on a small machine).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use imgcast_testlab::{Lab, LAB_SH};
 
 /// Shell helpers for the scripts: `T` is tmux on our own socket; `pane NAME
 /// HOST CMD` runs CMD in HOST on a new 110x32 terminal and keeps the pane
@@ -49,58 +47,14 @@ wait_for() {
 }
 "#;
 
-fn run(script: &str) -> (Output, tempfile::TempDir) {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("lab.sh.in"), LAB).expect("write lab.sh");
-    let mut disk = Vec::with_capacity(3 << 20);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    while disk.len() < 3 << 20 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        disk.extend_from_slice(&x.to_le_bytes());
-    }
-    std::fs::write(dir.path().join("disk.raw"), &disk).expect("write disk");
-    let full = format!("{LAB}\nset -u\nlab_init\n{HELPERS}\n{script}");
-    let out = Command::new("timeout")
-        .args([
-            "-k",
-            "5",
-            "240",
-            "unshare",
-            "-Urnm",
-            "--propagation",
-            "private",
-            "bash",
-            "-c",
-            &full,
-            "tui-test",
-        ])
-        .env("IMG", env!("CARGO_BIN_EXE_img"))
-        .env("DIR", dir.path())
-        .env("LAB_INSIDE", "1")
-        .env(
-            "PATH",
-            format!(
-                "{}:/usr/sbin:/sbin",
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .output()
-        .expect("run unshare");
-    (out, dir)
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// Runs `script` after [`HELPERS`] in a lab holding `disk.raw` (a 3 MiB
+/// sample) and lab.sh as `lab.sh.in`, for the panes to load.
+fn run(script: &str) -> (Output, Lab) {
+    let lab = Lab::new(env!("CARGO_BIN_EXE_img")).time_limit(Duration::from_secs(240));
+    std::fs::write(lab.path("lab.sh.in"), LAB_SH).expect("write lab.sh");
+    lab.sample("disk.raw", 3, 1);
+    let out = lab.run(&format!("{HELPERS}\n{script}"));
+    (out, lab)
 }
 
 fn have_tmux() -> bool {
@@ -119,7 +73,7 @@ fn menu_master_and_client_finish_a_session() {
         have_tmux(),
         "tmux is needed: bash scripts/setup.sh installs it"
     );
-    let (out, dir) = run(r#"
+    let (out, lab) = run(r#"
 lab_up 2
 pane m h0 "$IMG"
 wait_for m "Multicast Session" 10
@@ -171,10 +125,10 @@ wait_for c "EXIT=0" 10
 wait_for m "EXIT=0" 10
 cmp "$DIR/disk.raw" "$DIR/c1.raw" && echo "IDENTICAL"
 "#);
-    let text = show(&out);
+    let text = lab.show(&out, &[]);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("IDENTICAL"), "{text}");
-    drop(dir);
+    drop(lab);
 }
 
 /// `img -session ... -master` on a terminal draws the live screen; `q` asks,
@@ -185,7 +139,7 @@ fn q_asks_and_aborts_and_overwriting_needs_a_yes() {
         have_tmux(),
         "tmux is needed: bash scripts/setup.sh installs it"
     );
-    let (out, dir) = run(r#"
+    let (out, lab) = run(r#"
 lab_up 2
 pane m h0 "$IMG" -session abortme -master -disk="$DIR/disk.raw"
 wait_for m "Gathering clients: 0 registered" 10
@@ -227,12 +181,12 @@ keys r2 Enter
 wait_for r2 "EXIT=0" 10
 cmp "$DIR/lab.sh" "$DIR/full.raw" && echo "RESTORED AFTER YES"
 "#);
-    let text = show(&out);
+    let text = lab.show(&out, &[]);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("UNTOUCHED"), "{text}");
     assert!(text.contains("RESTORE UNTOUCHED"), "{text}");
     assert!(text.contains("RESTORED AFTER YES"), "{text}");
-    drop(dir);
+    drop(lab);
 }
 
 /// Completions and the man page come from the clap definitions: they know the

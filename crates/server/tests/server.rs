@@ -12,6 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use imgcast_server::client::{self, Reply};
+use imgcast_testlab::{in_private_netns, same, sample_disk, Lab};
 use serde_json::{json, Value};
 
 /// The `img` binary: target/<profile>/img, beside target/<profile>/deps/<this test>.
@@ -28,75 +29,6 @@ fn img() -> PathBuf {
         p.display()
     );
     p
-}
-
-/// Env var set when the test runs inside its own namespace.
-const INSIDE: &str = "IMGCAST_TEST_NETNS";
-
-/// Runs test `name` again in a private user+network namespace with multicast
-/// on `lo`; returns true when the caller is that inner run.
-fn in_private_netns(name: &str) -> bool {
-    if std::env::var_os(INSIDE).is_some() {
-        let ip = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("ip");
-            assert!(st.success(), "ip {args:?}");
-        };
-        ip(&["link", "set", "lo", "up", "multicast", "on"]);
-        ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
-        return true;
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let out = Command::new("unshare")
-        .args(["-Urn", "--"])
-        .arg(exe)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(INSIDE, "1")
-        .env(
-            "PATH",
-            format!(
-                "{}:/usr/sbin:/sbin",
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .output()
-        .expect("run unshare");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "inner run of {name} failed:\n{text}"
-    );
-    false
-}
-
-/// A sample disk of `mib` MiB: random, zero and text stretches.
-fn sample_disk(path: &Path, mib: usize, seed: u64) {
-    let mut data = Vec::with_capacity(mib << 20);
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for i in 0..mib {
-        match i % 3 {
-            0 => {
-                for _ in 0..(1 << 17) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    data.extend_from_slice(&x.to_le_bytes());
-                }
-            }
-            1 => data.resize(data.len() + (1 << 20), 0),
-            _ => {
-                while data.len() < (i + 1) << 20 {
-                    data.extend_from_slice(format!("line {i} {x}\n").as_bytes());
-                }
-                data.truncate((i + 1) << 20);
-            }
-        }
-    }
-    data.extend_from_slice(b"tail");
-    std::fs::write(path, data).expect("write sample");
 }
 
 /// Makes image `name` in `dir` from a fresh sample disk; returns the disk's path.
@@ -690,33 +622,16 @@ fn two_sessions_at_once() {
     srv.stop();
 }
 
-/// Runs `script` (bash, with lab/lab.sh loaded and `lab_init` done) in a fresh
-/// private user+network+mount namespace; `$IMG` is the binary, `$DIR` a directory.
-fn lab(dir: &Path, script: &str) -> std::process::Output {
-    const LAB: &str = include_str!("../../../lab/lab.sh");
-    let full = format!("{LAB}\nset -u\nlab_init\n{script}");
-    Command::new("unshare")
-        .args([
-            "-Urnm",
-            "--propagation",
-            "private",
-            "bash",
-            "-c",
-            &full,
-            "lab-test",
-        ])
-        .env("IMG", img())
-        .env("DIR", dir)
-        .env("LAB_INSIDE", "1")
-        .env(
-            "PATH",
-            format!(
-                "{}:/usr/sbin:/sbin",
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .output()
-        .expect("run unshare")
+/// The API's views of a session that a lab script saved as poll-1.json, poll-2.json, ..
+fn saved_polls(lab: &Lab) -> Vec<Value> {
+    let mut polls = Vec::new();
+    for n in 1.. {
+        let Ok(text) = std::fs::read_to_string(lab.path(&format!("poll-{n}.json"))) else {
+            break;
+        };
+        polls.push(serde_json::from_str::<Value>(&text).expect("poll json"));
+    }
+    polls
 }
 
 /// End to end on a LAN of namespaces: the server in h0, a capture uploaded from
@@ -724,9 +639,8 @@ fn lab(dir: &Path, script: &str) -> std::process::Output {
 /// in h1..h3 restore it, and the API shows their progress and results.
 #[test]
 fn lab_server_session_three_clients() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let d = work.path();
-    sample_disk(&d.join("disk.raw"), 12, 5);
+    let lab = Lab::new(img());
+    lab.sample("disk.raw", 12, 5);
     let script = r#"
 lab_up 4
 mkdir -p "$DIR/images"
@@ -757,30 +671,16 @@ lab_wait 30 $pids >/dev/null 2>&1
 api http://10.77.0.10:8470/metrics >"$DIR/metrics.txt"
 lab_kill $srv
 "#;
-    let out = lab(d, script);
-    let log = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
-    let show = format!(
-        "{}\n{}\n--- server\n{}\n--- make\n{}\n--- c1\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        log("server.log"),
-        log("make.log"),
-        log("c1.log")
-    );
+    let out = lab.run(script);
+    let show = lab.show(&out, &["server.log", "make.log", "c1.log"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("make with a wrong token: exit 1"), "{show}");
-    assert!(log("make-bad.log").contains("401"), "{show}");
+    assert!(lab.log("make-bad.log").contains("401"), "{show}");
     assert!(stdout.contains("make exit 0"), "{show}");
-    let made: Value = serde_json::from_str(&log("make.json")).expect("make json");
+    let made: Value = serde_json::from_str(&lab.log("make.json")).expect("make json");
     assert_eq!(made["name"], json!("golden.img"), "{show}");
 
-    let mut polls = Vec::new();
-    for n in 1.. {
-        let Ok(text) = std::fs::read_to_string(d.join(format!("poll-{n}.json"))) else {
-            break;
-        };
-        polls.push(serde_json::from_str::<Value>(&text).expect("poll json"));
-    }
+    let polls = saved_polls(&lab);
     let last = polls.last().expect("polls");
     assert_eq!(last["state"], json!("done"), "{last:#}\n{show}");
     let clients = last["clients"].as_array().expect("clients");
@@ -816,14 +716,13 @@ lab_kill $srv
         "no poll showed progress: {} polls\n{show}",
         polls.len()
     );
-    let disk = std::fs::read(d.join("disk.raw")).expect("disk");
     for i in 1..=3 {
         assert!(
-            std::fs::read(d.join(format!("c{i}.raw"))).expect("target") == disk,
+            same(&lab.path("disk.raw"), &lab.path(&format!("c{i}.raw"))),
             "client {i} differs\n{show}"
         );
     }
-    let metrics = log("metrics.txt");
+    let metrics = lab.log("metrics.txt");
     assert!(
         metrics.contains("imgcast_clients_done_total 3"),
         "{metrics}"
@@ -836,11 +735,10 @@ lab_kill $srv
 /// when the run ends the server starts run 2 by itself, which restores h2.
 #[test]
 fn lab_late_client_served_by_follow_up_run() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let d = work.path();
-    let images = d.join("images");
+    let lab = Lab::new(img());
+    let images = lab.path("images");
     std::fs::create_dir(&images).expect("mkdir");
-    let disk = make_image(d, &images, "base.img", 6, 9);
+    let disk = make_image(lab.dir(), &images, "base.img", 6, 9);
     let script = r#"
 lab_up 3
 lab_spawn h0 "$DIR/server.log" "$IMG" server --images "$DIR/images" --listen 10.77.0.10:8470 >/dev/null
@@ -882,31 +780,17 @@ lab_wait 30 $c2 >/dev/null 2>&1; echo "c2 exit $?"
 api http://10.77.0.10:8470/api/sessions >"$DIR/list.json"
 lab_kill $srv
 "#;
-    let out = lab(d, script);
-    let log = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
-    let show = format!(
-        "{}\n{}\n--- server\n{}\n--- c1\n{}\n--- c2\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        log("server.log"),
-        log("c1.log"),
-        log("c2.log")
-    );
+    let out = lab.run(script);
+    let show = lab.show(&out, &["server.log", "c1.log", "c2.log"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("c1 exit 0"), "{show}");
     assert!(stdout.contains("c2 exit 0"), "{show}");
     assert!(
-        log("c2.log").contains("queued for the next session"),
+        lab.log("c2.log").contains("queued for the next session"),
         "{show}"
     );
 
-    let mut polls = Vec::new();
-    for n in 1.. {
-        let Ok(text) = std::fs::read_to_string(d.join(format!("poll-{n}.json"))) else {
-            break;
-        };
-        polls.push(serde_json::from_str::<Value>(&text).expect("poll json"));
-    }
+    let polls = saved_polls(&lab);
     // While run 1 ran, the API listed h2 as queued; later, run 2 was on.
     let queued_in_run1 = polls.iter().position(|p| {
         p["run"] == json!(1)
@@ -927,7 +811,7 @@ lab_kill $srv
 
     // The history shows one session, done after its follow-up run: h1 served
     // by run 1, h2 by run 2, nobody left queued.
-    let list: Value = serde_json::from_str(&log("list.json")).expect("list json");
+    let list: Value = serde_json::from_str(&lab.log("list.json")).expect("list json");
     let list = list.as_array().expect("list");
     assert_eq!(list.len(), 1, "{list:#?}\n{show}");
     let s = &list[0];
@@ -966,10 +850,9 @@ lab_kill $srv
         ],
         "{s:#}"
     );
-    let disk = std::fs::read(disk).expect("disk");
     for i in 1..=2 {
         assert!(
-            std::fs::read(d.join(format!("c{i}.raw"))).expect("target") == disk,
+            same(&disk, &lab.path(&format!("c{i}.raw"))),
             "client {i} differs\n{show}"
         );
     }
