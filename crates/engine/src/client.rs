@@ -433,6 +433,11 @@ impl ClientCore {
                         image::hex(&root)
                     )));
                 } else if !self.trailers.contains(&root) {
+                    if self.trailers.len() == 1 {
+                        on_event(SessionEvent::Note(
+                            "End packets of this session disagree about the root hash (one is forged or corrupt); only the one the chunks match is obeyed".into(),
+                        ));
+                    }
                     self.trailers.push(root);
                 }
             }

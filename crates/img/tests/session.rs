@@ -291,3 +291,552 @@ fn the_demo_runs() {
     assert!(out.status.success(), "{text}");
     assert_eq!(text.matches("  identical").count(), 2, "{text}");
 }
+
+/// The script prefix that lets a lab host run [`hostile_peer`]: `hostile HOST LOG ARGS...` starts
+/// this very test binary there as the hostile host, in the background (its pid in `$LAB_LAST_PID`).
+fn hostile_prelude() -> String {
+    let me = std::env::current_exe().expect("test binary path");
+    format!(
+        r#"
+SELF="{}"
+hostile() {{ local h=$1 log=$2; shift 2
+  lab_spawn "$h" "$log" env IMGCAST_HOSTILE="$*" "$SELF" --exact hostile_peer --ignored --nocapture >/dev/null; }}
+"#,
+        me.display()
+    )
+}
+
+/// A file of other data that a client must leave alone until its session starts.
+fn precious(lab: &Lab, name: &str, mib: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..mib << 20).map(|i| (i % 251) as u8 ^ 0x5A).collect();
+    std::fs::write(lab.path(name), &data).expect("write the precious target");
+    data
+}
+
+/// Hostile traffic from a third host during a transfer: captured packets of the session replayed
+/// as they are, with bytes flipped, cut short and padded, and random garbage, to the group and to
+/// the master. The worst it may do is cost bandwidth.
+fn hostile_traffic_during_a_transfer(key: &str) {
+    let lab = lab();
+    lab.sample("disk.raw", 24, 21);
+    let script = format!(
+        r#"{prelude}
+lab_up 4
+for i in 1 2; do
+  lab_spawn h$i "$DIR/c$i.log" "$IMG" -session hostile -client {key} -disk="$DIR/c$i.raw" >/dev/null
+  pids="${{pids:-}} $LAB_LAST_PID"
+done
+hostile h3 "$DIR/spray.log" spray hostile 8471 6 20000
+sleep 0.5
+lab_exec h0 timeout 120 "$IMG" -session hostile -master -clients=2 -throttle=0.15 {key} -disk="$DIR/disk.raw" >"$DIR/m.out" 2>"$DIR/m.log"
+echo "master exit $?"
+lab_wait 30 $pids >/dev/null 2>&1
+lab_wait 10 $LAB_LAST_PID >/dev/null 2>&1
+"#,
+        prelude = hostile_prelude()
+    );
+    let out = lab.run(&script);
+    let text = lab.show(&out, &["m.out", "m.log", "c1.log", "c2.log", "spray.log"]);
+    assert!(text.contains("master exit 0"), "{text}");
+    for i in 1..=2 {
+        assert!(
+            same(&lab.path("disk.raw"), &lab.path(&format!("c{i}.raw"))),
+            "client {i} differs\n{text}"
+        );
+    }
+    let spray = lab.log("spray.log");
+    let sent: u64 = spray
+        .lines()
+        .find_map(|l| l.strip_prefix("sent "))
+        .and_then(|n| n.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        sent >= 2000,
+        "the hostile host sent only {sent} datagrams\n{text}"
+    );
+    assert!(spray.contains("captured"), "{text}");
+}
+
+#[test]
+fn hostile_traffic_during_a_transfer_costs_only_bandwidth() {
+    hostile_traffic_during_a_transfer("");
+}
+
+#[test]
+fn hostile_traffic_during_a_keyed_transfer_costs_only_bandwidth() {
+    hostile_traffic_during_a_transfer("-key=lab-secret");
+}
+
+#[test]
+fn forged_announces_leave_a_waiting_client_untouched() {
+    let lab = lab();
+    lab.sample("small.raw", 4, 22);
+    // The target lives on a 16 MiB filesystem: no disk larger than that fits there.
+    let script = format!(
+        r#"{prelude}
+lab_up 3
+mkdir -p "$DIR/small" && mount -t tmpfs -o size=16m lab-small "$DIR/small"
+head -c 8388608 /dev/zero | tr '\0' '\132' >"$DIR/small/target.raw"
+cp "$DIR/small/target.raw" "$DIR/before.raw"
+lab_spawn h1 "$DIR/c.log" "$IMG" -session forged -client -disk="$DIR/small/target.raw" >/dev/null; c=$LAB_LAST_PID
+sleep 0.3
+for kind in wrong-id huge larger broken; do
+  lab_exec h2 env IMGCAST_HOSTILE="announce forged 8471 $kind 67108864" "$SELF" --exact hostile_peer --ignored --nocapture >>"$DIR/forger.log" 2>&1
+done
+sleep 4
+cmp -s "$DIR/small/target.raw" "$DIR/before.raw" && echo "target untouched"
+# A real master of the name then serves the client, which kept waiting.
+lab_exec h0 timeout 60 "$IMG" -session forged -master -clients=1 -disk="$DIR/small.raw" >"$DIR/m.out" 2>"$DIR/m.log"
+echo "master exit $?"
+lab_wait 20 $c; echo "client exit $?"
+cmp -s "$DIR/small/target.raw" "$DIR/small.raw" && echo "client identical"
+"#,
+        prelude = hostile_prelude()
+    );
+    let out = lab.run(&script);
+    let text = lab.show(&out, &["c.log", "forger.log", "m.out", "m.log"]);
+    assert!(text.contains("target untouched"), "{text}");
+    let c = lab.log("c.log");
+    assert!(
+        c.contains("did not answer the registration"),
+        "wrong id: {text}"
+    );
+    assert!(c.contains("more than a session carries"), "huge: {text}");
+    assert!(c.contains("the image needs 67108864"), "larger: {text}");
+    assert!(
+        c.contains("cut short or padded") || c.contains("impossible"),
+        "broken: {text}"
+    );
+    assert!(text.contains("master exit 0"), "{text}");
+    assert!(text.contains("client exit 0"), "{text}");
+    assert!(text.contains("client identical"), "{text}");
+}
+
+#[test]
+fn a_forged_end_during_a_transfer_is_not_obeyed() {
+    let lab = lab();
+    lab.sample("disk.raw", 16, 23);
+    let script = format!(
+        r#"{prelude}
+lab_up 4
+for i in 1 2; do
+  lab_spawn h$i "$DIR/c$i.log" "$IMG" -session ends -client -disk="$DIR/c$i.raw" >/dev/null
+  pids="${{pids:-}} $LAB_LAST_PID"
+done
+hostile h3 "$DIR/forger.log" forge-end ends 8471 4
+forger=$LAB_LAST_PID
+sleep 0.5
+lab_exec h0 timeout 120 "$IMG" -session ends -master -clients=2 -throttle=0.2 -disk="$DIR/disk.raw" >"$DIR/m.out" 2>"$DIR/m.log"
+echo "master exit $?"
+lab_wait 30 $pids >/dev/null 2>&1
+lab_wait 10 $forger >/dev/null 2>&1
+"#,
+        prelude = hostile_prelude()
+    );
+    let out = lab.run(&script);
+    let text = lab.show(&out, &["m.out", "m.log", "c1.log", "c2.log", "forger.log"]);
+    assert!(text.contains("master exit 0"), "{text}");
+    for i in 1..=2 {
+        assert!(
+            same(&lab.path("disk.raw"), &lab.path(&format!("c{i}.raw"))),
+            "client {i} differs\n{text}"
+        );
+    }
+    let forged: u64 = lab
+        .log("forger.log")
+        .lines()
+        .find_map(|l| l.strip_prefix("forged "))
+        .and_then(|n| n.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(forged >= 10, "{text}");
+    for i in 1..=2 {
+        assert!(
+            lab.log(&format!("c{i}.log")).contains("disagree about the root hash"),
+            "the forged End reached client {i} and was not obeyed\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_replayed_announce_of_an_earlier_keyed_run_registers_nobody() {
+    let lab = lab();
+    lab.sample("disk.raw", 4, 24);
+    precious(&lab, "late.raw", 6);
+    let before = std::fs::read(lab.path("late.raw")).expect("target");
+    let script = format!(
+        r#"{prelude}
+lab_up 4
+# The earlier run, recorded by h3.
+hostile h3 "$DIR/capture.log" capture replay 8471 "$DIR/announce.bin"
+cap=$LAB_LAST_PID
+lab_spawn h1 "$DIR/c1.log" "$IMG" -session replay -client -key=k3y -disk="$DIR/c1.raw" >/dev/null; c1=$LAB_LAST_PID
+sleep 0.3
+lab_exec h0 timeout 60 "$IMG" -session replay -master -clients=1 -key=k3y -disk="$DIR/disk.raw" >"$DIR/m1.out" 2>"$DIR/m1.log"
+echo "first run exit $?"
+lab_wait 10 $c1 $cap >/dev/null
+# Later: a client waits, and h3 replays the recorded Announce.
+lab_spawn h2 "$DIR/late.log" "$IMG" -session replay -client -key=k3y -disk="$DIR/late.raw" >/dev/null; late=$LAB_LAST_PID
+lab_exec h3 env IMGCAST_HOSTILE="replay replay 8471 $DIR/announce.bin 8" "$SELF" --exact hostile_peer --ignored --nocapture >"$DIR/replay.log" 2>&1
+cmp -s "$DIR/late.raw" "$DIR/late.before" && echo "target untouched"
+# A real master of the name then serves the waiting client.
+lab_exec h0 timeout 60 "$IMG" -session replay -master -clients=1 -key=k3y -disk="$DIR/disk.raw" >"$DIR/m2.out" 2>"$DIR/m2.log"
+echo "second run exit $?"
+lab_wait 20 $late; echo "late exit $?"
+"#,
+        prelude = hostile_prelude()
+    );
+    std::fs::write(lab.path("late.before"), &before).expect("copy");
+    let out = lab.run(&script);
+    let text = lab.show(
+        &out,
+        &[
+            "m1.log",
+            "c1.log",
+            "capture.log",
+            "replay.log",
+            "late.log",
+            "m2.log",
+        ],
+    );
+    assert!(text.contains("first run exit 0"), "{text}");
+    assert!(
+        lab.log("capture.log").contains("captured announce"),
+        "{text}"
+    );
+    assert!(lab.log("replay.log").contains("replayed"), "{text}");
+    assert!(text.contains("target untouched"), "{text}");
+    let late = lab.log("late.log");
+    let replays_end = late.find("registered").unwrap_or(late.len());
+    assert!(
+        late[..replays_end].contains("did not answer the registration"),
+        "the replayed announce was followed, then given up: {text}"
+    );
+    assert!(
+        text.contains("second run exit 0") && text.contains("late exit 0"),
+        "{text}"
+    );
+    assert!(same(&lab.path("disk.raw"), &lab.path("late.raw")), "{text}");
+}
+
+#[test]
+fn a_client_whose_master_dies_before_the_start_waits_untouched_for_the_next() {
+    let lab = lab();
+    lab.sample("disk.raw", 4, 25);
+    let before = precious(&lab, "c.raw", 6);
+    std::fs::write(lab.path("c.before"), &before).expect("copy");
+    let out = lab.run(
+        r#"
+lab_up 3
+lab_spawn h1 "$DIR/c.log" "$IMG" -session reboot -client -disk="$DIR/c.raw" >/dev/null; c=$LAB_LAST_PID
+lab_spawn h2 "$DIR/w.log" "$IMG" -session reboot -client -wait=3s -disk="$DIR/w.raw" >/dev/null; w=$LAB_LAST_PID
+sleep 0.3
+lab_wait 8 $w; echo "waiter exit $?"
+# A master that waits for two clients, killed once the first registered.
+lab_spawn h0 "$DIR/m1.log" "$IMG" -session reboot -master -clients=2 -disk="$DIR/disk.raw" >/dev/null; m1=$LAB_LAST_PID
+for _ in $(seq 1 100); do grep -q "registered" "$DIR/c.log" 2>/dev/null && break; sleep 0.1; done
+kill -9 $m1
+# A minute later, a new master of the same name.
+sleep 60
+cmp -s "$DIR/c.raw" "$DIR/c.before" && echo "target untouched after a minute"
+lab_exec h0 timeout 60 "$IMG" -session reboot -master -clients=1 -disk="$DIR/disk.raw" >"$DIR/m2.out" 2>"$DIR/m2.log"
+echo "second master exit $?"
+lab_wait 20 $c; echo "client exit $?"
+"#,
+    );
+    let text = lab.show(&out, &["m1.log", "c.log", "w.log", "m2.out", "m2.log"]);
+    let c = lab.log("c.log");
+    assert!(c.contains("registered"), "{text}");
+    assert!(c.contains("fell silent before the start"), "{text}");
+    assert!(text.contains("target untouched after a minute"), "{text}");
+    assert!(text.contains("second master exit 0"), "{text}");
+    assert!(text.contains("client exit 0"), "{text}");
+    assert!(same(&lab.path("disk.raw"), &lab.path("c.raw")), "{text}");
+    // -wait bounds the wait for scripts; the target is not even created.
+    assert!(text.contains("waiter exit 1"), "{text}");
+    assert!(
+        lab.log("w.log")
+            .contains("no session reboot started within 3 s"),
+        "{text}"
+    );
+    assert!(!lab.path("w.raw").exists(), "{text}");
+}
+
+/// The hostile host of the tests above, run on a lab host by re-executing this test binary with
+/// its arguments in `IMGCAST_HOSTILE` (see [`hostile_prelude`]). Not a test by itself.
+#[test]
+#[ignore = "a helper that lab scripts run on a hostile host"]
+fn hostile_peer() {
+    let Ok(args) = std::env::var("IMGCAST_HOSTILE") else {
+        return;
+    };
+    let args: Vec<&str> = args.split_whitespace().collect();
+    if let Err(e) = hostile::main(&args) {
+        panic!("hostile peer {args:?}: {e}");
+    }
+}
+
+/// What a hostile or careless host on the LAN can do with the protocol's own code: capture the
+/// group, replay and mutate what it saw, forge packets under the keyless check key.
+mod hostile {
+    use std::io;
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    use imgcast_engine::SessionInfo;
+    use imgcast_image::{Geometry, Level};
+    use imgcast_proto::wire::{self, Announce, Body, Header, Packet, Phase, MASTER};
+    use imgcast_proto::{PacketKey, SessionName};
+
+    type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+    /// A socket on the group of session `name`, receiving its traffic, able to send to it.
+    fn group_socket(name: &str, port: u16) -> Result<(UdpSocket, SocketAddr)> {
+        let name = SessionName::new(name)?;
+        let group = name.group_addr();
+        let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+        s.join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)?;
+        s.set_multicast_ttl_v4(1)?;
+        s.set_multicast_loop_v4(false)?;
+        s.set_read_timeout(Some(Duration::from_millis(50)))?;
+        Ok((s, SocketAddr::V4(SocketAddrV4::new(group, port))))
+    }
+
+    fn recv(s: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        match s.recv_from(buf) {
+            Ok(r) => Some(r),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// xorshift: repeatable mutations.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    pub(super) fn main(args: &[&str]) -> Result<()> {
+        match args {
+            ["spray", name, port, secs, max] => {
+                spray(name, port.parse()?, secs.parse()?, max.parse()?)
+            }
+            ["announce", name, port, kind, size] => {
+                announce(name, port.parse()?, kind, size.parse()?)
+            }
+            ["forge-end", name, port, secs] => forge_end(name, port.parse()?, secs.parse()?),
+            ["capture", name, port, file] => capture(name, port.parse()?, file),
+            ["replay", name, port, file, secs] => replay(name, port.parse()?, file, secs.parse()?),
+            _ => Err(format!("unknown hostile command {args:?}").into()),
+        }
+    }
+
+    /// Captures the group for `secs` seconds and sends, for what it captured, copies as they are,
+    /// with bytes flipped, cut short and padded, plus random garbage — to the group and to the
+    /// master's unicast address — at most `max` datagrams.
+    fn spray(name: &str, port: u16, secs: f64, max: u64) -> Result<()> {
+        let (s, group) = group_socket(name, port)?;
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut captured: Vec<Vec<u8>> = Vec::new();
+        let mut master: Option<SocketAddr> = None;
+        let (mut seen, mut sent) = (0u64, 0u64);
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let mut buf = vec![0u8; 65536];
+        s.set_read_timeout(Some(Duration::from_millis(2)))?;
+        while Instant::now() < end && sent < max {
+            if let Some((n, from)) = recv(&s, &mut buf) {
+                seen += 1;
+                master = Some(from);
+                if captured.len() < 512 {
+                    captured.push(buf[..n].to_vec());
+                } else {
+                    let i = rng.below(captured.len());
+                    captured[i] = buf[..n].to_vec();
+                }
+            }
+            if captured.is_empty() {
+                continue;
+            }
+            for _ in 0..8 {
+                let mut d = captured[rng.below(captured.len())].clone();
+                match rng.below(5) {
+                    0 => {}
+                    1 => {
+                        for _ in 0..1 + rng.below(3) {
+                            let i = rng.below(d.len());
+                            d[i] ^= 1 << rng.below(8);
+                        }
+                    }
+                    2 => d.truncate(rng.below(d.len())),
+                    3 => d.extend(std::iter::repeat_n(0u8, 1 + rng.below(64))),
+                    _ => {
+                        d = (0..1 + rng.below(1400)).map(|_| rng.next() as u8).collect();
+                        if rng.below(2) == 0 && d.len() > 4 {
+                            d[..4].copy_from_slice(b"IMGC");
+                        }
+                    }
+                }
+                let to = match (rng.below(4), master) {
+                    (0, Some(m)) => m,
+                    _ => group,
+                };
+                if s.send_to(&d, to).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        println!("captured {seen} datagrams of the session");
+        println!("sent {sent} hostile datagrams");
+        Ok(())
+    }
+
+    /// Sends forged Announces of session `name` (valid under the keyless check of their own
+    /// made-up run) for 2 seconds: `wrong-id` (a plausible small disk), `huge` (more chunks than
+    /// a session carries), `larger` (a disk of `size` bytes), `broken` (session info cut short).
+    fn announce(name: &str, port: u16, kind: &str, size: u64) -> Result<()> {
+        let (s, group) = group_socket(name, port)?;
+        let n = SessionName::new(name)?;
+        let sid = 0xF04E_0000_0000_0000 | u64::from(kind.len() as u32) << 8;
+        let key = PacketKey::new(None, &n.hash(), sid);
+        let geometry = |disk: u64, chunk: u32| Geometry::new(disk, chunk, Level::FASTEST);
+        let info = match kind {
+            "wrong-id" => SessionInfo {
+                geometry: geometry(4 << 20, 1 << 20)?,
+                root: None,
+                image: "forged".into(),
+            }
+            .encode(),
+            "huge" => SessionInfo {
+                geometry: geometry(1 << 62, 64 << 20)?,
+                root: None,
+                image: "forged".into(),
+            }
+            .encode(),
+            "larger" => SessionInfo {
+                geometry: geometry(size, 1 << 20)?,
+                root: None,
+                image: "forged".into(),
+            }
+            .encode(),
+            _ => {
+                let mut b = SessionInfo {
+                    geometry: geometry(4 << 20, 1 << 20)?,
+                    root: None,
+                    image: "forged".into(),
+                }
+                .encode();
+                b.truncate(b.len() - 3);
+                b
+            }
+        };
+        let end = Instant::now() + Duration::from_secs(2);
+        let mut seq = 1;
+        while Instant::now() < end {
+            let p = Packet {
+                name_hash: n.hash(),
+                session_id: sid,
+                sender: MASTER,
+                seq,
+                unicast: false,
+                body: Body::Announce(Announce {
+                    phase: Phase::Gathering,
+                    yields: false,
+                    object_count: 4,
+                    symbol_size: 1377,
+                    window: 64,
+                    session_info: info.clone(),
+                }),
+            };
+            s.send_to(&wire::seal(&p, &key), group)?;
+            seq += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!("announced {kind} {} times", seq - 1);
+        Ok(())
+    }
+
+    /// Watches the group; as soon as it sees the master's data it forges End packets with a wrong
+    /// root hash under the run's keyless check key, every 50 ms, for `secs` seconds.
+    fn forge_end(name: &str, port: u16, secs: f64) -> Result<()> {
+        let (s, group) = group_socket(name, port)?;
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let mut buf = vec![0u8; 65536];
+        let mut forged = 0u64;
+        let mut last: Option<Header> = None;
+        let mut next_forge = Instant::now();
+        s.set_read_timeout(Some(Duration::from_millis(5)))?;
+        while Instant::now() < end {
+            if let Some((n, _)) = recv(&s, &mut buf) {
+                if let Ok(h) = Header::peek(&buf[..n]) {
+                    if h.kind == 5 {
+                        last = Some(h);
+                    }
+                }
+            }
+            if let Some(h) = last.filter(|_| Instant::now() >= next_forge) {
+                next_forge = Instant::now() + Duration::from_millis(50);
+                let key = PacketKey::new(None, &h.name_hash, h.session_id);
+                let p = Packet {
+                    name_hash: h.name_hash,
+                    session_id: h.session_id,
+                    sender: MASTER,
+                    seq: h.seq + 1,
+                    unicast: false,
+                    body: Body::End {
+                        trailer: vec![0xF0; 32],
+                    },
+                };
+                s.send_to(&wire::seal(&p, &key), group)?;
+                forged += 1;
+            }
+        }
+        println!("forged {forged} End packets");
+        Ok(())
+    }
+
+    /// Records the first Announce of the session seen on the group into `file` (up to 20 s).
+    fn capture(name: &str, port: u16, file: &str) -> Result<()> {
+        let (s, _) = group_socket(name, port)?;
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut buf = vec![0u8; 65536];
+        while Instant::now() < end {
+            if let Some((n, _)) = recv(&s, &mut buf) {
+                if Header::peek(&buf[..n]).is_ok_and(|h| h.kind == 1) {
+                    std::fs::write(file, &buf[..n])?;
+                    println!("captured announce ({n} bytes)");
+                    return Ok(());
+                }
+            }
+        }
+        Err("no announce seen".into())
+    }
+
+    /// Sends the recorded datagram in `file` to the group every 300 ms for `secs` seconds.
+    fn replay(name: &str, port: u16, file: &str, secs: f64) -> Result<()> {
+        let (s, group) = group_socket(name, port)?;
+        let d = std::fs::read(file)?;
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let mut n = 0;
+        while Instant::now() < end {
+            s.send_to(&d, group)?;
+            n += 1;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        println!("replayed the recorded announce {n} times");
+        Ok(())
+    }
+}
