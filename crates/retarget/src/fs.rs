@@ -314,7 +314,9 @@ pub(crate) fn size(fs: &FsKind, dev: &Path) -> Result<FsSize, RetargetError> {
             match bytes {
                 Some(b) => Ok(FsSize {
                     bytes: b,
-                    detail: format!("{b}-byte volume"),
+                    detail: format!(
+                        "{b}-byte volume; ntfsresize marks it for chkdsk at Windows' next boot"
+                    ),
                 }),
                 None => Err(failed("ntfsresize", dev, &out)),
             }

@@ -62,7 +62,10 @@ impl GptDisk {
             .map_err(|e| RetargetError::gpt(path, format!("primary header at LBA 1: {e}")))?;
         let array_sectors = check_header(&hdr, ss, 1).map_err(|r| RetargetError::gpt(path, r))?;
         let table_len = (2 + array_sectors) * ss;
-        let bytes = t.read_at(0, table_len as usize)?;
+        let mut bytes = t.read_at(0, table_len as usize)?;
+        // gptman reads each entry into a buffer of its in-memory size (more
+        // than 128 bytes): the last entry needs bytes after the array.
+        bytes.resize(bytes.len() + ss as usize, 0);
         let mut cur = Cursor::new(bytes);
         let entries = hdr
             .read_partitions(&mut cur, ss)
@@ -285,7 +288,9 @@ impl GptDisk {
         // LBA 0 of the bytes we hold.
         let mut rebased = hdr.clone();
         rebased.partition_entry_lba = 0;
-        let mut array = Cursor::new(&bytes[..(self.array_sectors * ss) as usize]);
+        // The header sector after the array gives gptman's over-long entry
+        // reads their slack.
+        let mut array = Cursor::new(&bytes[..]);
         if let Err(e) = rebased.read_partitions(&mut array, ss) {
             return Ok(Some(format!("backup entry array: {e}")));
         }
