@@ -279,21 +279,20 @@ fn resize(
     let (off, len) = (g.part.start * ss, (g.new_end - g.part.start + 1) * ss);
     let mut node: Option<PathBuf> = None;
     if let (DiskKind::BlockDevice, Some(dn)) = (kind, devnum) {
-        if fs::kernel_has_partition(dn, number) {
-            // The kernel still has the old size: tell it (BLKPG via partx).
-            let nr = number.to_string();
-            let out = fs::run(
-                "partx",
-                &[
-                    std::ffi::OsStr::new("-u"),
-                    std::ffi::OsStr::new("--nr"),
-                    std::ffi::OsStr::new(&nr),
-                    target.as_os_str(),
-                ],
-            )?;
+        // The kernel still has the old size. BLKPG_RESIZE_PARTITION (via
+        // resizepart) keeps the partition's device number, so its node
+        // stays valid; only when the kernel's partition starts where ours
+        // does (otherwise its view predates the restore: not ours to fix).
+        if fs::kernel_partition_start(dn, number) == Some(off) {
+            let args = [
+                target.as_os_str().to_os_string(),
+                number.to_string().into(),
+                (len / 512).to_string().into(),
+            ];
+            let out = fs::run("resizepart", &args)?;
             if out.status.success() {
                 report.actions.push(FitAction::KernelUpdated {
-                    command: format!("partx -u --nr {nr} {}", target.display()),
+                    command: format!("resizepart {} {number} {}", target.display(), len / 512),
                 });
             }
             node = fs::partition_node(dn, number, off, len);

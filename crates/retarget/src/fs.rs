@@ -185,14 +185,19 @@ pub(crate) fn partition_node(disk: DevNum, number: u32, start: u64, len: u64) ->
     None
 }
 
-/// Whether the kernel has a partition `number` of `disk` at all.
-pub(crate) fn kernel_has_partition(disk: DevNum, number: u32) -> bool {
+/// The start (in bytes) of the kernel's partition `number` of `disk`, when
+/// the kernel has one.
+pub(crate) fn kernel_partition_start(disk: DevNum, number: u32) -> Option<u64> {
     let dir = PathBuf::from(format!("/sys/dev/block/{disk}"));
-    fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-        fs::read_to_string(e.path().join("partition"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            == Some(number)
+    fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let read = |f: &str| {
+            fs::read_to_string(e.path().join(f))
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        };
+        (read("partition")? == u64::from(number)).then(|| read("start").map(|s| s * 512))?
     })
 }
 
@@ -212,55 +217,74 @@ pub(crate) struct Checked {
 /// Checks the filesystem on `dev` before it is resized. `Ok(Err(reason))`
 /// means it must not be resized.
 ///
-/// ext: `e2fsck -f -p` — "preen" repairs only what is safe without a
-/// person (what a boot-time check does) and refuses the rest (exit 4); it
-/// also records the check, which resize2fs demands. `-y` would answer yes
-/// to any repair, deleting inodes included: never. `-n` alone leaves the
-/// check unrecorded, and resize2fs would then need `-f`, which also skips
-/// its other safety checks.
+/// ext: `e2fsck -f -n`, a full check that changes nothing. Only a clean
+/// result goes on: then `tune2fs -T now` records the check, which resize2fs
+/// demands. Problems are reported, not repaired: `-p` (preen) would
+/// already delete directory entries of damaged inodes, `-y` anything; the
+/// user decides that, not a restore. resize2fs `-f` (skip the demand) is
+/// never used, as it also skips its other safety checks.
 ///
-/// NTFS: `ntfsresize --check`, which refuses a volume marked dirty or
-/// inconsistent (Windows must run chkdsk first).
+/// NTFS: `ntfsresize --check` (consistency) and `--info` (refuses a volume
+/// marked dirty or scheduled for chkdsk: Windows must run chkdsk first).
 pub(crate) fn check(fs: &FsKind, dev: &Path) -> Result<Result<Checked, String>, RetargetError> {
     match fs {
         FsKind::Ext(_) => {
             let out = run(
                 "e2fsck",
-                &[OsStr::new("-f"), OsStr::new("-p"), dev.as_os_str()],
+                &[OsStr::new("-f"), OsStr::new("-n"), dev.as_os_str()],
             )?;
-            let command = format!("e2fsck -f -p {}", dev.display());
-            match out.status.code() {
-                Some(0) => Ok(Ok(Checked {
-                    command,
-                    result: "clean".into(),
-                })),
-                Some(1 | 2) => Ok(Ok(Checked {
-                    command,
-                    result: format!("corrected: {}", tail(&out)),
-                })),
-                _ => Ok(Err(format!(
-                    "{command} found problems it does not repair without a person ({}): {}; \
-                     run e2fsck yourself, then grow again",
+            let command = format!("e2fsck -f -n {}", dev.display());
+            if out.status.code() != Some(0) {
+                return Ok(Err(format!(
+                    "{command} found problems ({}): {}; run e2fsck on the partition yourself, \
+                     then grow again",
                     out.status,
                     tail(&out)
-                ))),
+                )));
             }
+            let out = run(
+                "tune2fs",
+                &[OsStr::new("-T"), OsStr::new("now"), dev.as_os_str()],
+            )?;
+            if !out.status.success() {
+                return Err(failed("tune2fs", dev, &out));
+            }
+            Ok(Ok(Checked {
+                command: format!("{command}; tune2fs -T now {}", dev.display()),
+                result: "clean".into(),
+            }))
         }
         FsKind::Ntfs => {
-            let out = run("ntfsresize", &[OsStr::new("--check"), dev.as_os_str()])?;
-            let command = format!("ntfsresize --check {}", dev.display());
-            if out.status.success() {
-                Ok(Ok(Checked {
-                    command,
-                    result: "ready for resizing".into(),
-                }))
-            } else {
-                Ok(Err(format!(
-                    "{command} refused ({}): {}; let Windows run chkdsk, then grow again",
-                    out.status,
-                    tail(&out)
-                )))
+            // --check tests consistency but not the "scheduled for check"
+            // flag an earlier resize leaves until Windows runs chkdsk;
+            // --info (without --force) refuses such a volume.
+            let command = format!(
+                "ntfsresize --check {0}; ntfsresize --info {0}",
+                dev.display()
+            );
+            for flag in ["--check", "--info"] {
+                let out = run(
+                    "ntfsresize",
+                    &[
+                        OsStr::new(flag),
+                        OsStr::new("--no-progress-bar"),
+                        dev.as_os_str(),
+                    ],
+                )?;
+                if !out.status.success() {
+                    return Ok(Err(format!(
+                        "ntfsresize {flag} {} refused ({}): {}; let Windows run chkdsk, \
+                         then grow again",
+                        dev.display(),
+                        out.status,
+                        tail(&out)
+                    )));
+                }
             }
+            Ok(Ok(Checked {
+                command,
+                result: "ready for resizing".into(),
+            }))
         }
         FsKind::Other(_) | FsKind::Unknown => Ok(Ok(Checked {
             command: String::new(),
@@ -299,6 +323,8 @@ pub(crate) fn size(fs: &FsKind, dev: &Path) -> Result<FsSize, RetargetError> {
             }
         }
         FsKind::Ntfs => {
+            // Read-only; --force only lets it read a volume that awaits
+            // chkdsk, as every volume does right after a resize.
             let out = run(
                 "ntfsresize",
                 &[OsStr::new("--info"), OsStr::new("--force"), dev.as_os_str()],
@@ -332,17 +358,13 @@ pub(crate) fn size(fs: &FsKind, dev: &Path) -> Result<FsSize, RetargetError> {
 pub(crate) fn enlarge(fs: &FsKind, dev: &Path) -> Result<(), RetargetError> {
     let (tool, out) = match fs {
         FsKind::Ext(_) => ("resize2fs", run("resize2fs", &[dev.as_os_str()])?),
-        // --force skips the question (the check above passed); without a
-        // size ntfsresize fills the device.
+        // Without a size ntfsresize fills the device. Never --force: it
+        // would resize a volume that still awaits chkdsk.
         FsKind::Ntfs => (
             "ntfsresize",
             run(
                 "ntfsresize",
-                &[
-                    OsStr::new("--force"),
-                    OsStr::new("--no-progress-bar"),
-                    dev.as_os_str(),
-                ],
+                &[OsStr::new("--no-progress-bar"), dev.as_os_str()],
             )?,
         ),
         FsKind::Other(_) | FsKind::Unknown => return Ok(()),

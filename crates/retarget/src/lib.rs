@@ -9,7 +9,7 @@
 //!                                              │
 //!                                              ▼
 //!   retarget (this crate): fit_table ── gptman / mbrman ──▶ table at the new size
-//!                             │ grow ──▶ losetup -o, e2fsck -f -p + resize2fs, ntfsresize
+//!                             │ grow ──▶ losetup -o, e2fsck -fn + resize2fs, ntfsresize
 //!                          write_record ──▶ gap before the first partition
 //!                                              ▲
 //!   img info zisd ─────────── read_record ─────┘

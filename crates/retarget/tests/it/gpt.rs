@@ -170,7 +170,7 @@ fn check_grown(
         .ok_or("no GrewPartition")?;
     assert_eq!(grew, (18432, want_end));
     assert!(r.actions.iter().any(|a| matches!(a,
-        FitAction::CheckedFilesystem { number: 2, fs, command, .. } if fs == "ext4" && command.starts_with("e2fsck -f -p"))));
+        FitAction::CheckedFilesystem { number: 2, fs, command, .. } if fs == "ext4" && command.starts_with("e2fsck -f -n"))));
     let resized = r
         .actions
         .iter()
@@ -357,5 +357,45 @@ fn a_target_in_use_is_refused() -> TestResult {
         Err(RetargetError::Missing { .. })
     ));
     assert!(!missing.exists(), "a missing target was created");
+    Ok(())
+}
+
+#[test]
+fn damaged_ext4_is_not_grown_and_not_repaired() -> TestResult {
+    if skip("damaged_ext4_is_not_grown_and_not_repaired") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let (src, _) = ext4_gpt_source(dir.path())?;
+    // Clear the inode of a file: its directory entry now dangles, which
+    // e2fsck -p would "repair" by deleting the entry.
+    let lo = part_loop(&src, 2)?;
+    tool("debugfs", &["-w", "-R", "clri small", p(&lo.dev)])?;
+    drop(lo);
+    let tgt = dir.path().join("tgt.raw");
+    let size = 96 * MIB;
+    restore_copy(&src, &tgt, size)?;
+    let p2 = sfpart(&src, 2)?;
+    let before = hash_range(&tgt, p2.start * 512, p2.size * 512)?;
+    let r = fit_table(&tgt, &FitOptions::new().grow(true))?;
+    for line in r.lines() {
+        eprintln!("  {line}");
+    }
+    assert!(r.has_refusals());
+    assert!(
+        matches!(&r.actions[0], FitAction::GrowSkipped { reason }
+            if reason.contains("partition 2 not grown") && reason.contains("e2fsck -f -n")),
+        "{:?}",
+        r.actions
+    );
+    // The table still fits the disk; partition and filesystem untouched.
+    assert!(matches!(r.actions[1], FitAction::MovedBackupGpt { .. }));
+    assert!(!r
+        .actions
+        .iter()
+        .any(|a| matches!(a, FitAction::GrewPartition { .. })));
+    assert_sgdisk_clean(&tgt)?;
+    assert_eq!(sfpart(&tgt, 2)?, p2);
+    assert_eq!(hash_range(&tgt, p2.start * 512, p2.size * 512)?, before);
     Ok(())
 }

@@ -83,5 +83,24 @@ fn ntfs_last_partition_grows() -> TestResult {
         .arg("payload.bin")
         .output()?;
     assert!(cat.stdout == payload, "file differs after ntfsresize");
+    drop(lo);
+
+    // Restored once more onto a larger disk before Windows ran chkdsk: the
+    // volume is still marked for checking, so it is not resized again.
+    let bigger = dir.path().join("bigger.raw");
+    restore_copy(&tgt, &bigger, 96 * MIB)?;
+    let r = fit_table(&bigger, &FitOptions::new().grow(true))?;
+    for line in r.lines() {
+        eprintln!("  {line}");
+    }
+    assert!(
+        matches!(&r.actions[0], FitAction::GrowSkipped { reason }
+            if reason.contains("ntfsresize --info") && reason.contains("scheduled for check")),
+        "{:?}",
+        r.actions
+    );
+    assert!(r.has_refusals());
+    assert_sgdisk_clean(&bigger)?;
+    assert_eq!(sfpart(&bigger, 1)?, sp);
     Ok(())
 }
