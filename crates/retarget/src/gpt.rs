@@ -176,19 +176,28 @@ impl GptDisk {
         } else {
             self.backup_problem(t, backup_lba)?
         };
-        if !moved && grow.is_none() {
-            match &backup_problem {
-                None => {
-                    return Ok(Plan::nothing(format!(
-                        "the GPT already fits the {}-byte target (backup header at its last LBA {backup_lba})",
-                        t.size
-                    )))
-                }
-                Some(reason) => actions.push(FitAction::RewroteBackupGpt {
-                    lba: backup_lba,
-                    reason: reason.clone(),
-                }),
-            }
+        let pmbr = self.protective_mbr(t, disk_sectors)?;
+        if !moved && grow.is_none() && backup_problem.is_none() {
+            // Both tables are in place: at most the protective MBR is off.
+            return Ok(match pmbr {
+                PmbrFix::Change { sector, from, to } => Plan {
+                    actions: vec![FitAction::FixedProtectiveMbr {
+                        from_sectors: from,
+                        to_sectors: to,
+                    }],
+                    stages: vec![vec![(0, sector)]],
+                },
+                PmbrFix::Fine | PmbrFix::Leave(_) => Plan::nothing(format!(
+                    "the GPT already fits the {}-byte target (backup header at its last LBA {backup_lba})",
+                    t.size
+                )),
+            });
+        }
+        if let Some(reason) = backup_problem {
+            actions.push(FitAction::RewroteBackupGpt {
+                lba: backup_lba,
+                reason,
+            });
         }
 
         // gptman encodes both tables into a log; the log must only touch
@@ -221,7 +230,7 @@ impl GptDisk {
         }
 
         let mut primary_stage: Stage = vec![(primary_start, primary)];
-        match self.protective_mbr(t, disk_sectors)? {
+        match pmbr {
             PmbrFix::Change { sector, from, to } => {
                 primary_stage.push((0, sector));
                 actions.push(FitAction::FixedProtectiveMbr {

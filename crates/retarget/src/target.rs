@@ -34,7 +34,10 @@ impl Target {
                 by,
             });
         }
-        let (file, kind) = imgcast_disk::open_target_exclusive(path)?;
+        let (file, kind) = imgcast_disk::open_target_exclusive(path).map_err(|e| match e {
+            imgcast_disk::DiskError::InUse { path, by } => RetargetError::InUse { path, by },
+            other => other.into(),
+        })?;
         Self::from_file(path, file, kind)
     }
 
