@@ -122,7 +122,15 @@ pub fn fit_table(target: &Path, opts: &FitOptions) -> Result<FitReport, Retarget
         // Release O_EXCL: the kernel refuses to open a partition node of a
         // disk someone holds exclusively.
         drop(t);
-        resize(target, kind_of_target, devnum, &g, &kind, ss, &mut report)?;
+        // The table is written and valid: a failing resize is reported as a
+        // line, not an error, so the caller still learns what was done.
+        if let Err(e) = resize(target, kind_of_target, devnum, &g, &kind, ss, &mut report) {
+            report.actions.push(FitAction::ResizeFailed {
+                number: g.part.number,
+                fs: kind.name().unwrap_or_default(),
+                error: e.to_string(),
+            });
+        }
         sync_path(target)?;
     }
     Ok(report)

@@ -107,11 +107,19 @@ impl GptDisk {
 
     /// Where the backup header and last usable LBA go on a disk of
     /// `disk_sectors`: `(backup_lba, last_usable_lba)`, or `None` when the
-    /// disk cannot even hold the two tables.
+    /// disk cannot even hold the two tables. The backup goes in the last
+    /// sector with its array just before it; a table already there keeps
+    /// its own (smaller) last usable LBA, so a same-size disk is left alone.
     pub(crate) fn layout_for(&self, disk_sectors: u64) -> Option<(u64, u64)> {
         let backup = disk_sectors.checked_sub(1)?;
         let last = backup.checked_sub(self.array_sectors + 1)?;
-        (last >= self.gpt.header.first_usable_lba).then_some((backup, last))
+        let h = &self.gpt.header;
+        let last = if h.backup_lba == backup && h.last_usable_lba <= last {
+            h.last_usable_lba
+        } else {
+            last
+        };
+        (last >= h.first_usable_lba).then_some((backup, last))
     }
 
     /// Plans the writes that fit this table to `t` (and grow partition

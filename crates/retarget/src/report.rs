@@ -150,6 +150,16 @@ pub enum FitAction {
         /// Why.
         reason: String,
     },
+    /// Enlarging the filesystem failed after its partition grew: the table
+    /// is valid and the filesystem keeps its old size.
+    ResizeFailed {
+        /// Partition number.
+        number: u32,
+        /// Filesystem type.
+        fs: String,
+        /// What failed.
+        error: String,
+    },
     /// The kernel's idea of the partitions was brought up to date.
     KernelUpdated {
         /// The command that did it.
@@ -161,7 +171,7 @@ impl FitAction {
     /// Whether this line reports something asked for that was refused or
     /// failed (the CLI may exit non-zero on these).
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Self::GrowSkipped { .. })
+        matches!(self, Self::GrowSkipped { .. } | Self::ResizeFailed { .. })
             || matches!(self, Self::FilesystemLeft { fs: Some(f), .. } if f.starts_with("ext") || f == "ntfs")
     }
 }
@@ -251,6 +261,11 @@ impl fmt::Display for FitAction {
                 "filesystem on partition {number} ({}) keeps its size: {reason}",
                 fs.as_deref().unwrap_or("unknown type")
             ),
+            Self::ResizeFailed { number, fs, error } => write!(
+                f,
+                "could not enlarge {fs} on partition {number} (it keeps its size; \
+                 the partition table is valid): {error}"
+            ),
             Self::KernelUpdated { command } => {
                 write!(
                     f,
@@ -282,8 +297,8 @@ impl FitReport {
         self.actions.iter().map(ToString::to_string).collect()
     }
 
-    /// Whether something that was asked for was refused (growing, or
-    /// resizing an ext or NTFS filesystem).
+    /// Whether something that was asked for was refused or failed
+    /// (growing, or enlarging an ext or NTFS filesystem).
     pub fn has_refusals(&self) -> bool {
         self.actions.iter().any(FitAction::is_refusal)
     }

@@ -139,6 +139,37 @@ fn same_size_target_is_nothing_to_do() -> TestResult {
 }
 
 #[test]
+fn same_size_keeps_a_table_that_ends_its_usable_area_early() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("d.raw");
+    std::fs::File::create(&disk)?.set_len(8 * MIB)?;
+    // sfdisk lets the last usable LBA stop short of the standard layout.
+    crate::tool_stdin(
+        "sfdisk",
+        &["-q", p(&disk)],
+        "label: gpt\nlast-lba: 14000\nstart=2048, size=4096\n",
+    )?;
+    let h = hash_file(&disk)?;
+    let r = fit_table(&disk, &FitOptions::new())?;
+    assert!(r.did_nothing(), "{:?}", r.actions);
+    assert_eq!(hash_file(&disk)?, h);
+    // Onto a larger disk the standard layout applies.
+    let big = dir.path().join("big.raw");
+    restore_copy(&disk, &big, 16 * MIB)?;
+    let r = fit_table(&big, &FitOptions::new())?;
+    assert!(
+        matches!(
+            r.actions[0],
+            FitAction::MovedBackupGpt { last_usable_from: 14000, last_usable_to, .. } if last_usable_to == 16 * MIB / 512 - 34
+        ),
+        "{:?}",
+        r.actions
+    );
+    assert_sgdisk_clean(&big)?;
+    Ok(())
+}
+
+#[test]
 fn same_size_with_a_damaged_backup_or_protective_mbr_is_repaired() -> TestResult {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir()?;
