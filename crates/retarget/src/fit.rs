@@ -81,7 +81,7 @@ pub fn fit_table(target: &Path, opts: &FitOptions) -> Result<FitReport, Retarget
     let mut grow = None;
     if opts.grow {
         match grow_candidate(&table, &t) {
-            Err(reason) => report.actions.push(FitAction::GrowSkipped { reason }),
+            Err(line) => report.actions.push(line),
             Ok(g) => {
                 let (off, len) = extent(&g.part, ss);
                 let kind = fs::detect(&t.path, off, len);
@@ -148,51 +148,57 @@ fn plan(table: &Table, t: &Target, grow: Option<Grow>) -> Result<Plan, RetargetE
     }
 }
 
-/// The partition that would grow, and to where; `Err(reason)` when none can.
-fn grow_candidate(table: &Table, t: &Target) -> Result<Grow, String> {
+/// The partition that would grow, and to where; otherwise the line that
+/// says why none does.
+fn grow_candidate(table: &Table, t: &Target) -> Result<Grow, FitAction> {
     let ss = table.sector_size();
     let disk_sectors = t.size / ss;
+    let not_needed = |reason: String| FitAction::GrowNotNeeded { reason };
     match table {
         Table::Gpt(g) => {
             let last = g
                 .partitions()
                 .into_iter()
                 .max_by_key(|p| p.end)
-                .ok_or("the GPT has no partitions")?;
-            let (_, last_usable) = g
-                .layout_for(disk_sectors)
-                .ok_or("the target cannot hold the GPT")?;
+                .ok_or_else(|| not_needed("the GPT has no partitions".into()))?;
+            let (_, last_usable) =
+                g.layout_for(disk_sectors)
+                    .ok_or_else(|| FitAction::GrowSkipped {
+                        reason: "the target cannot hold the GPT".into(),
+                    })?;
             match aligned_end(last.start, last_usable + 1, ss) {
                 Some(e) if e > last.end => Ok(Grow {
                     part: last,
                     new_end: e,
                     mbr: None,
                 }),
-                _ => Err(format!(
+                _ => Err(not_needed(format!(
                     "partition {} (LBA {}..{}) already reaches the last usable LBA {last_usable} \
                      (as far as its alignment allows)",
                     last.number, last.start, last.end
-                )),
+                ))),
             }
         }
         Table::Mbr(m) => {
             let mg = m.grow_target(disk_sectors)?;
-            let parts = m.partitions();
             let (number, end) = match mg {
                 MbrGrow::Primary { slot, end } => (slot as u32, end),
                 MbrGrow::Logical { ebr, end } => (m.ebrs[ebr].number.unwrap_or(0), end),
             };
-            let part = parts
+            let part = m
+                .partitions()
                 .into_iter()
                 .find(|p| p.number == number)
-                .ok_or("partition vanished")?;
+                .ok_or_else(|| FitAction::GrowSkipped {
+                    reason: format!("partition {number} not found"),
+                })?;
             Ok(Grow {
                 part,
                 new_end: end,
                 mbr: Some(mg),
             })
         }
-        Table::None(_) => Err("no partition table".into()),
+        Table::None(_) => Err(not_needed("no partition table".into())),
     }
 }
 
@@ -364,4 +370,39 @@ fn sync_path(path: &Path) -> Result<(), RetargetError> {
         .map_err(|e| RetargetError::io("open", path, e))?;
     f.sync_all()
         .map_err(|e| RetargetError::io("fsync", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::place::tests::gpt_file;
+
+    #[test]
+    fn grow_aligns_the_end_like_the_start_and_plans_the_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        // A 4 KiB-aligned start (LBA 40) on a disk grown from 8 to 16 MiB.
+        let path = gpt_file(dir.path(), 8 << 20, &[(40, 10_000)]);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let t = Target::open_read(&path).unwrap();
+        let table = Table::read(&t).unwrap();
+        let g = grow_candidate(&table, &t).unwrap();
+        let last_usable = (16 << 20) / 512 - 34;
+        assert_eq!(g.new_end, (last_usable + 1) / 8 * 8 - 1);
+        let p = plan(&table, &t, Some(g)).unwrap();
+        // Backup area first (synced alone), then the primary and sector 0,
+        // then the stale header.
+        assert_eq!(p.stages.len(), 3);
+        assert_eq!(p.stages[0][0].0, (last_usable + 1) * 512);
+        assert_eq!(p.stages[1][0].0, 512);
+        assert_eq!(p.stages[1][1].0, 0);
+        assert_eq!(p.stages[2], vec![((8 << 20) - 512, vec![0u8; 512])]);
+        assert!(p.actions.iter().any(
+            |a| matches!(a, FitAction::GrewPartition { to_end_lba, .. } if *to_end_lba == g.new_end)
+        ));
+    }
 }

@@ -324,26 +324,29 @@ impl MbrDisk {
         v
     }
 
-    /// What growing would do on a disk of `disk_sectors`: `Ok(None)` when
-    /// there is nothing to grow into, `Err(reason)` when growing is not
-    /// possible.
-    pub(crate) fn grow_target(&self, disk_sectors: u64) -> Result<MbrGrow, String> {
+    /// What growing would do on a disk of `disk_sectors`, or the line that
+    /// says why nothing grows.
+    pub(crate) fn grow_target(&self, disk_sectors: u64) -> Result<MbrGrow, FitAction> {
+        let not_needed = |reason: String| FitAction::GrowNotNeeded { reason };
         let limit = disk_sectors.min(MBR_LIMIT);
         let (slot, last) = self
             .header
             .iter()
             .filter(|(_, e)| e.is_used())
             .max_by_key(|(_, e)| range(e).1)
-            .ok_or("no partitions")?;
+            .ok_or_else(|| not_needed("the MBR has no partitions".into()))?;
         let (start, end, number, grow) = if last.is_extended() {
-            let (i, ebr) = self
+            let (i, ebr, (s, e)) = self
                 .ebrs
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| e.range().is_some())
-                .max_by_key(|(_, e)| e.range().map(|r| r.1))
-                .ok_or_else(|| format!("extended partition {slot} holds no logical partition"))?;
-            let (s, e) = ebr.range().ok_or("no range")?;
+                .filter_map(|(i, ebr)| Some((i, ebr, ebr.range()?)))
+                .max_by_key(|(_, _, r)| r.1)
+                .ok_or_else(|| FitAction::GrowSkipped {
+                    reason: format!(
+                        "extended partition {slot} is last on the disk but holds no logical partition"
+                    ),
+                })?;
             let new = aligned_end(s, limit, self.ss).unwrap_or(0);
             (
                 s,
@@ -360,10 +363,10 @@ impl MbrDisk {
             MbrGrow::Primary { end, .. } | MbrGrow::Logical { end, .. } => end,
         };
         if new_end <= end {
-            return Err(format!(
+            return Err(not_needed(format!(
                 "partition {number} (LBA {start}..{end}) already reaches the end of the \
                  target's {limit} addressable sectors"
-            ));
+            )));
         }
         Ok(grow)
     }

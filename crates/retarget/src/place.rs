@@ -136,3 +136,72 @@ pub fn read_record(target: &Path) -> Result<Option<(ImageSafeRecord, RecordPlace
         }),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::fs::{File, OpenOptions};
+    use std::path::PathBuf;
+
+    use gptman::{GPTPartitionEntry, GPT};
+
+    /// A GPT disk file written by gptman with partitions at `(start, end)`.
+    pub(crate) fn gpt_file(dir: &Path, size: u64, parts: &[(u64, u64)]) -> PathBuf {
+        let path = dir.join("gpt.raw");
+        File::create(&path).unwrap().set_len(size).unwrap();
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut gpt = GPT::new_from(&mut f, 512, [1; 16]).unwrap();
+        for (i, &(s, e)) in parts.iter().enumerate() {
+            gpt[i as u32 + 1] = GPTPartitionEntry {
+                partition_type_guid: [2; 16],
+                unique_partition_guid: [i as u8 + 3; 16],
+                starting_lba: s,
+                ending_lba: e,
+                attribute_bits: 0,
+                partition_name: "p".into(),
+            };
+        }
+        GPT::write_protective_mbr_into(&mut f, 512).unwrap();
+        gpt.write_into(&mut f).unwrap();
+        path
+    }
+
+    fn place(path: &Path) -> Result<RecordPlace, RetargetError> {
+        place_of(&Target::open_read(path)?)
+    }
+
+    #[test]
+    fn the_place_ends_where_the_lowest_partition_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        // Partition 1 lies after partition 2 on the disk.
+        let p = gpt_file(dir.path(), 8 << 20, &[(6144, 8191), (2048, 4095)]);
+        let pl = place(&p).unwrap();
+        assert_eq!(pl.offset, 2048 * 512 - 4096);
+        assert_eq!((pl.gap_start, pl.gap_end), (34 * 512, 2048 * 512));
+        assert_eq!(pl.table, TableKind::Gpt);
+    }
+
+    #[test]
+    fn the_gap_must_hold_the_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        // LBA 42: exactly 4096 bytes after the entry array.
+        let p = gpt_file(dir.path(), 8 << 20, &[(42, 4095)]);
+        assert_eq!(place(&p).unwrap().offset, 34 * 512);
+        let p = gpt_file(dir.path(), 8 << 20, &[(41, 4095)]);
+        assert!(matches!(
+            place(&p),
+            Err(RetargetError::NoGap {
+                gap_start: 17408,
+                gap_end: 20992,
+                needed: 4096,
+                ..
+            })
+        ));
+        let p = gpt_file(dir.path(), 8 << 20, &[]);
+        assert!(matches!(place(&p), Err(RetargetError::NoTable { .. })));
+    }
+}

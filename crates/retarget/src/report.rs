@@ -110,7 +110,13 @@ pub enum FitAction {
         /// New size in bytes.
         to_bytes: u64,
     },
-    /// Growing was asked for but not done.
+    /// Growing was asked for, but the last partition already fills the
+    /// target (or there is none): nothing to grow into.
+    GrowNotNeeded {
+        /// Why.
+        reason: String,
+    },
+    /// Growing was asked for but refused.
     GrowSkipped {
         /// Why.
         reason: String,
@@ -233,6 +239,7 @@ impl fmt::Display for FitAction {
                 "grew partition {number} from {from_bytes} to {to_bytes} bytes \
                  (LBA {start_lba}..{from_end_lba} -> {start_lba}..{to_end_lba})"
             ),
+            Self::GrowNotNeeded { reason } => write!(f, "nothing to grow: {reason}"),
             Self::GrowSkipped { reason } => write!(f, "did not grow: {reason}"),
             Self::CheckedFilesystem {
                 number,
@@ -305,9 +312,12 @@ impl FitReport {
 
     /// Whether the disk was left untouched.
     pub fn did_nothing(&self) -> bool {
-        self.actions
-            .iter()
-            .all(|a| matches!(a, FitAction::Nothing { .. }))
+        self.actions.iter().all(|a| {
+            matches!(
+                a,
+                FitAction::Nothing { .. } | FitAction::GrowNotNeeded { .. }
+            )
+        })
     }
 }
 

@@ -130,10 +130,11 @@ fn same_size_target_is_nothing_to_do() -> TestResult {
     // Growing: partition 1 already reaches the end as far as alignment allows.
     let r = fit_table(&src, &FitOptions::new().grow(true))?;
     assert!(
-        matches!(&r.actions[0], FitAction::GrowSkipped { reason } if reason.contains("already reaches")),
+        matches!(&r.actions[0], FitAction::GrowNotNeeded { reason } if reason.contains("already reaches")),
         "{:?}",
         r.actions
     );
+    assert!(r.did_nothing() && !r.has_refusals(), "{:?}", r.actions);
     assert_eq!(hash_file(&src)?, h);
     Ok(())
 }
