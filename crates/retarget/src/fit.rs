@@ -326,7 +326,7 @@ fn resize(
             report.actions.push(FitAction::FilesystemLeft {
                 number,
                 fs: None,
-                reason: "no filesystem recognised on it".into(),
+                reason: "blkid recognised no filesystem on it (or is not installed)".into(),
             });
             return Ok(());
         }

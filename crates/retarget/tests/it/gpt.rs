@@ -462,3 +462,28 @@ fn damaged_ext4_is_not_grown_and_not_repaired() -> TestResult {
     assert_eq!(hash_range(&tgt, p2.start * 512, p2.size * 512)?, before);
     Ok(())
 }
+
+#[test]
+fn a_hybrid_mbr_is_left_as_is() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("src.raw");
+    sgdisk_disk(&src, 8 * MIB, &["-n", "1:2048:+1M", "-n", "2:0:0"])?;
+    // A hybrid MBR: partition 1 also in the MBR, beside the 0xEE entry.
+    tool("sgdisk", &["-h", "1", p(&src)])?;
+    let tgt = dir.path().join("tgt.raw");
+    restore_copy(&src, &tgt, 16 * MIB)?;
+    let sector0 = std::fs::read(&src)?[..512].to_vec();
+    let r = fit_table(&tgt, &FitOptions::new())?;
+    assert!(
+        r.actions.iter().any(|a| matches!(a,
+            FitAction::ProtectiveMbrLeft { reason } if reason.contains("hybrid"))),
+        "{:?}",
+        r.actions
+    );
+    assert!(
+        std::fs::read(&tgt)?[..512] == sector0[..],
+        "the hybrid MBR changed"
+    );
+    assert_sgdisk_clean(&tgt)?;
+    Ok(())
+}
