@@ -18,6 +18,9 @@ use crate::RetargetError;
 /// Most entries we accept (gdisk's default is 128; 4096 entries is a
 /// 512 KiB array, far above anything real).
 const MAX_ENTRIES: u32 = 4096;
+/// No real disk has 2^40 sectors (512 TiB of 512-byte sectors); bounding
+/// LBAs here keeps every byte offset computed from them far from overflow.
+const MAX_LBA: u64 = 1 << 40;
 /// gptman reads and writes entries of exactly this size.
 const ENTRY_SIZE: u32 = 128;
 const SIGNATURE: &[u8; 8] = b"EFI PART";
@@ -396,6 +399,12 @@ fn check_header(h: &GPTHeader, ss: u64, at: u64) -> Result<u64, String> {
             h.primary_lba
         ));
     }
+    if h.backup_lba >= MAX_LBA {
+        return Err(format!(
+            "backup header LBA {} is beyond any real disk",
+            h.backup_lba
+        ));
+    }
     if h.partition_entry_lba != 2 {
         return Err(format!(
             "primary entry array at LBA {}, not 2: not supported",
@@ -497,6 +506,10 @@ mod tests {
         let mut bad = h.clone();
         bad.backup_lba = 40;
         assert!(check_header(&bad, 512, 1).is_err());
+        let mut bad = h.clone();
+        bad.backup_lba = u64::MAX;
+        bad.last_usable_lba = u64::MAX - 40;
+        assert!(check_header(&bad, 512, 1).unwrap_err().contains("beyond"));
         let mut bad = h;
         bad.primary_lba = 9;
         assert!(check_header(&bad, 512, 1).is_err());

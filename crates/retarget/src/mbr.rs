@@ -399,6 +399,13 @@ impl MbrDisk {
                 .get_mut(slot)
                 .ok_or_else(|| RetargetError::mbr(path, "no extended slot"))?;
             let (s, end) = range(e);
+            if s >= disk_sectors {
+                return Err(too_big(&Part {
+                    number: slot as u32,
+                    start: s,
+                    end,
+                }));
+            }
             if end >= disk_sectors {
                 // Every logical partition fits (checked above): the
                 // container may end at the target's end.

@@ -139,6 +139,16 @@ fn lying_gpts_are_refused() -> TestResult {
             "backup header",
         ),
         (
+            "a disk of 2^50 sectors",
+            |d| {
+                d[512 + 32..512 + 40].copy_from_slice(&(1u64 << 50).to_le_bytes());
+                d[512 + 48..512 + 56].copy_from_slice(&((1u64 << 50) - 40).to_le_bytes());
+                d[entry(1) + 40..entry(1) + 48].copy_from_slice(&((1u64 << 50) - 41).to_le_bytes());
+                reseal_gpt(d);
+            },
+            "beyond any real disk",
+        ),
+        (
             "header claims another LBA",
             |d| {
                 d[512 + 24..512 + 32].copy_from_slice(&7u64.to_le_bytes());
@@ -253,5 +263,65 @@ fn lying_mbrs_are_refused() -> TestResult {
         assert!(msg.contains(says), "{name}: {msg}");
     }
     assert!(fit_table(&good, &FitOptions::new())?.did_nothing());
+    Ok(())
+}
+
+/// Random bits flipped in real tables (a GPT resealed half of the time so
+/// the flips reach the field checks), restored onto a larger disk and
+/// grown: never a panic, and a refusal never writes.
+#[test]
+fn flipped_bits_never_panic() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gpt = dir.path().join("gpt.raw");
+    sgdisk_disk(&gpt, 2 * MIB, &["-n", "1:2048:+256K", "-n", "2:0:0"])?;
+    let mbr = dir.path().join("mbr.raw");
+    fs::File::create(&mbr)?.set_len(2 * MIB)?;
+    tool_stdin(
+        "sfdisk",
+        &["-q", p(&mbr)],
+        "label: dos\nstart=64, size=256, type=83\nstart=512, type=5\n\
+         start=576, size=256, type=83\nstart=1024, type=83\n",
+    )?;
+    let gpt_base = fs::read(&gpt)?;
+    let mbr_base = fs::read(&mbr)?;
+    // Where the tables live: the GPT's first 34 sectors; the MBR and EBRs.
+    let mbr_sectors = [0usize, 512, 960];
+    let disk = dir.path().join("mut.raw");
+    // More rounds (and another seed) with RETARGET_MUTATIONS=N[,SEED].
+    let knob = std::env::var("RETARGET_MUTATIONS").unwrap_or_default();
+    let mut knob = knob.split(',').map(|v| v.parse::<usize>().ok());
+    let rounds = knob.next().flatten().unwrap_or(300);
+    let seed = knob.next().flatten().unwrap_or(77) as u64;
+    let rnd = crate::noise(rounds * 16, seed);
+    for (i, r) in rnd.chunks(16).enumerate() {
+        let is_gpt = i % 2 == 0;
+        let mut d = if is_gpt {
+            gpt_base.clone()
+        } else {
+            mbr_base.clone()
+        };
+        for k in 0..(1 + r[0] as usize % 4) {
+            let pick = u32::from_le_bytes([r[1 + 3 * k], r[2 + 3 * k], r[3 + 3 * k], 0]) as usize;
+            let at = if is_gpt {
+                pick % (34 * 512)
+            } else {
+                mbr_sectors[pick % 3] * 512 + 446 + pick % 66
+            };
+            d[at] ^= 1 << (r[15] % 8);
+        }
+        if is_gpt && r[14] % 2 == 0 {
+            reseal_gpt(&mut d);
+        }
+        // Restored onto a larger disk, and grown (the partitions hold no
+        // filesystem, so no tool runs on them).
+        let mut big = d.clone();
+        big.resize(3 * MIB as usize, 0);
+        fs::write(&disk, &big)?;
+        match fit_table(&disk, &FitOptions::new().grow(true)) {
+            Ok(_) => {}
+            Err(_) => assert!(fs::read(&disk)? == big, "mutation {i}: refused but written"),
+        }
+        let _ = read_record(&disk);
+    }
     Ok(())
 }
