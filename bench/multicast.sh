@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# bench/multicast.sh — multicast imaging benchmark: udpcast vs imgcast in a
-# private namespace LAN (lab/lab.sh). Run by hand, not in CI.
+# bench/multicast.sh — multicast imaging benchmark: imgcast against udpcast
+# (plain, and with zstd piped on both ends as Clonezilla setups do) in a private
+# namespace LAN (lab/lab.sh). Run by hand, not in CI.
 #
-#   bench/multicast.sh [--tools "udpcast imgcast"] [--clients "1 4 8"]
+#   bench/multicast.sh [--tools "udpcast udpcast-zstd imgcast"] [--clients "1 4 8"]
 #                      [--loss "0 2 10"] [--size-mib 512] [--rate 1gbit]
 #                      [--timeout 900] [--reps 1]
+#
+# Tools: udpcast (udp-sender/udp-receiver on the raw disk), udpcast-zstd (the
+# same with --pipe "zstd -1 -T0" on the sender and --pipe "zstd -d" on the
+# receivers), imgcast (keyless), imgcast-keyed (-key: every packet encrypted and
+# authenticated), imgcast-before ($IMG_BEFORE: another build of img, e.g. the
+# previous release, run the same way, to measure a change).
 #
 # Each case: a master host h0 and N client hosts h1..hN on one bridge; every
 # link (both directions) limited to RATE with tbf; every client drops LOSS% of
@@ -63,6 +70,7 @@ done
 
 WORK=${WORK:-/work/benchwork/multicast}
 IMG=${IMG:-$repo/target/release/img}
+IMG_BEFORE=${IMG_BEFORE:-}
 DISK=$WORK/disk-${SIZE_MIB}m.raw
 TIME=/usr/bin/time # Debian package `time`; installed below if missing
 
@@ -136,13 +144,22 @@ RDV=231.77.0.1 # udpcast rendezvous group
 UDPCAST_SENDER_OPTS=${UDPCAST_SENDER_OPTS-}
 UDPCAST_RECEIVER_OPTS=${UDPCAST_RECEIVER_OPTS---start-timeout 60}
 
-have_img=0
-if [[ " $TOOLS " == *" imgcast "* ]]; then
-    if [ -x "$IMG" ]; then have_img=1; else echo "note: $IMG not found; skipping imgcast (build: cargo build --release -p img)"; fi
-fi
+# tool_ok TOOL: whether its programs are there (a missing one is skipped with a note)
+tool_ok() {
+    case $1 in
+        imgcast | imgcast-keyed) [ -x "$IMG" ] || { echo "note: $IMG not found; skipping $1 (build: cargo build --release -p img)" >&2; return 1; } ;;
+        imgcast-before) [ -n "$IMG_BEFORE" ] && [ -x "$IMG_BEFORE" ] || { echo "note: IMG_BEFORE not set to a built img; skipping imgcast-before" >&2; return 1; } ;;
+        udpcast-zstd) command -v zstd >/dev/null || { echo "note: zstd not found; skipping udpcast-zstd" >&2; return 1; } ;;
+    esac
+}
+declare -A HAVE
+for t in $TOOLS; do if tool_ok "$t"; then HAVE[$t]=1; fi; done
 
 # Sum user+sys seconds of /usr/bin/time -f '%e %U %S' files
 cpu_sum() { cat "$@" 2>/dev/null | awk 'NF == 3 && $1 ~ /^[0-9.]+$/ { s += $2 + $3 } END { printf "%.2f\n", s }'; }
+
+img_of() { if [ "$1" = imgcast-before ]; then echo "$IMG_BEFORE"; else echo "$IMG"; fi; }
+key_of() { if [ "$1" = imgcast-keyed ]; then echo "-key=bench-passphrase"; fi; }
 
 # run_case TOOL N LOSS -> prints "wall master cpu ok" (ok = number of correct outputs)
 run_case() {
@@ -153,26 +170,38 @@ run_case() {
     rm -f "$LOGS"/*
     for ((i = 1; i <= n; i++)); do
         rm -f "$OUTDIR/out-h$i"
-        if [ "$tool" = udpcast ]; then
+        case $tool in
+        udpcast | udpcast-zstd)
+            local pipe=()
+            [ "$tool" = udpcast-zstd ] && pipe=(--pipe "zstd -d -q")
             lab_spawn h$i "$LOGS/h$i.log" timeout "$CASE_TIMEOUT" $TIME -o "$LOGS/h$i.time" -f '%e %U %S' \
                 udp-receiver --file "$OUTDIR/out-h$i" --nokbd --interface eth0 --mcast-rdv-address $RDV \
-                $UDPCAST_RECEIVER_OPTS >/dev/null
-        else
+                "${pipe[@]}" $UDPCAST_RECEIVER_OPTS >/dev/null
+            ;;
+        *)
             lab_spawn h$i "$LOGS/h$i.log" timeout "$CASE_TIMEOUT" $TIME -o "$LOGS/h$i.time" -f '%e %U %S' \
-                "$IMG" -session bench -client -disk="$OUTDIR/out-h$i" -interface=eth0 -yes >/dev/null
-        fi
+                "$(img_of "$tool")" -session bench -client -disk="$OUTDIR/out-h$i" -interface=eth0 -yes \
+                $(key_of "$tool") >/dev/null
+            ;;
+        esac
         pids+=("$LAB_LAST_PID")
     done
     sleep 0.5 # let the clients bind and join
     t0=$(date +%s.%N)
-    if [ "$tool" = udpcast ]; then
+    case $tool in
+    udpcast | udpcast-zstd)
+        local spipe=()
+        [ "$tool" = udpcast-zstd ] && spipe=(--pipe "zstd -1 -T0 -q")
         lab_spawn h0 "$LOGS/h0.log" timeout "$CASE_TIMEOUT" $TIME -o "$LOGS/h0.time" -f '%e %U %S' \
             udp-sender --file "$DISK" --nokbd --interface eth0 --min-receivers "$n" \
-            --mcast-rdv-address $RDV --rexmit-hello-interval 200 $UDPCAST_SENDER_OPTS >/dev/null
-    else
+            --mcast-rdv-address $RDV --rexmit-hello-interval 200 "${spipe[@]}" $UDPCAST_SENDER_OPTS >/dev/null
+        ;;
+    *)
         lab_spawn h0 "$LOGS/h0.log" timeout "$CASE_TIMEOUT" $TIME -o "$LOGS/h0.time" -f '%e %U %S' \
-            "$IMG" -session bench -master -clients="$n" -disk="$DISK" -interface=eth0 >/dev/null
-    fi
+            "$(img_of "$tool")" -session bench -master -clients="$n" -disk="$DISK" -interface=eth0 \
+            $(key_of "$tool") >/dev/null
+        ;;
+    esac
     mpid=$LAB_LAST_PID
     rc=0
     lab_wait $((CASE_TIMEOUT + 10)) "$mpid" "${pids[@]}" || rc=$?
@@ -206,7 +235,7 @@ declare -A WALL CPU OK FAILED
 for n in $CLIENTS; do
     for loss in $LOSSES; do
         for tool in $TOOLS; do
-            [ "$tool" = imgcast ] && [ $have_img = 0 ] && continue
+            [ -n "${HAVE[$tool]:-}" ] || continue
             for ((rep = 1; rep <= REPS; rep++)); do
                 read -r wall master cpu ok < <(run_case "$tool" "$n" "$loss")
                 k=$tool/$n/$loss
@@ -225,18 +254,28 @@ for n in $CLIENTS; do
 done
 
 echo
-echo "summary: medians over the runs in which every client got a correct copy; ok = correct copies"
-echo "over all $REPS run(s), failed = runs with a missing or wrong copy; ratios imgcast/udpcast, below 1 = imgcast better"
-printf '%7s %5s %12s %12s %9s %6s %12s %12s %9s %6s %7s %7s\n' clients loss udpcast_wall udpcast_cpu udp_ok failed \
-    imgcast_wall imgcast_cpu img_ok failed wall_x cpu_x
+echo "summary: medians over the runs in which every client got a correct copy (wall s / cpu s);"
+echo "ok = correct copies over all $REPS run(s); ratios below 1 mean the first tool is faster"
+pair() { # pair A B -> "A/B wall x cpu"
+    local a=$1/$n/$loss b=$2/$n/$loss aw bw ac bc
+    aw=$(median <<<"${WALL[$a]:-}") bw=$(median <<<"${WALL[$b]:-}")
+    ac=$(median <<<"${CPU[$a]:-}") bc=$(median <<<"${CPU[$b]:-}")
+    [ -n "$aw" ] && [ -n "$bw" ] && printf '  %s/%s: wall %s, cpu %s\n' "$1" "$2" "$(ratio "$aw" "$bw")" "$(ratio "$ac" "$bc")"
+    return 0
+}
 for n in $CLIENTS; do
     for loss in $LOSSES; do
-        u=udpcast/$n/$loss g=imgcast/$n/$loss
-        uw=$(median <<<"${WALL[$u]:-}") uc=$(median <<<"${CPU[$u]:-}")
-        gw=$(median <<<"${WALL[$g]:-}") gc=$(median <<<"${CPU[$g]:-}")
-        printf '%7s %4s%% %12s %12s %9s %6s %12s %12s %9s %6s %7s %7s\n' "$n" "$loss" "${uw:--}" "${uc:--}" \
-            "${FAILED[$u]:+${OK[$u]}/$((n * REPS))}" "${FAILED[$u]:--}" "${gw:--}" "${gc:--}" \
-            "${FAILED[$g]:+${OK[$g]}/$((n * REPS))}" "${FAILED[$g]:--}" "$(ratio "$gw" "$uw")" "$(ratio "$gc" "$uc")"
+        echo "clients $n, loss $loss%:"
+        for tool in $TOOLS; do
+            k=$tool/$n/$loss
+            [ -n "${HAVE[$tool]:-}" ] || continue
+            printf '  %-15s wall %8s  cpu %8s  ok %s/%s\n' "$tool" "$(median <<<"${WALL[$k]:-}")" \
+                "$(median <<<"${CPU[$k]:-}")" "${OK[$k]:-0}" $((n * REPS))
+        done
+        pair imgcast udpcast-zstd
+        pair imgcast udpcast
+        pair imgcast-keyed imgcast
+        pair imgcast imgcast-before
     done
 done
 echo "results: $RESULTS"

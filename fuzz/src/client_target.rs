@@ -28,6 +28,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use imgcast_engine::{ClientCore, SessionInfo};
@@ -64,6 +65,25 @@ fn source() -> Vec<u8> {
     }
     d.truncate(3 * 4096 + 100);
     d
+}
+
+/// The source disk, its geometry, its chunk objects and its root hash: made once per process.
+fn prepared() -> &'static (Vec<u8>, Geometry, Vec<Vec<u8>>, [u8; 32]) {
+    static PREPARED: OnceLock<(Vec<u8>, Geometry, Vec<Vec<u8>>, [u8; 32])> = OnceLock::new();
+    PREPARED.get_or_init(|| {
+        let disk = source();
+        let geometry = Geometry::new(disk.len() as u64, 4096, Level::FASTEST).expect("geometry");
+        let mut comp = Compressor::new();
+        let mut root = RootHasher::new(geometry.disk_size, geometry.chunk_size);
+        let mut objects = Vec::new();
+        for (i, raw) in disk.chunks(4096).enumerate() {
+            let c = EncodedChunk::encode(i as u64, raw, Level::FASTEST, &mut comp);
+            root.push(&c.hash);
+            objects.push(c.to_wire());
+        }
+        let root = root.finish();
+        (disk, geometry, objects, root)
+    })
 }
 
 /// Where the fuzzed client writes: a file on tmpfs when there is one (fsync is free there).
@@ -119,18 +139,8 @@ pub(crate) fn run(data: &[u8]) -> End {
     let Some((&mode, mut ops)) = data.split_first() else {
         return End::Untouched;
     };
-    let disk = source();
-    let geometry = Geometry::new(disk.len() as u64, 4096, Level::FASTEST).expect("geometry");
-    let mut comp = Compressor::new();
-    let mut root = RootHasher::new(geometry.disk_size, geometry.chunk_size);
-    let mut objects = Vec::new();
-    for (i, raw) in disk.chunks(4096).enumerate() {
-        let c = EncodedChunk::encode(i as u64, raw, Level::FASTEST, &mut comp);
-        root.push(&c.hash);
-        objects.push(c.to_wire());
-    }
-    let root = root.finish();
-
+    let (disk, geometry, objects, root) = prepared();
+    let (disk, objects) = (disk.clone(), objects.clone());
     let key = (mode & 1 != 0).then(|| SessionKey::from_bytes(KEY));
     let name = SessionName::new("fuzz").expect("valid session name");
     let run_key = PacketKey::new(key.as_ref(), &name.hash(), SESSION_ID);
@@ -138,6 +148,8 @@ pub(crate) fn run(data: &[u8]) -> End {
     let client_addr: SocketAddr = ([10, 0, 0, 2], 7000).into();
     let mut now = Instant::now();
 
+    let geometry = *geometry;
+    let root = *root;
     let mut cfg = SenderConfig::new(name.clone(), SESSION_ID, objects.len() as u32);
     cfg.key.clone_from(&key);
     cfg.max_payload = 512;
