@@ -5,6 +5,7 @@
 //! tools again (sgdisk -v, sfdisk --verify, e2fsck -fn, ntfsfix -n).
 
 mod blockdev;
+mod fuzz_corpus;
 mod gpt;
 mod hostile;
 mod mbr;
