@@ -99,7 +99,7 @@ pub(crate) fn other(region: &Region) -> Result<Option<Found>, FsmapError> {
             return Ok(Some(found("apfs", Some("apfs"), None)));
         }
     }
-    if let Some(b) = at(0x10000, 0x200)? {
+    if let Some(b) = at(0x10000, 0x1000)? {
         if &b[0x40..0x48] == b"_BHRfS_M" {
             let bs = le32(&b, 0x90);
             return Ok(Some(Found {
