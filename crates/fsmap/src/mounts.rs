@@ -166,6 +166,26 @@ fn loops_over(target: &Path, size: u64) -> Vec<(PathBuf, DevNum, u64, u64)> {
     out
 }
 
+/// The sysfs name (`loop3`) of a block-device disk.
+fn device_dir_name(disk: &Disk) -> Option<std::ffi::OsString> {
+    let meta = fs::metadata(&disk.path).ok()?;
+    let sys = fs::canonicalize(format!("/sys/dev/block/{}", DevNum::from_rdev(meta.rdev()))).ok()?;
+    sys.file_name().map(ToOwned::to_owned)
+}
+
+/// The backing file and offset of a loop device given as the disk.
+fn loop_backing(disk: &Disk) -> Option<(PathBuf, u64)> {
+    if disk.kind != DiskKind::BlockDevice {
+        return None;
+    }
+    let meta = fs::metadata(&disk.path).ok()?;
+    let sys = PathBuf::from(format!("/sys/dev/block/{}", DevNum::from_rdev(meta.rdev())));
+    let backing = read_trimmed(&sys.join("loop/backing_file"))?;
+    let backing = backing.strip_suffix(" (deleted)").unwrap_or(&backing);
+    let offset = read_u64(&sys.join("loop/offset")).unwrap_or(0);
+    Some((fs::canonicalize(backing).ok()?, offset))
+}
+
 /// Every mounted range of `disk`.
 pub(crate) fn mounted_ranges(disk: &Disk) -> Vec<MountUse> {
     let mut cover = Vec::new();
@@ -179,6 +199,26 @@ pub(crate) fn mounted_ranges(disk: &Disk) -> Vec<MountUse> {
     if let Ok(target) = fs::canonicalize(&disk.path) {
         for (dir, dev, start, end) in loops_over(&target, disk.size) {
             with_partitions(&dir, dev, start, end, &mut cover);
+        }
+    }
+    // A loop device given as the disk: other loop devices over the same
+    // backing file see the same bytes, shifted by the offsets.
+    if let Some((backing, base)) = loop_backing(disk) {
+        let far = base.saturating_add(disk.size);
+        let me = device_dir_name(disk);
+        for (dir, dev, start, end) in loops_over(&backing, far) {
+            if end <= base || dir.file_name() == me.as_deref() {
+                continue;
+            }
+            let mut shifted = Vec::new();
+            with_partitions(&dir, dev, start, end, &mut shifted);
+            for mut c in shifted {
+                c.start = c.start.max(base) - base;
+                c.end = c.end.max(base) - base;
+                if c.end > c.start {
+                    cover.push(c);
+                }
+            }
         }
     }
     let mounts = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
