@@ -169,7 +169,8 @@ fn loops_over(target: &Path, size: u64) -> Vec<(PathBuf, DevNum, u64, u64)> {
 /// The sysfs name (`loop3`) of a block-device disk.
 fn device_dir_name(disk: &Disk) -> Option<std::ffi::OsString> {
     let meta = fs::metadata(&disk.path).ok()?;
-    let sys = fs::canonicalize(format!("/sys/dev/block/{}", DevNum::from_rdev(meta.rdev()))).ok()?;
+    let sys =
+        fs::canonicalize(format!("/sys/dev/block/{}", DevNum::from_rdev(meta.rdev()))).ok()?;
     sys.file_name().map(ToOwned::to_owned)
 }
 

@@ -217,6 +217,15 @@ pub(crate) fn parse_super(sb: &[u8], part_len: u64) -> Result<Super, Fault> {
     } else {
         (le32(sb, 0x5C), le32(sb, 0x60), le32(sb, 0x64))
     };
+    // With metadata_csum nothing else is trusted before the checksum.
+    if ro_compat & RO_COMPAT_METADATA_CSUM != 0 {
+        ensure(sb[0x175] == 1, || format!("checksum type {}", sb[0x175]))?;
+        let want = le32(sb, 0x3FC);
+        let got = crc32c(!0, &[&sb[..0x3FC]]);
+        ensure(want == got, || {
+            format!("superblock checksum 0x{want:08x}, computed 0x{got:08x}")
+        })?;
+    }
     ensure(incompat & !INCOMPAT_KNOWN == 0, || {
         format!(
             "unknown incompatible features 0x{:x}",
@@ -318,15 +327,6 @@ pub(crate) fn parse_super(sb: &[u8], part_len: u64) -> Result<Super, Fault> {
     })?;
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(bytes(sb, 0x68, 16));
-    let metadata_csum = ro_compat & RO_COMPAT_METADATA_CSUM != 0;
-    if metadata_csum {
-        ensure(sb[0x175] == 1, || format!("checksum type {}", sb[0x175]))?;
-        let want = le32(sb, 0x3FC);
-        let got = crc32c(!0, &[&sb[..0x3FC]]);
-        ensure(want == got, || {
-            format!("superblock checksum 0x{want:08x}, computed 0x{got:08x}")
-        })?;
-    }
     let csum_seed = if incompat & INCOMPAT_CSUM_SEED != 0 {
         le32(sb, 0x270)
     } else {

@@ -5,8 +5,7 @@
 use imgcast_fsmap::{AnalyzeOptions, FsKind, MapMethod};
 
 use crate::{
-    check_files, covered, df, partclone_used, sh, skip, superset_of, Disk, Files, Mount,
-    TestResult,
+    check_files, covered, df, partclone_used, sh, skip, superset_of, Disk, Files, Mount, TestResult,
 };
 
 /// `Block count`, `Free blocks` and `Block size` from `dumpe2fs -h`.
@@ -72,12 +71,18 @@ fn ext_case(name: &str, mkfs: &[&str], mib: u64, kind: FsKind, want_uninit: bool
     }
     // Every block of every kept file, as debugfs lists them.
     for (id, _) in &files.kept {
-        let out = sh("debugfs", &["-R", &format!("blocks /{}", Files::name(*id)), &lo.dev])?;
+        let out = sh(
+            "debugfs",
+            &["-R", &format!("blocks /{}", Files::name(*id)), &lo.dev],
+        )?;
         let list: Vec<u64> = out
             .split_whitespace()
             .map(str::parse)
             .collect::<Result<_, _>>()?;
-        assert!(!list.is_empty(), "{name}: debugfs lists no block of file {id}");
+        assert!(
+            !list.is_empty(),
+            "{name}: debugfs lists no block of file {id}"
+        );
         for b in list {
             assert_eq!(
                 covered(&layout.used, part.start + b * bs, bs),
@@ -110,7 +115,13 @@ fn ext_case(name: &str, mkfs: &[&str], mib: u64, kind: FsKind, want_uninit: bool
 
 #[test]
 fn ext4_4k_default_features() -> TestResult {
-    ext_case("ext4-4k", &["-t", "ext4", "-b", "4096"], 128, FsKind::Ext4, false)
+    ext_case(
+        "ext4-4k",
+        &["-t", "ext4", "-b", "4096"],
+        128,
+        FsKind::Ext4,
+        false,
+    )
 }
 
 #[test]
@@ -175,5 +186,11 @@ fn ext3() -> TestResult {
 
 #[test]
 fn ext2_1k() -> TestResult {
-    ext_case("ext2", &["-t", "ext2", "-b", "1024"], 64, FsKind::Ext2, false)
+    ext_case(
+        "ext2",
+        &["-t", "ext2", "-b", "1024"],
+        64,
+        FsKind::Ext2,
+        false,
+    )
 }

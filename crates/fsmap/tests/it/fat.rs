@@ -68,7 +68,12 @@ fn fat_case(name: &str, mkfs: &[&str], mib: u64, kind: FsKind) -> TestResult {
             fs::write(&host, pattern(id, len))?;
             mtools(
                 "mcopy",
-                &["-i", &img, &host.to_string_lossy(), &format!("::/{}", Files::name(id))],
+                &[
+                    "-i",
+                    &img,
+                    &host.to_string_lossy(),
+                    &format!("::/{}", Files::name(id)),
+                ],
             )?;
         }
         for (id, _) in &files.deleted {
@@ -110,7 +115,11 @@ fn fat_case(name: &str, mkfs: &[&str], mib: u64, kind: FsKind) -> TestResult {
         for (a, b) in chain {
             let start = part.start + data + (a - 2) * cs;
             let len = (b - a + 1) * cs;
-            assert_eq!(covered(&layout.used, start, len), len, "{name}: clusters {a}-{b}");
+            assert_eq!(
+                covered(&layout.used, start, len),
+                len,
+                "{name}: clusters {a}-{b}"
+            );
         }
     }
     if let Some(pc) = pc {
@@ -140,5 +149,10 @@ fn fat32() -> TestResult {
 
 #[test]
 fn fat16_4k_sectors() -> TestResult {
-    fat_case("fat16-4k", &["-F", "16", "-S", "4096", "-s", "1"], 64, FsKind::Fat16)
+    fat_case(
+        "fat16-4k",
+        &["-F", "16", "-S", "4096", "-s", "1"],
+        64,
+        FsKind::Fat16,
+    )
 }

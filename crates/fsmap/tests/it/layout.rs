@@ -10,9 +10,7 @@ use std::path::Path;
 
 use imgcast_fsmap::{AnalyzeOptions, DiskLayout, FsKind, MapMethod, TableKind};
 
-use crate::{
-    check_files, covered, is_root, mtools, pattern, sh, Disk, Files, Loop, TestResult, R,
-};
+use crate::{check_files, covered, is_root, mtools, pattern, sh, Disk, Files, Loop, TestResult, R};
 
 /// Writes the usual files with debugfs and deletes the deleted ones.
 pub(crate) fn debugfs_files(img: &Path, files: &Files, scratch: &Path) -> TestResult {
@@ -25,7 +23,10 @@ pub(crate) fn debugfs_files(img: &Path, files: &Files, scratch: &Path) -> TestRe
         fs::remove_file(host)?;
     }
     for (id, _) in &files.deleted {
-        sh("debugfs", &["-w", "-R", &format!("rm {}", Files::name(*id)), &img])?;
+        sh(
+            "debugfs",
+            &["-w", "-R", &format!("rm {}", Files::name(*id)), &img],
+        )?;
     }
     Ok(())
 }
@@ -36,7 +37,15 @@ pub(crate) fn mtools_files(img: &Path, files: &Files, scratch: &Path) -> TestRes
     for (id, len) in files.all() {
         let host = scratch.join(format!("host{id}"));
         fs::write(&host, pattern(id, len))?;
-        mtools("mcopy", &["-i", &img, &host.to_string_lossy(), &format!("::/{}", Files::name(id))])?;
+        mtools(
+            "mcopy",
+            &[
+                "-i",
+                &img,
+                &host.to_string_lossy(),
+                &format!("::/{}", Files::name(id)),
+            ],
+        )?;
         fs::remove_file(host)?;
     }
     for (id, _) in &files.deleted {
@@ -50,7 +59,14 @@ pub(crate) fn ntfscp_files(img: &Path, files: &Files, scratch: &Path) -> TestRes
     for &(id, len) in &files.kept {
         let host = scratch.join(format!("host{id}"));
         fs::write(&host, pattern(id, len))?;
-        sh("ntfscp", &[&img.to_string_lossy(), &host.to_string_lossy(), &Files::name(id)])?;
+        sh(
+            "ntfscp",
+            &[
+                &img.to_string_lossy(),
+                &host.to_string_lossy(),
+                &Files::name(id),
+            ],
+        )?;
         fs::remove_file(host)?;
     }
     Ok(())
@@ -147,7 +163,11 @@ fn check_everything(disk: &Disk, files: &Files, l: &DiskLayout, sfdisk_json: &st
             ("BIOS boot".into(), FsKind::Unknown, MapMethod::Whole),
             ("Linux filesystem".into(), FsKind::Ext4, MapMethod::Bitmap),
             ("EFI System".into(), FsKind::Fat16, MapMethod::Bitmap),
-            ("Microsoft basic data".into(), FsKind::Ntfs, MapMethod::Bitmap),
+            (
+                "Microsoft basic data".into(),
+                FsKind::Ntfs,
+                MapMethod::Bitmap
+            ),
             ("Linux swap".into(), FsKind::Swap, MapMethod::HeaderOnly),
             ("Linux filesystem".into(), FsKind::Unknown, MapMethod::Whole),
         ]
@@ -155,7 +175,14 @@ fn check_everything(disk: &Disk, files: &Files, l: &DiskLayout, sfdisk_json: &st
     let labels: Vec<Option<&str>> = l.partitions.iter().map(|p| p.fs.label.as_deref()).collect();
     assert_eq!(
         labels,
-        [None, Some("root"), Some("EFI"), Some("win"), Some("swp"), None]
+        [
+            None,
+            Some("root"),
+            Some("EFI"),
+            Some("win"),
+            Some("swp"),
+            None
+        ]
     );
     let swap = &l.partitions[4].fs;
     assert_eq!((swap.used_bytes, swap.block_size), (4096, 4096));
@@ -254,7 +281,11 @@ fn superfloppy_filesystem_without_table() -> TestResult {
     for (mkfs, args, kind) in [
         ("mkfs.vfat", vec!["-F", "32", "-n", "FLOPPY"], FsKind::Fat32),
         ("mkfs.ext4", vec!["-q", "-F", "-L", "FLOPPY"], FsKind::Ext4),
-        ("mkntfs", vec!["-Q", "-F", "-q", "-L", "FLOPPY"], FsKind::Ntfs),
+        (
+            "mkntfs",
+            vec!["-Q", "-F", "-q", "-L", "FLOPPY"],
+            FsKind::Ntfs,
+        ),
     ] {
         let img = dir.path().join("floppy.img");
         fs::File::create(&img)?.set_len(64 << 20)?;
@@ -266,7 +297,12 @@ fn superfloppy_filesystem_without_table() -> TestResult {
         assert_eq!(l.table, TableKind::None, "{mkfs}");
         assert!(l.partitions.is_empty());
         let w = l.whole.as_ref().ok_or("no whole")?;
-        assert_eq!((w.kind.clone(), w.method), (kind, MapMethod::Bitmap), "{mkfs}: {:?}", w.note);
+        assert_eq!(
+            (w.kind.clone(), w.method),
+            (kind, MapMethod::Bitmap),
+            "{mkfs}: {:?}",
+            w.note
+        );
         assert_eq!(w.label.as_deref(), Some("FLOPPY"));
         assert_eq!(l.used.total(), w.used_bytes);
         assert!(w.used_bytes < 32 << 20, "{mkfs}: {} used", w.used_bytes);

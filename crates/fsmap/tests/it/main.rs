@@ -286,13 +286,18 @@ pub(crate) fn splice(src: &Path, dst: &Path, offset: u64) -> TestResult {
 
 /// The partitions of `disk` from `sfdisk -J`.
 pub(crate) fn sfdisk_parts(disk: &Path) -> R<Vec<Part>> {
-    let j: serde_json::Value = serde_json::from_str(&sh("sfdisk", &["-J", &disk.to_string_lossy()])?)?;
+    let j: serde_json::Value =
+        serde_json::from_str(&sh("sfdisk", &["-J", &disk.to_string_lossy()])?)?;
     let t = &j["partitiontable"];
     let ss = t["sectorsize"].as_u64().unwrap_or(512);
     let mut out = Vec::new();
     for p in t["partitions"].as_array().ok_or("no partitions")? {
         let node = p["node"].as_str().ok_or("no node")?;
-        let digits: String = node.chars().rev().take_while(char::is_ascii_digit).collect();
+        let digits: String = node
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect();
         let number: u32 = digits.chars().rev().collect::<String>().parse()?;
         out.push(Part {
             number,
@@ -492,7 +497,10 @@ pub(crate) fn superset_of(
     }
     let o = covered(ours, part.start, part.size);
     let t = covered(theirs, part.start, part.size);
-    assert_eq!(missing, 0, "{what}: {missing} bytes {what} uses are not in ours");
+    assert_eq!(
+        missing, 0,
+        "{what}: {missing} bytes {what} uses are not in ours"
+    );
     assert!(
         o <= t + slack,
         "{what}: ours is {o} bytes, partclone's {t}: more than {slack} bigger"

@@ -25,8 +25,15 @@ pub(crate) fn mbr_disk() -> R<(Disk, Files)> {
         kept: vec![(31, 128 << 10)],
         deleted: vec![],
     };
-    disk.format(3, "mkntfs", &["-Q", "-F", "-q"], |f| ntfscp_files(f, &nf, &scratch))?;
-    disk.format(5, "mkfs.ext2", &["-q", "-F", "-b", "1024", "-L", "logical"], |_| Ok(()))?;
+    disk.format(3, "mkntfs", &["-Q", "-F", "-q"], |f| {
+        ntfscp_files(f, &nf, &scratch)
+    })?;
+    disk.format(
+        5,
+        "mkfs.ext2",
+        &["-q", "-F", "-b", "1024", "-L", "logical"],
+        |_| Ok(()),
+    )?;
     disk.format(6, "mkswap", &[], |_| Ok(()))?;
     let p7 = disk.part(7)?;
     fs::OpenOptions::new()
@@ -57,7 +64,11 @@ fn mbr_with_extended_and_logicals() -> TestResult {
 
     // Primaries and logicals as sfdisk numbers them; the container is not
     // a partition of its own.
-    let ours: Vec<(u32, u64, u64)> = l.partitions.iter().map(|p| (p.number, p.start, p.size)).collect();
+    let ours: Vec<(u32, u64, u64)> = l
+        .partitions
+        .iter()
+        .map(|p| (p.number, p.start, p.size))
+        .collect();
     let theirs: Vec<(u32, u64, u64)> = disk
         .parts
         .iter()

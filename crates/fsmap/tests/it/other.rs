@@ -5,7 +5,13 @@ use imgcast_fsmap::{AnalyzeOptions, FsKind, MapMethod};
 
 use crate::{check_files, have, sh, skip, Disk, Files, Mount, TestResult};
 
-fn partclone_case(name: &str, mkfs: &[&str], fstype: &str, mount_opts: &str, mib: u64) -> TestResult {
+fn partclone_case(
+    name: &str,
+    mkfs: &[&str],
+    fstype: &str,
+    mount_opts: &str,
+    mib: u64,
+) -> TestResult {
     if skip(name) {
         return Ok(());
     }
@@ -31,7 +37,11 @@ fn partclone_case(name: &str, mkfs: &[&str], fstype: &str, mount_opts: &str, mib
     assert_eq!(p.fs.method, MapMethod::Whole);
     assert_eq!(p.fs.used_bytes, part.size);
     let note = format!("partition 1 ({fstype}): imaged whole: partclone.{fstype} not used");
-    assert!(layout.notes.iter().any(|n| n.starts_with(&note)), "{:?}", layout.notes);
+    assert!(
+        layout.notes.iter().any(|n| n.starts_with(&note)),
+        "{:?}",
+        layout.notes
+    );
 
     if !have(&format!("partclone.{fstype}")) {
         eprintln!("SKIPPED {name} (partclone part): partclone.{fstype} not installed");
@@ -40,18 +50,31 @@ fn partclone_case(name: &str, mkfs: &[&str], fstype: &str, mount_opts: &str, mib
     let layout = disk.analyze(&AnalyzeOptions::default())?;
     let p = layout.partition(1).ok_or("no partition 1")?;
     assert_eq!(p.fs.method, MapMethod::Partclone, "{:?}", p.fs.note);
-    assert!(p.fs.used_bytes < part.size / 2, "{name}: {} used", p.fs.used_bytes);
+    assert!(
+        p.fs.used_bytes < part.size / 2,
+        "{name}: {} used",
+        p.fs.used_bytes
+    );
     check_files(&layout.used, &disk.path, &part, &files)?;
     // The loop device made for partclone is gone.
     let left = sh("losetup", &["-j", &disk_arg])?;
     assert!(left.trim().is_empty(), "loop device left behind: {left}");
-    eprintln!("{name}: partclone map {} of {} bytes", p.fs.used_bytes, part.size);
+    eprintln!(
+        "{name}: partclone map {} of {} bytes",
+        p.fs.used_bytes, part.size
+    );
     Ok(())
 }
 
 #[test]
 fn xfs_by_partclone_or_whole() -> TestResult {
-    partclone_case("xfs", &["mkfs.xfs", "-q", "-f", "-L", "pclbl"], "xfs", "", 300)
+    partclone_case(
+        "xfs",
+        &["mkfs.xfs", "-q", "-f", "-L", "pclbl"],
+        "xfs",
+        "",
+        300,
+    )
 }
 
 #[test]

@@ -75,7 +75,10 @@ fn dirty_ext4_refused_unless_forced() -> TestResult {
         debugfs_on_part(&disk, cmd)?;
         let m = refused(&disk.path)?;
         assert!(m.contains("partition 1 (ext4): marked"), "{cmd}: {m}");
-        assert!(m.contains(reason) || m.contains(&reason.replace(' ', "_")), "{cmd}: {m}");
+        assert!(
+            m.contains(reason) || m.contains(&reason.replace(' ', "_")),
+            "{cmd}: {m}"
+        );
         assert!(m.contains("force"), "{m}");
         forced(&disk.path, "marked")?;
     }
@@ -88,7 +91,10 @@ fn dirty_fat_refused_unless_forced() -> TestResult {
     let disk = Disk::gpt(40, &[("32M", "0700", "")])?;
     disk.format(1, "mkfs.vfat", &["-F", "16"], |_| Ok(()))?;
     let p = disk.part(1)?.clone();
-    let f = fs::OpenOptions::new().read(true).write(true).open(&disk.path)?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk.path)?;
     let mut bs = [0u8; 512];
     f.read_exact_at(&mut bs, p.start)?;
     let bps = u64::from(u16::from_le_bytes([bs[11], bs[12]]));
@@ -176,7 +182,10 @@ fn dirty_ntfs_refused_unless_forced() -> TestResult {
         Ok(())
     })?;
     let m = refused(&disk.path)?;
-    assert!(m.contains("partition 1 (ntfs): marked dirty ($Volume dirty flag)"), "{m}");
+    assert!(
+        m.contains("partition 1 (ntfs): marked dirty ($Volume dirty flag)"),
+        "{m}"
+    );
     forced(&disk.path, "$Volume")?;
     Ok(())
 }
@@ -194,7 +203,9 @@ fn mounted_read_write_refused_read_only_fine() -> TestResult {
         let dir = m.path().display().to_string();
         let msg = refused(&disk.path)?;
         assert!(
-            msg.contains(&format!("partition 1 (ext4): mounted read-write on {dir} (/dev/loop")),
+            msg.contains(&format!(
+                "partition 1 (ext4): mounted read-write on {dir} (/dev/loop"
+            )),
             "{msg}"
         );
         assert!(msg.contains("force"), "{msg}");
@@ -202,7 +213,10 @@ fn mounted_read_write_refused_read_only_fine() -> TestResult {
         let size = fs::metadata(&disk.path)?.len();
         let lo = Loop::attach(&disk.path, 0, size, true)?;
         let msg = refused(Path::new(&lo.dev))?;
-        assert!(msg.contains(&format!("mounted read-write on {dir}")), "{msg}");
+        assert!(
+            msg.contains(&format!("mounted read-write on {dir}")),
+            "{msg}"
+        );
         drop(lo);
         forced(&disk.path, "mounted read-write")?;
         m.unmount()?;
@@ -212,9 +226,9 @@ fn mounted_read_write_refused_read_only_fine() -> TestResult {
     let l = analyze(&disk.path, &AnalyzeOptions::default())?;
     let dir = m.path().display().to_string();
     assert!(
-        l.notes
-            .iter()
-            .any(|n| n.starts_with("partition 1 (ext4): mounted read-only on ") && n.contains(&dir)),
+        l.notes.iter().any(
+            |n| n.starts_with("partition 1 (ext4): mounted read-only on ") && n.contains(&dir)
+        ),
         "{:?}",
         l.notes
     );
