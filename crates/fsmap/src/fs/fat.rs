@@ -315,7 +315,7 @@ pub(crate) fn map(region: &Region, s: &[u8]) -> Result<Mapped, Fault> {
     let mut notes = Vec::new();
     if differing > 0 {
         notes.push(format!(
-            "the FAT copies differ in {differing} entries: clusters used in any copy are kept"
+            "the FAT copies differ in {differing} of their entries: clusters used in any copy are kept"
         ));
     }
     if bad_clusters > 0 {

@@ -156,3 +156,60 @@ fn fat16_4k_sectors() -> TestResult {
         FsKind::Fat16,
     )
 }
+
+#[test]
+fn fat_bad_clusters_and_differing_copies() -> TestResult {
+    use std::os::unix::fs::FileExt;
+    let disk = Disk::gpt(40, &[("32M", "0700", "")])?;
+    let files = Files {
+        kept: vec![(41, 64 << 10)],
+        deleted: vec![],
+    };
+    let scratch = disk.dir.path().to_path_buf();
+    let geometry = RefCell::new((0u64, 0u64));
+    disk.format(1, "mkfs.vfat", &["-F", "16"], |img| {
+        crate::layout::mtools_files(img, &files, &scratch)?;
+        let f = fs::OpenOptions::new().read(true).write(true).open(img)?;
+        let mut bs = [0u8; 512];
+        f.read_exact_at(&mut bs, 0)?;
+        let bps = u64::from(u16::from_le_bytes([bs[11], bs[12]]));
+        let cs = bps * u64::from(bs[13]);
+        let rsvd = u64::from(u16::from_le_bytes([bs[14], bs[15]]));
+        let fatsz = u64::from(u16::from_le_bytes([bs[22], bs[23]]));
+        let root = u64::from(u16::from_le_bytes([bs[17], bs[18]])) * 32;
+        let data = (rsvd + 2 * fatsz) * bps + root.div_ceil(bps) * bps;
+        // Clusters 1000 and 1001 are free after one small file.
+        for (copy, cluster, value) in [(0, 1000, 0xFFF7u16), (1, 1000, 0xFFF7), (1, 1001, 0xFFFF)] {
+            let at = (rsvd + copy * fatsz) * bps + cluster * 2;
+            let mut e = [0u8; 2];
+            f.read_exact_at(&mut e, at)?;
+            assert_eq!(e, [0, 0], "cluster {cluster} was free");
+            f.write_all_at(&value.to_le_bytes(), at)?;
+        }
+        *geometry.borrow_mut() = (data, cs);
+        Ok(())
+    })?;
+    let (data, cs) = geometry.into_inner();
+    let p = disk.part(1)?.clone();
+    let l = disk.analyze(&AnalyzeOptions::default())?;
+    let fs = &l.partition(1).ok_or("no partition 1")?.fs;
+    let at = |c: u64| p.start + data + (c - 2) * cs;
+    assert_eq!(
+        covered(&l.used, at(1000), cs),
+        0,
+        "a bad cluster is not imaged"
+    );
+    assert_eq!(
+        covered(&l.used, at(1001), cs),
+        cs,
+        "used in one FAT copy: kept"
+    );
+    let note = fs.note.clone().unwrap_or_default();
+    assert!(note.contains("differ in 1 of their entries"), "{note}");
+    assert!(
+        note.contains("1 cluster(s) marked bad are not imaged"),
+        "{note}"
+    );
+    check_files(&l.used, &disk.path, &p, &files)?;
+    Ok(())
+}
