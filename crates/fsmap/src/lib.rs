@@ -153,7 +153,7 @@ pub fn analyze(path: &Path, opts: &AnalyzeOptions) -> Result<DiskLayout, FsmapEr
         }
         Detected::None => {
             let region = disk.region();
-            let m = fs::map(&region, opts)?;
+            let m = judge.map(&region, opts)?;
             judge.check("the disk", &m, &region);
             add_shifted(&mut layout.used, &m, &region);
             layout.whole = Some(info(&m, &region));
@@ -167,7 +167,7 @@ pub fn analyze(path: &Path, opts: &AnalyzeOptions) -> Result<DiskLayout, FsmapEr
             parts.sort_by_key(|p| p.start);
             for p in parts {
                 let region = disk.sub(p.start, p.size);
-                let m = fs::map(&region, opts)?;
+                let m = judge.map(&region, opts)?;
                 let place = format!("partition {}", p.number);
                 judge.check(&place, &m, &region);
                 add_shifted(&mut layout.used, &m, &region);
@@ -222,6 +222,22 @@ struct Judge<'a> {
 }
 
 impl Judge<'_> {
+    /// Maps `region`; one that is mounted read-write is about to be refused
+    /// (unless forced), so it gets only the cheap look that names its
+    /// filesystem, without partclone.
+    fn map(&self, region: &Region, opts: &AnalyzeOptions) -> Result<Mapped, FsmapError> {
+        let (start, end) = (region.start, region.start + region.len);
+        let rw = self
+            .mounts
+            .iter()
+            .any(|u| u.rw && u.start < end && start < u.end);
+        if rw && !self.force {
+            fs::map(region, &opts.clone().use_partclone(false))
+        } else {
+            fs::map(region, opts)
+        }
+    }
+
     fn refuse(&mut self, place: &str, m: &Mapped, reason: String) {
         if self.force {
             self.notes.push(format!(

@@ -153,3 +153,61 @@ pub(crate) fn other(region: &Region) -> Result<Option<Found>, FsmapError> {
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::io::Disk;
+
+    fn probe(
+        at: usize,
+        magic: &[u8],
+    ) -> Result<(Option<Found>, Option<SwapHeader>), Box<dyn std::error::Error>> {
+        let mut img = vec![0u8; 256 << 10];
+        img[at..at + magic.len()].copy_from_slice(magic);
+        let mut f = tempfile::NamedTempFile::new()?;
+        f.write_all(&img)?;
+        let d = Disk::open(f.path())?;
+        let r = d.region();
+        Ok((other(&r)?, swap(&r)?))
+    }
+
+    #[test]
+    fn signatures() -> Result<(), Box<dyn std::error::Error>> {
+        let name = |at, magic: &[u8]| -> Result<Option<String>, Box<dyn std::error::Error>> {
+            Ok(probe(at, magic)?.0.map(|f| f.name))
+        };
+        assert_eq!(name(0, b"XFSB\0\0\x10\0")?.as_deref(), Some("xfs"));
+        assert_eq!(name(0x10040, b"_BHRfS_M")?.as_deref(), Some("btrfs"));
+        assert_eq!(
+            name(512, b"LABELONE\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0LVM2 001")?.as_deref(),
+            Some("LVM2")
+        );
+        assert_eq!(name(3, b"EXFAT   ")?.as_deref(), Some("exfat"));
+        assert_eq!(
+            name(1024, &0xF2F5_2010u32.to_le_bytes())?.as_deref(),
+            Some("f2fs")
+        );
+        assert_eq!(
+            name(4096, &0xA92B_4EFCu32.to_le_bytes())?.as_deref(),
+            Some("linux_raid_member")
+        );
+        assert_eq!(name(32769, b"CD001")?.as_deref(), Some("iso9660"));
+        let luks = probe(0, b"LUKS\xba\xbe")?.0.ok_or("no LUKS")?;
+        assert_eq!((luks.partclone, luks.whole_because.is_some()), (None, true));
+        let xfs = probe(0, b"XFSB\0\0\x10\0")?.0.ok_or("no xfs")?;
+        assert_eq!((xfs.partclone, xfs.block_size), (Some("xfs"), 4096));
+        assert_eq!(name(100, b"nothing")?, None);
+
+        let (_, sw) = probe(4096 - 10, b"SWAPSPACE2")?;
+        let sw = sw.ok_or("no swap")?;
+        assert_eq!((sw.page_size, sw.hibernation), (4096, false));
+        let (_, sw) = probe(65536 - 10, b"SWAPSPACE2")?;
+        assert_eq!(sw.map(|s| s.page_size), Some(65536));
+        let (_, sw) = probe(4096 - 10, b"S1SUSPEND\0")?;
+        assert!(sw.is_some_and(|s| s.hibernation));
+        Ok(())
+    }
+}
