@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod after;
 mod error;
 mod fit;
 mod fs;
@@ -35,6 +36,7 @@ mod report;
 mod table;
 mod target;
 
+pub use after::{after_restore, AfterReport, AfterRestore};
 pub use error::RetargetError;
 pub use fit::{fit_table, FitOptions};
 pub use place::{read_record, write_record, RecordPlace};
