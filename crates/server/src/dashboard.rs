@@ -83,16 +83,17 @@ function renderSession(s) {
     el('span', { class: 'muted' }, '#' + s.id + ' · image ' + s.image + ' · run ' + s.run + ' · ' + human(s.disk_size) + (s.bytes_sent ? ' · sent ' + human(s.bytes_sent) : '')),
     ...buttons));
   if (s.error) box.append(el('div', { class: 'msg' }, s.error));
-  const t = el('table', {}, el('tr', {}, el('th', {}, 'client'), el('th', {}, 'run'), el('th', {}, 'progress'), el('th', {}, ''), el('th', {}, 'rate'), el('th', {}, 'result')));
+  const t = el('table', {}, el('tr', {}, el('th', {}, 'client'), el('th', {}, 'run'), el('th', {}, 'progress'), el('th', {}, ''), el('th', {}, 'rate'), el('th', {}, 'result'), el('th', {}, 'note')));
   for (const c of s.clients) {
     const pct = c.total ? Math.floor(100 * c.done / c.total) : 0;
     const bar = el('div', { class: 'bar' }, el('div', { style: 'width:' + pct + '%' }));
     const res = c.result == null ? (live ? '…' : '') : c.result;
     t.append(el('tr', { class: 'client-row', 'data-client': c.addr }, el('td', {}, c.addr), el('td', {}, c.run), el('td', {}, bar),
       el('td', { class: 'pct' }, pct + '%'), el('td', {}, c.rate ? human(c.rate) + '/s' : ''),
-      el('td', { class: c.result === 'done' ? 'result-done' : (c.result ? 'result-bad' : '') }, res)));
+      el('td', { class: c.result === 'done' ? 'result-done' : (c.result ? 'result-bad' : '') }, res),
+      el('td', { class: 'muted note' }, c.note || '')));
   }
-  if (!s.clients.length) t.append(el('tr', {}, el('td', { colspan: 6, class: 'muted' }, 'waiting for clients: img -session ' + s.name + ' -client -disk=TARGET')));
+  if (!s.clients.length) t.append(el('tr', {}, el('td', { colspan: 7, class: 'muted' }, 'waiting for clients: img -session ' + s.name + ' -client -disk=TARGET')));
   box.append(t);
   if (s.queued.length) box.append(el('div', { class: 'muted queued' }, 'queued for the next run: ' + s.queued.join(', ')));
   return box;

@@ -66,6 +66,10 @@ pub(crate) struct ClientView {
     pub(crate) rate: f64,
     /// `null` while it runs; then `done`, `failed: WHY` or `dropped: WHY`.
     pub(crate) result: Option<String>,
+    /// What the client reported besides its result (where it kept its image-safe record), and
+    /// the chunks it had to fetch again; empty when there is nothing to say.
+    #[serde(default)]
+    pub(crate) note: String,
     #[serde(skip)]
     sample: Option<(Instant, u64)>,
 }
@@ -218,6 +222,14 @@ fn run_session(shared: &Arc<Shared>, live: &Arc<Live>, mut cfg: MasterConfig) {
                         {
                             c.done = c.done.max(row.bytes);
                             c.rate = 0.0;
+                            let mut note = Vec::new();
+                            if row.rejected > 0 {
+                                note.push(format!("{} bad chunk(s) fetched again", row.rejected));
+                            }
+                            if !row.note.is_empty() {
+                                note.push(row.note.clone());
+                            }
+                            c.note = note.join("; ");
                             if c.result.is_none() {
                                 c.result = Some(if r.aborted {
                                     "aborted".to_string()
@@ -312,6 +324,7 @@ fn on_event(shared: &Arc<Shared>, live: &Arc<Live>, ev: SessionEvent) {
                     total,
                     rate: 0.0,
                     result: None,
+                    note: String::new(),
                     sample: None,
                 });
                 shared.metrics.add_client();
