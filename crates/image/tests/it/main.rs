@@ -5,6 +5,7 @@ mod enospc;
 mod loopdev;
 mod pipeline;
 mod roundtrip;
+mod v1compat;
 
 use std::fs;
 use std::path::{Path, PathBuf};
