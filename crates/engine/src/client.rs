@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use imgcast_image::{
-    self as image, ChunkKind, DiskTarget, EncodedChunk, Geometry, RootHasher, TargetOptions,
-};
+use imgcast_image::{self as image, DiskTarget, EncodedChunk, Geometry, RootHasher, TargetOptions};
 use imgcast_proto::{self as proto, SessionKey, SessionName};
 
 use crate::io::Net;
@@ -138,7 +136,7 @@ impl Restore {
     /// Checks the root hash and writes the held-back first chunk; after this
     /// the target is a finished copy.
     fn finish(&mut self) -> Result<[u8; 32], EngineError> {
-        let mut root = RootHasher::new(self.geometry.disk_size, self.geometry.chunk_size);
+        let mut root = RootHasher::new(&self.geometry);
         for h in &self.hashes {
             root.push(
                 h.as_ref()
@@ -189,13 +187,8 @@ fn write_one(
             chunk.index
         )));
     }
-    // decode_into checks the chunk's hash: nothing unverified reaches the disk.
-    let bytes = chunk.verified(raw, dec)?;
-    if chunk.kind == ChunkKind::Hole {
-        target.write_hole(index)?;
-    } else {
-        target.write_chunk(index, bytes)?;
-    }
+    // verified checks the chunk's hash: nothing unverified reaches the disk.
+    target.write(&chunk.verified(raw, dec)?)?;
     Ok(chunk.hash)
 }
 
