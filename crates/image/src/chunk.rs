@@ -94,6 +94,69 @@ fn hash_v2_raw(used: &BlockMap, block_size: u32, raw: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Feeds a BLAKE3 hasher in large pieces: BLAKE3 hashes many 1 KiB chunks
+/// at once only within one `update`, so a chunk whose data and zero blocks
+/// alternate every 4 KiB is staged into 64 KiB pieces first (hashing it
+/// block by block cost a third more CPU for the whole restore).
+struct Staged {
+    hasher: blake3::Hasher,
+    stage: Vec<u8>,
+}
+
+/// Pieces at least this long go to the hasher directly.
+const STAGE_DIRECT: usize = 16 << 10;
+/// Size of the staging buffer.
+const STAGE_LEN: usize = 64 << 10;
+
+impl Staged {
+    fn new() -> Self {
+        Self {
+            hasher: blake3::Hasher::new(),
+            stage: Vec::with_capacity(STAGE_LEN),
+        }
+    }
+
+    fn flush(&mut self) {
+        self.hasher.update(&self.stage);
+        self.stage.clear();
+    }
+
+    fn bytes(&mut self, mut b: &[u8]) {
+        if self.stage.is_empty() && b.len() >= STAGE_DIRECT {
+            self.hasher.update(b);
+            return;
+        }
+        while !b.is_empty() {
+            let n = b.len().min(STAGE_LEN - self.stage.len());
+            self.stage.extend_from_slice(&b[..n]);
+            b = &b[n..];
+            if self.stage.len() == STAGE_LEN {
+                self.flush();
+            }
+        }
+    }
+
+    fn zeros(&mut self, mut len: usize) {
+        if self.stage.is_empty() && len >= STAGE_DIRECT {
+            hash_zeros(&mut self.hasher, len);
+            return;
+        }
+        while len > 0 {
+            let n = len.min(STAGE_LEN - self.stage.len());
+            self.stage.resize(self.stage.len() + n, 0);
+            len -= n;
+            if self.stage.len() == STAGE_LEN {
+                self.flush();
+            }
+        }
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        self.flush();
+        *self.hasher.finalize().as_bytes()
+    }
+}
+
 /// The same hash from what an image stores: the data blocks back to back
 /// (`data_bytes`) and zeros for the other used blocks. `None` if
 /// `data_bytes` does not hold exactly the data blocks.
@@ -104,8 +167,8 @@ fn hash_v2_data(
     raw_len: u32,
     data_bytes: &[u8],
 ) -> Option<[u8; 32]> {
-    let mut h = blake3::Hasher::new();
-    h.update(used.as_bytes());
+    let mut h = Staged::new();
+    h.bytes(used.as_bytes());
     let mut cursor = 0usize;
     for run in used.runs() {
         let mut b = run.start;
@@ -117,16 +180,15 @@ fn hash_v2_data(
             }
             let r = byte_range(&(b..e), block_size, raw_len);
             if is_data {
-                let piece = data_bytes.get(cursor..cursor + r.len())?;
-                h.update(piece);
+                h.bytes(data_bytes.get(cursor..cursor + r.len())?);
                 cursor += r.len();
             } else {
-                hash_zeros(&mut h, r.len());
+                h.zeros(r.len());
             }
             b = e;
         }
     }
-    (cursor == data_bytes.len()).then(|| *h.finalize().as_bytes())
+    (cursor == data_bytes.len()).then(|| h.finish())
 }
 
 /// A reusable compression context; keep one per worker thread (zstd
@@ -979,6 +1041,31 @@ mod tests {
     fn zero_hash_matches_blake3() {
         for n in [0u32, 1, 4096, 100_000] {
             assert_eq!(zero_hash(n), *blake3::hash(&vec![0; n as usize]).as_bytes());
+        }
+    }
+
+    #[test]
+    fn staged_hashing_is_plain_blake3() {
+        let data = pseudo_random(300_000, 9);
+        for pieces in [
+            vec![1usize, 4096, 0, 70_000, 3, 100_000],
+            vec![16384; 10],
+            vec![65536, 1],
+        ] {
+            let mut h = Staged::new();
+            let mut want = Vec::new();
+            let mut at = 0;
+            for (k, n) in pieces.into_iter().enumerate() {
+                if k % 2 == 0 {
+                    h.bytes(&data[at..at + n]);
+                    want.extend_from_slice(&data[at..at + n]);
+                    at += n;
+                } else {
+                    h.zeros(n);
+                    want.resize(want.len() + n, 0);
+                }
+            }
+            assert_eq!(h.finish(), *blake3::hash(&want).as_bytes());
         }
     }
 

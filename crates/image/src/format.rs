@@ -409,17 +409,18 @@ impl Geometry {
     /// The same geometry with another smallest target size (at most the
     /// disk size).
     pub fn with_min_target_size(mut self, min_target_size: u64) -> Result<Self, ImageError> {
-        if min_target_size > self.disk_size || (self.major < 2 && min_target_size != self.disk_size)
-        {
-            return Err(ImageError::InvalidGeometry {
-                reason: format!(
-                    "smallest target size {min_target_size} exceeds the disk size {}",
-                    self.disk_size
-                ),
-            });
-        }
-        self.min_target_size = min_target_size;
-        Ok(self)
+        let reason = if min_target_size > self.disk_size {
+            format!(
+                "smallest target size {min_target_size} exceeds the disk size {}",
+                self.disk_size
+            )
+        } else if self.major < 2 && min_target_size != self.disk_size {
+            "format 1 images have no smallest target size".to_string()
+        } else {
+            self.min_target_size = min_target_size;
+            return Ok(self);
+        };
+        Err(ImageError::InvalidGeometry { reason })
     }
 
     /// Disk offset of chunk `index`.

@@ -19,17 +19,19 @@ impl BufferPool {
         Self { tx, rx }
     }
 
-    /// An empty buffer, reused when one is idle.
+    /// A buffer, reused when one is idle. Its length and contents are what
+    /// the last user left: callers set the length they need (`resize` then
+    /// only fills what grows, so same-size chunks cost no memset) and
+    /// overwrite what they read.
     pub(crate) fn get(&self) -> Vec<u8> {
         self.rx.try_recv().unwrap_or_default()
     }
 
     /// Gives a buffer back (dropped when the pool is full).
-    pub(crate) fn put(&self, mut buf: Vec<u8>) {
+    pub(crate) fn put(&self, buf: Vec<u8>) {
         if buf.capacity() == 0 {
             return;
         }
-        buf.clear();
         let _ = self.tx.try_send(buf);
     }
 }
@@ -46,7 +48,7 @@ mod tests {
         let ptr = a.as_ptr();
         pool.put(a);
         let b = pool.get();
-        assert!(b.is_empty() && b.capacity() >= 1000 && b.as_ptr() == ptr);
+        assert!(b.capacity() >= 1000 && b.as_ptr() == ptr);
         for _ in 0..5 {
             pool.put(vec![0; 10]);
         }

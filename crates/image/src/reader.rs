@@ -386,7 +386,7 @@ impl ImageReader {
         let mut head = vec![0u8; hl + e.maps_len as usize];
         read(&mut head, e.offset)?;
         let rec = check_record(&head[..hl], i, e.offset, &g, Some(e))?;
-        payload.clear();
+        // A reused buffer: resize only fills what grows; the read overwrites all.
         payload.resize(e.stored_len as usize, 0);
         read(&mut payload, e.offset + hl as u64 + u64::from(e.maps_len))?;
         let (chunk, used_len) = build_chunk(&rec, &head[hl..], payload, &g, e.offset)?;
@@ -631,7 +631,6 @@ impl<R: Read> StreamReader<R> {
         // Bounded by the geometry: check_record checked maps_len exactly.
         let mut maps = vec![0u8; rec.maps_len as usize];
         self.read_exact_or(&mut maps, || format!("chunk {i} record"), at)?;
-        payload.clear();
         payload.resize(rec.stored_len as usize, 0);
         self.read_exact_or(&mut payload, || format!("chunk {i} record"), at)?;
         let (chunk, used_len) = build_chunk(&rec, &maps, payload, &g, at)?;

@@ -7,7 +7,7 @@
 //! | run | regular file (fresh, truncated) | block device |
 //! |---|---|---|
 //! | data blocks | written | written |
-//! | used-zero blocks | left as a hole (reads as zero) | zeroed: written as zeros with the data around them when shorter than 64 KiB, `BLKZEROOUT` otherwise |
+//! | used-zero blocks | left as a hole (reads as zero); a run shorter than 64 KiB between data is written as zeros with that data | zeroed: written as zeros with the data around them when shorter than 64 KiB, `BLKZEROOUT` otherwise |
 //! | free blocks | left as a hole | not touched; `BLKDISCARD`ed with [`TargetOptions::discard`] |
 //! | at or beyond the target's end | — | — (allowed only past the image's smallest target size) |
 //!
@@ -35,7 +35,10 @@ use crate::writer::now_unix;
 use crate::ImageError;
 
 /// Used-zero runs shorter than this are written as zeros along with the
-/// data around them (one large write) instead of a `BLKZEROOUT` each.
+/// data around them (one large write) instead of a `BLKZEROOUT` each on a
+/// device, or a hole each on a file (which would cut it into an extent per
+/// block: restoring a 1 GiB disk with 4 KiB zero blocks scattered through
+/// its data took 3.4 s instead of 2.7 s).
 const INLINE_ZERO_MAX: u64 = 64 << 10;
 /// A merged write is cut at this size (it may be larger when one run is).
 const MAX_WRITE: u64 = 8 << 20;
@@ -603,12 +606,15 @@ impl<'t> RunWriter<'t> {
                 }
                 RunKind::Zero => {
                     bump(&t.counters.zero, len);
-                    if !device {
-                        continue; // a fresh file reads as zero
-                    }
-                    if len < INLINE_ZERO_MAX {
+                    // A fresh file reads as zero: there a short zero run is
+                    // written only between data (so the data goes out in one
+                    // write and the file is not cut into an extent per
+                    // block; trailing zeros are trimmed at flush).
+                    let after_data =
+                        self.write_len > 0 && self.write_start + self.write_len == start;
+                    if len < INLINE_ZERO_MAX && (device || after_data) {
                         self.push_write(start, len, Piece::Zeros(len as usize), resolve)?;
-                    } else {
+                    } else if device {
                         self.zero = match self.zero.take() {
                             Some(z) if z.end == start => Some(z.start..start + len),
                             other => {
@@ -664,10 +670,18 @@ impl<'t> RunWriter<'t> {
     }
 
     fn flush_write(&mut self, resolve: Resolve<'_, '_>) -> Result<(), ImageError> {
+        let t = self.target;
+        if t.kind != DiskKind::BlockDevice {
+            // Zeros at the end of a write to a file would only fill a hole.
+            while let Some(Piece::Zeros(n)) = self.pieces.last() {
+                self.write_len -= *n as u64;
+                self.pieces.pop();
+            }
+        }
         if self.write_len == 0 {
+            self.pieces.clear();
             return Ok(());
         }
-        let t = self.target;
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(self.pieces.len());
         for p in &self.pieces {
             match p {

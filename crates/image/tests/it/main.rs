@@ -84,7 +84,7 @@ pub(crate) fn extents(spans: &[(u64, u64)]) -> Extents {
 
 /// Whether byte `i` of a disk is kept by a map rounded out to `block`s.
 pub(crate) fn kept(map: &Extents, block: u64, size: u64, i: u64) -> bool {
-    map.rounded_out(block, size).contains(i)
+    map.clipped(size).rounded_out(block, size).contains(i)
 }
 
 /// True when running as root (loop devices and tmpfs mounts possible).

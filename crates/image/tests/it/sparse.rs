@@ -44,7 +44,7 @@ fn map(len: u64) -> Extents {
 fn check(back: &[u8], disk: &[u8], map: &Extents, block: u64, free: Option<&dyn Fn(u64) -> u8>) {
     assert!(back.len() >= disk.len());
     let size = disk.len() as u64;
-    let kept_map = map.rounded_out(block, size);
+    let kept_map = map.clipped(size).rounded_out(block, size);
     for (i, (&b, &d)) in back.iter().zip(disk).enumerate() {
         let i = i as u64;
         if kept_map.contains(i) {
