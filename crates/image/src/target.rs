@@ -434,11 +434,10 @@ impl DiskTarget {
         self.write(&data)
     }
 
-    /// Counts `n` bytes written and starts writeback every
+    /// Counts `n` bytes written (data and inline zeros) and starts writeback every
     /// [`WRITEBACK_EVERY`] bytes. Best effort: durability comes from the
     /// fsyncs in [`DiskTarget::finish`], which report any error.
     fn wrote(&self, n: u64) {
-        bump(&self.counters.data, n);
         let before = self.dirty.fetch_add(n, Ordering::Relaxed);
         if before + n >= WRITEBACK_EVERY {
             self.dirty.store(0, Ordering::Relaxed);
@@ -597,6 +596,7 @@ impl<'t> RunWriter<'t> {
             }
             match run.kind {
                 RunKind::Data(r) => {
+                    bump(&t.counters.data, len);
                     let s = r.start + skip as usize;
                     let piece = Piece::Bytes {
                         buf,

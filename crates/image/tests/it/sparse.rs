@@ -332,6 +332,9 @@ fn free_regions_keep_their_pattern_on_a_loop_device() -> TestResult {
     let dev = Loop::attach(&backing)?;
     let rs = restore(&RestoreOptions::new(&img, &dev.dev).threads(2), &|_| {})?;
     assert_eq!(rs.stats.discarded_bytes, 0);
+    assert_eq!(rs.stats.data_bytes, s.data_bytes);
+    assert_eq!(rs.stats.data_bytes + rs.stats.zero_bytes, s.used_bytes);
+    assert_eq!(rs.stats.free_bytes, len - s.used_bytes);
     let mut back = vec![0u8; dev_len as usize];
     fs::File::open(&dev.dev)?.read_exact_at(&mut back, 0)?;
     // Free blocks of chunk 0 were blanked with the marker; all others keep the pattern.
