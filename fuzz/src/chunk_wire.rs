@@ -10,7 +10,7 @@ pub(crate) fn run(data: &[u8]) {
     let Ok(chunk) = EncodedChunk::from_wire(data) else {
         return;
     };
-    // The wire form has no reserved bytes: a chunk re-encodes to its input.
+    // Every field and map has one encoding: a chunk re-encodes to its input.
     assert_eq!(chunk.to_wire(), data);
-    let _ = chunk.decode_into(&mut Vec::new(), &mut Decompressor::new());
+    let _ = chunk.verified(&mut Vec::new(), &mut Decompressor::new());
 }

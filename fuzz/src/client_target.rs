@@ -74,10 +74,17 @@ fn prepared() -> &'static (Vec<u8>, Geometry, Vec<Vec<u8>>, [u8; 32]) {
         let disk = source();
         let geometry = Geometry::new(disk.len() as u64, 4096, Level::FASTEST).expect("geometry");
         let mut comp = Compressor::new();
-        let mut root = RootHasher::new(geometry.disk_size, geometry.chunk_size);
+        let mut root = RootHasher::new(&geometry);
         let mut objects = Vec::new();
         for (i, raw) in disk.chunks(4096).enumerate() {
-            let c = EncodedChunk::encode(i as u64, raw, Level::FASTEST, &mut comp);
+            let c = EncodedChunk::encode(
+                i as u64,
+                raw,
+                None,
+                geometry.block_size,
+                Level::FASTEST,
+                &mut comp,
+            );
             root.push(&c.hash);
             objects.push(c.to_wire());
         }

@@ -1,5 +1,6 @@
-//! Fuzz target `image_stream`: a whole image read front to back from a byte
-//! slice by [`StreamReader`], each chunk decompressed and hash-checked.
+//! Fuzz target `image_stream`: a whole image (v1 or v2) read front to back
+//! from a byte slice by [`StreamReader`], each chunk decompressed and
+//! hash-checked, and the runs a restore would write computed.
 //! Shared by `fuzz_targets/image_stream.rs` and the corpus replay test of
 //! imgcast-image (`crates/image/tests/fuzz_corpus.rs`).
 
@@ -15,7 +16,10 @@ pub(crate) fn run(data: &[u8]) {
     loop {
         match stream.next_chunk() {
             Ok(Some((chunk, _offset))) => {
-                let _ = chunk.decode_into(&mut raw, &mut decompressor);
+                if let Ok(data) = chunk.verified(&mut raw, &mut decompressor) {
+                    let covered: u32 = data.runs().iter().map(|r| r.len).sum();
+                    assert_eq!(covered, chunk.raw_len);
+                }
             }
             // The end is only reported once the index, trailer and root hash check out.
             Ok(None) => {

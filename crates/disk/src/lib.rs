@@ -10,8 +10,8 @@
 //!
 //! Everything here is Linux-specific: it reads `/proc/self/mountinfo`,
 //! `/proc/swaps` and `/sys/block`, and uses block-device ioctls. `unsafe` is
-//! confined to the three syscalls (`ioctl` twice, `statvfs`), each with a
-//! `// SAFETY:` comment.
+//! confined to the syscalls (`ioctl`, `statvfs`, `pwritev`,
+//! `sync_file_range`), each with a `// SAFETY:` comment.
 
 #![deny(missing_docs)]
 
@@ -24,7 +24,11 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 mod extents;
+mod storage;
+mod write;
 pub use extents::{Extent, Extents};
+pub use storage::{image_on_target, StorageId};
+pub use write::{discard_range, discard_unsupported, start_writeback, write_all_vectored_at};
 
 /// Errors from disk inspection and opening. Each names the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +108,7 @@ pub fn disk_kind(path: &Path) -> Result<DiskKind, DiskError> {
 // Linux ioctl request numbers from <linux/fs.h>. libc does not export these;
 // the encoding below is the asm-generic one (x86, arm, riscv, ...).
 const IOC_READ: u64 = 2;
-const fn ioc(dir: u64, ty: u64, nr: u64, size: u64) -> u64 {
+pub(crate) const fn ioc(dir: u64, ty: u64, nr: u64, size: u64) -> u64 {
     (dir << 30) | (size << 16) | (ty << 8) | nr
 }
 /// `_IOR(0x12, 114, size_t)`: device size in bytes.
@@ -448,7 +452,7 @@ fn first_holder(sys_dir: &Path) -> Option<String> {
     names.into_iter().next()
 }
 
-fn read_trimmed(path: &Path) -> Option<String> {
+pub(crate) fn read_trimmed(path: &Path) -> Option<String> {
     fs::read_to_string(path).ok().map(|s| s.trim().to_string())
 }
 

@@ -15,10 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use imgcast_image::{
-    self as image, ChunkKind, DiskTarget, EncodedChunk, Geometry, RootHasher, TargetOptions,
-    WIRE_HEADER_LEN,
-};
+use imgcast_image::{self as image, DiskTarget, EncodedChunk, Geometry, RootHasher, TargetOptions};
 use imgcast_proto::{self as proto, Rejection, SessionKey, SessionName};
 
 use crate::info::SessionInfo;
@@ -83,7 +80,7 @@ struct RootTracker {
 impl RootTracker {
     fn new(g: &Geometry) -> Self {
         Self {
-            hasher: RootHasher::new(g.disk_size, g.chunk_size),
+            hasher: RootHasher::new(g),
             next: 0,
             waiting: BTreeMap::new(),
         }
@@ -236,25 +233,15 @@ fn write_one(
     let raw_len = u64::from(target.geometry().chunk_len(index));
     let result = (|| {
         let chunk = EncodedChunk::from_wire(wire)?;
-        let expected_len = target.geometry().chunk_len(index);
-        if chunk.raw_len != expected_len {
-            return Err(EngineError::Session(format!(
-                "it claims {} bytes; the image's geometry says {expected_len}",
-                chunk.raw_len
-            )));
-        }
         if chunk.index != index {
             return Err(EngineError::Session(format!(
                 "object {index} carries chunk {}",
                 chunk.index
             )));
         }
-        let bytes = chunk.verified(raw, dec)?;
-        if chunk.kind == ChunkKind::Hole {
-            target.write_hole(index)?;
-        } else {
-            target.write_chunk(index, bytes)?;
-        }
+        chunk.check_geometry(target.geometry())?;
+        // verified checks the chunk's hash: nothing unverified reaches the disk.
+        target.write(&chunk.verified(raw, dec)?)?;
         Ok(chunk.hash)
     })();
     Written {
@@ -264,9 +251,9 @@ fn write_one(
     }
 }
 
-/// Longest chunk object of a geometry: the wire header and a payload never larger than the chunk.
+/// Longest chunk object of a geometry, as the protocol bounds it.
 fn max_object_len(g: &Geometry) -> u32 {
-    g.chunk_size.saturating_add(WIRE_HEADER_LEN as u32)
+    u32::try_from(image::max_wire_len(g)).unwrap_or(u32::MAX)
 }
 
 /// Everything a client does between the protocol's events and its target, without sockets: the

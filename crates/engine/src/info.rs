@@ -1,10 +1,14 @@
 //! The session info a master announces: the image geometry, and what a client needs to check its
 //! target before it registers, and to know the session's own end when it comes.
 
-use imgcast_image::{Geometry, Level};
+use imgcast_image::codec::Codec;
+use imgcast_image::Geometry;
 
-/// Layout version of the session info.
-const VERSION: u8 = 2;
+/// Layout version of the session info (3: the image crate's geometry codec, a root commitment
+/// and an image name).
+const VERSION: u8 = 3;
+/// Bytes of the image crate's geometry encoding.
+const GEOMETRY_LEN: usize = 40;
 /// Flag bit 0: the root hash is committed in the Announce (the master knows it before sending).
 const FLAG_ROOT: u8 = 1;
 /// Longest image name carried.
@@ -41,13 +45,9 @@ pub enum InfoError {
 impl SessionInfo {
     /// The bytes carried in the Announce.
     pub fn encode(&self) -> Vec<u8> {
-        let g = &self.geometry;
-        let mut out = Vec::with_capacity(64 + self.image.len());
+        let mut out = Vec::with_capacity(1 + GEOMETRY_LEN + 34 + self.image.len());
         out.push(VERSION);
-        out.extend_from_slice(&g.disk_size.to_le_bytes());
-        out.extend_from_slice(&g.chunk_size.to_le_bytes());
-        out.extend_from_slice(&g.chunk_count.to_le_bytes());
-        out.push(g.level.get());
+        self.geometry.encode(&mut out);
         out.push(if self.root.is_some() { FLAG_ROOT } else { 0 });
         if let Some(r) = &self.root {
             out.extend_from_slice(r);
@@ -77,11 +77,8 @@ impl SessionInfo {
         if version != VERSION {
             return Err(InfoError::Version(version));
         }
-        let u64_at = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or([0; 8]));
-        let disk_size = u64_at(take(8)?);
-        let chunk_size = u32::from_le_bytes(take(4)?.try_into().unwrap_or([0; 4]));
-        let chunk_count = u64_at(take(8)?);
-        let level = take(1)?[0];
+        let geometry = Geometry::from_bytes(take(GEOMETRY_LEN)?)
+            .map_err(|e| InfoError::Geometry(e.to_string()))?;
         let flags = take(1)?[0];
         if flags & !FLAG_ROOT != 0 {
             return Err(InfoError::Geometry(format!("unknown flags {flags:#x}")));
@@ -102,18 +99,10 @@ impl SessionInfo {
         if !r.is_empty() {
             return Err(InfoError::Length);
         }
-        let level = Level::new(level)
-            .ok_or_else(|| InfoError::Geometry(format!("compression level {level}")))?;
-        let geometry = Geometry::new(disk_size, chunk_size, level)
-            .map_err(|e| InfoError::Geometry(e.to_string()))?;
-        if geometry.chunk_count != chunk_count {
+        if geometry.chunk_count > u64::from(u32::MAX) {
             return Err(InfoError::Geometry(format!(
-                "{chunk_count} chunks announced for {disk_size} bytes in chunks of {chunk_size}"
-            )));
-        }
-        if chunk_count > u64::from(u32::MAX) {
-            return Err(InfoError::Geometry(format!(
-                "{chunk_count} chunks, more than a session carries"
+                "{} chunks, more than a session carries",
+                geometry.chunk_count
             )));
         }
         Ok(Self {
@@ -127,6 +116,8 @@ impl SessionInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use imgcast_image::Level;
 
     fn info(root: Option<[u8; 32]>) -> SessionInfo {
         SessionInfo {
@@ -150,16 +141,16 @@ mod tests {
             assert_eq!(SessionInfo::decode(&padded), Err(InfoError::Length));
         }
         let mut bad = info(None).encode();
-        bad[13] ^= 1; // chunk count
+        bad[1 + 24] ^= 1; // chunk count
         assert!(matches!(
             SessionInfo::decode(&bad),
             Err(InfoError::Geometry(_))
         ));
         let mut bad = info(None).encode();
-        bad[0] = 1;
-        assert_eq!(SessionInfo::decode(&bad), Err(InfoError::Version(1)));
+        bad[0] = 2;
+        assert_eq!(SessionInfo::decode(&bad), Err(InfoError::Version(2)));
         let mut bad = info(None).encode();
-        bad[9..13].copy_from_slice(&7u32.to_le_bytes()); // chunk size
+        bad[1 + 4..1 + 8].copy_from_slice(&7u32.to_le_bytes()); // chunk size
         assert!(matches!(
             SessionInfo::decode(&bad),
             Err(InfoError::Geometry(_))

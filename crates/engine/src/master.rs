@@ -390,12 +390,13 @@ fn start_feeder(source: &MasterSource) -> Result<Feeder, EngineError> {
         MasterSource::Disk { path, level } => {
             let disk = image::DiskSource::open(path)?;
             let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let stream = image::spawn_encoder(disk, image::DEFAULT_CHUNK_SIZE, *level, threads)?;
+            let opts = image::EncodeOptions::new(*level).threads(threads);
+            let stream = image::spawn_encoder(disk, &opts)?;
             let geometry = stream.geometry();
             let handle = std::thread::Builder::new()
                 .name("imgcast-feed".into())
                 .spawn(move || {
-                    let mut root = RootHasher::new(geometry.disk_size, geometry.chunk_size);
+                    let mut root = RootHasher::new(&geometry);
                     for chunk in stream {
                         let msg = match chunk {
                             Ok(c) => {

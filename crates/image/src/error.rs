@@ -18,6 +18,27 @@ impl fmt::Display for At {
     }
 }
 
+/// Displays what a too-small target lacks: the whole disk, or (when the
+/// image's tail is relocatable) the smallest size it accepts.
+pub(crate) struct Needs {
+    pub(crate) needed: u64,
+    pub(crate) disk_size: u64,
+}
+
+impl fmt::Display for Needs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.needed >= self.disk_size {
+            write!(f, "{}", self.needed)
+        } else {
+            write!(
+                f,
+                "at least {} (its disk is {} bytes; what lies beyond {} is relocatable)",
+                self.needed, self.disk_size, self.needed
+            )
+        }
+    }
+}
+
 /// Everything that can go wrong making, reading, verifying or restoring an
 /// image. Fields name the chunk, byte offset and path involved, so the CLI
 /// can print them and tests can match on them.
@@ -74,6 +95,28 @@ pub enum ImageError {
         major: u16,
         /// The major version this build reads.
         supported: u16,
+    },
+    /// The image needs must-understand features this build does not know.
+    #[error("image needs features this img does not support (required feature bits {bits:#x}); a newer img may read it")]
+    UnsupportedFeatures {
+        /// The unknown bits of `required_features`.
+        bits: u32,
+    },
+    /// A layout blob larger than the format allows was given to the maker.
+    #[error("layout of {len} bytes is larger than the {max} bytes an image may carry")]
+    LayoutTooLarge {
+        /// Its length.
+        len: u64,
+        /// The largest allowed.
+        max: u32,
+    },
+    /// The layout blob after the header is damaged or cut short.
+    #[error("layout corrupt{}: {reason}", At(Some(*offset)))]
+    LayoutCorrupt {
+        /// Image offset of the layout.
+        offset: u64,
+        /// Why.
+        reason: String,
     },
     /// The fixed header is damaged.
     #[error("image header corrupt: {reason}")]
@@ -178,15 +221,26 @@ pub enum ImageError {
         /// The image path.
         path: PathBuf,
     },
-    /// A block-device target is smaller than the image's disk.
-    #[error("target {path} is {size} bytes; the image needs {needed}")]
+    /// A target is smaller than the image allows (its smallest target size,
+    /// normally its disk size).
+    #[error("target {path} is {size} bytes; the image needs {}", Needs { needed: *needed, disk_size: *disk_size })]
     TargetTooSmall {
         /// The target.
         path: PathBuf,
         /// Its size in bytes.
         size: u64,
-        /// The image's disk size in bytes.
+        /// The smallest size the image accepts.
         needed: u64,
+        /// The image's disk size.
+        disk_size: u64,
+    },
+    /// Writing the target would overwrite the image being restored.
+    #[error("refusing to restore onto {path}: {why}")]
+    TargetHoldsImage {
+        /// The target.
+        path: PathBuf,
+        /// How the two overlap.
+        why: String,
     },
     /// A regular-file target's filesystem cannot hold the image's data.
     #[error("target {path}: filesystem has {available} bytes free; the image needs {needed}")]

@@ -451,7 +451,8 @@ lab_wait 10 $forger >/dev/null 2>&1
     assert!(forged >= 10, "{text}");
     for i in 1..=2 {
         assert!(
-            lab.log(&format!("c{i}.log")).contains("disagree about the root hash"),
+            lab.log(&format!("c{i}.log"))
+                .contains("disagree about the root hash"),
             "the forged End reached client {i} and was not obeyed\n{text}"
         );
     }

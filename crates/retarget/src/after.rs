@@ -52,7 +52,9 @@ impl AfterReport {
             Err(e) => format!("no image-safe record: {e}"),
         };
         match &self.fit {
-            Ok(r) if r.has_refusals() => format!("{record}; partition table: {}", r.lines().join(", ")),
+            Ok(r) if r.has_refusals() => {
+                format!("{record}; partition table: {}", r.lines().join(", "))
+            }
             Ok(_) => record,
             Err(e) => format!("{record}; partition table not fitted: {e}"),
         }

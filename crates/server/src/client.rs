@@ -430,7 +430,10 @@ pub fn capture_to_server(
     let path = format!("/api/images/{name}");
     let disk = image::DiskSource::open(source)?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut stream = image::spawn_encoder(disk, chunk_size, level, threads)?;
+    let opts = image::EncodeOptions::new(level)
+        .chunk_size(chunk_size)
+        .threads(threads);
+    let mut stream = image::spawn_encoder(disk, &opts)?;
     let geometry = stream.geometry();
     let s = connect(&u.addr)?;
     let reader_side = s.try_clone().map_err(|source| ClientError::Io {

@@ -38,16 +38,31 @@ fn image_writer_reports_no_space_with_offset() -> TestResult {
     let mut c = Compressor::new();
     let mut w = ImageWriter::new(
         FullDisk {
-            room: 64 + 64 + 4096 + 10,
+            room: 128 + 80 + 4096 + 10,
         },
         Header::new(g, 0),
     )?;
-    w.write_chunk(&EncodedChunk::encode(0, &noise(4096, 1), g.level, &mut c))?;
+    let bs = g.block_size;
+    w.write_chunk(&EncodedChunk::encode(
+        0,
+        &noise(4096, 1),
+        None,
+        bs,
+        g.level,
+        &mut c,
+    ))?;
     let e = w
-        .write_chunk(&EncodedChunk::encode(1, &noise(4096, 2), g.level, &mut c))
+        .write_chunk(&EncodedChunk::encode(
+            1,
+            &noise(4096, 2),
+            None,
+            bs,
+            g.level,
+            &mut c,
+        ))
         .err()
         .ok_or("no error")?;
-    let off = 64 + 64 + 4096;
+    let off = 128 + 80 + 4096;
     assert!(
         matches!(e, ImageError::ImageNoSpace { offset } if offset == off),
         "{e}"

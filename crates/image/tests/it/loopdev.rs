@@ -128,6 +128,10 @@ fn loop_device_source_and_target() -> TestResult {
             disk.len()
         )
     );
+    assert!(
+        incomplete_marker(&small.dev)?.is_none(),
+        "refused device was marked"
+    );
     drop(small);
     assert!(
         fs::read(&small_file)?.iter().all(|&b| b == 0x5C),

@@ -5,11 +5,14 @@ mod enospc;
 mod loopdev;
 mod pipeline;
 mod roundtrip;
+mod sparse;
+mod v1compat;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use imgcast_image::{make, ImageSummary, Level, MakeOptions};
+use imgcast_image::{make, Extent, Extents, ImageSummary, Level, MakeOptions};
 
 pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -45,6 +48,18 @@ pub(crate) fn make_image(
     level: Level,
     chunk: u32,
 ) -> Result<(PathBuf, ImageSummary), Box<dyn std::error::Error>> {
+    make_mapped(dir, disk, level, chunk, None, None)
+}
+
+/// Makes `dir/disk.img` from `disk` with a map of used bytes and a layout.
+pub(crate) fn make_mapped(
+    dir: &Path,
+    disk: &[u8],
+    level: Level,
+    chunk: u32,
+    used: Option<&Extents>,
+    layout: Option<&[u8]>,
+) -> Result<(PathBuf, ImageSummary), Box<dyn std::error::Error>> {
     let src = dir.join("source.raw");
     fs::write(&src, disk)?;
     let img = dir.join("disk.img");
@@ -52,9 +67,24 @@ pub(crate) fn make_image(
         .level(level)
         .chunk_size(chunk)
         .threads(2)
-        .overwrite(true);
+        .overwrite(true)
+        .used(used.cloned().map(Arc::new))
+        .layout(layout.map(<[u8]>::to_vec));
     let summary = make(&opts, &|_| {})?;
     Ok((img, summary))
+}
+
+/// Extents from `(start, len)` pairs.
+pub(crate) fn extents(spans: &[(u64, u64)]) -> Extents {
+    spans
+        .iter()
+        .filter_map(|&(s, l)| Extent::new(s, l))
+        .collect()
+}
+
+/// Whether byte `i` of a disk is kept by a map rounded out to `block`s.
+pub(crate) fn kept(map: &Extents, block: u64, size: u64, i: u64) -> bool {
+    map.clipped(size).rounded_out(block, size).contains(i)
 }
 
 /// True when running as root (loop devices and tmpfs mounts possible).

@@ -5,8 +5,8 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use imgcast_image::{
-    incomplete_marker, spawn_encoder, Compressor, DiskSource, DiskTarget, EncodedChunk, Geometry,
-    Header, ImageError, ImageWriter, Level, RootHasher, TargetOptions,
+    incomplete_marker, spawn_encoder, Compressor, DiskSource, DiskTarget, EncodeOptions,
+    EncodedChunk, Geometry, Header, ImageError, ImageWriter, Level, RootHasher, TargetOptions,
 };
 
 use crate::{mixed_disk, noise, TestResult};
@@ -17,17 +17,21 @@ fn encoder_delivers_in_order_and_matches_single_threaded() -> TestResult {
     let src = dir.path().join("src.raw");
     let disk = mixed_disk(4096).repeat(20);
     fs::write(&src, &disk)?;
-    let stream = spawn_encoder(DiskSource::open(&src)?, 4096, Level::BALANCED, 3)?;
+    let opts = EncodeOptions::new(Level::BALANCED)
+        .chunk_size(4096)
+        .threads(3);
+    let stream = spawn_encoder(DiskSource::open(&src)?, &opts)?;
     let g = stream.geometry();
     let mut c = Compressor::new();
-    let mut root = RootHasher::new(g.disk_size, g.chunk_size);
+    let mut root = RootHasher::new(&g);
     let mut n = 0u64;
     for chunk in stream {
         let chunk = chunk?;
         assert_eq!(chunk.index, n);
         let off = n as usize * 4096;
         let raw = &disk[off..(off + 4096).min(disk.len())];
-        assert_eq!(chunk, EncodedChunk::encode(n, raw, Level::BALANCED, &mut c));
+        let want = EncodedChunk::encode(n, raw, None, g.block_size, Level::BALANCED, &mut c);
+        assert_eq!(chunk, want);
         root.push(&chunk.hash);
         n += 1;
     }
@@ -42,7 +46,10 @@ fn dropping_the_stream_stops_the_threads() -> TestResult {
     fs::write(&src, noise(4 << 20, 9))?;
     let start = Instant::now();
     for take in [0, 1, 5, 50] {
-        let mut stream = spawn_encoder(DiskSource::open(&src)?, 4096, Level::FASTEST, 2)?;
+        let opts = EncodeOptions::new(Level::FASTEST)
+            .chunk_size(4096)
+            .threads(2);
+        let mut stream = spawn_encoder(DiskSource::open(&src)?, &opts)?;
         for _ in 0..take {
             stream.next().ok_or("stream ended early")??;
         }
@@ -66,7 +73,10 @@ fn writer_checks_order_and_completeness() -> TestResult {
     let g = Geometry::new(10_000, 4096, Level::FASTEST)?;
     let mut c = Compressor::new();
     let chunks: Vec<EncodedChunk> = (0..3)
-        .map(|i| EncodedChunk::encode(i, &noise(g.chunk_len(i) as usize, i), g.level, &mut c))
+        .map(|i| {
+            let raw = noise(g.chunk_len(i) as usize, i);
+            EncodedChunk::encode(i, &raw, None, g.block_size, g.level, &mut c)
+        })
         .collect();
     let mut w = ImageWriter::new(Vec::new(), Header::new(g, 0))?;
     let e = w.write_chunk(&chunks[1]).err().map(|e| e.to_string());
@@ -103,6 +113,7 @@ fn interrupted_restore_leaves_the_marker_and_finish_removes_it() -> TestResult {
     let opts = TargetOptions {
         root_hash: Some(root),
         data_bytes: Some(disk.len() as u64),
+        ..TargetOptions::default()
     };
     let t = DiskTarget::open(&target, &g, &opts)?;
     let marker = incomplete_marker(&target)?.ok_or("no marker after open")?;
@@ -157,8 +168,8 @@ fn target_refuses_a_directory_and_no_room() -> TestResult {
     );
     let target = dir.path().join("huge.raw");
     let opts = TargetOptions {
-        root_hash: None,
         data_bytes: Some(u64::MAX / 2),
+        ..TargetOptions::default()
     };
     let e = DiskTarget::open(&target, &g, &opts)
         .err()

@@ -7,7 +7,10 @@ mod retarget_record;
 use std::fs;
 use std::path::Path;
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/retarget_record");
+const CORPUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../fuzz/corpus/retarget_record"
+);
 
 #[test]
 fn retarget_record_corpus() {
