@@ -243,6 +243,9 @@ pub struct Receiver {
     auto_register: bool,
     start_seen: bool,
     objects: Objects,
+    /// Objects decoded while our registration was still unanswered: handed out after `Started`,
+    /// when the engine has opened its target (at most a window of them).
+    held: Vec<(u32, Vec<u8>)>,
     sent_through: u32,
     trailers: Vec<Vec<u8>>,
     trailers_emitted: usize,
@@ -279,6 +282,7 @@ impl Receiver {
             auto_register: false,
             start_seen: false,
             objects: Objects::default(),
+            held: Vec::new(),
             sent_through: 0,
             trailers: Vec::new(),
             trailers_emitted: 0,
@@ -681,6 +685,7 @@ impl Receiver {
     fn reset_transfer(&mut self) {
         self.start_seen = false;
         self.objects = Objects::default();
+        self.held.clear();
         self.sent_through = 0;
         self.trailers.clear();
         self.trailers_emitted = 0;
@@ -750,6 +755,10 @@ impl Receiver {
         if self.state == State::Registered {
             self.state = State::Running;
             self.events.push_back(ReceiverEvent::Started);
+            for (index, bytes) in std::mem::take(&mut self.held) {
+                self.events
+                    .push_back(ReceiverEvent::Object { index, bytes });
+            }
             self.next_status = Some(now + self.rng.millis(50, 200));
             self.check_complete(now);
         }
@@ -788,6 +797,10 @@ impl Receiver {
         {
             Offer::Duplicate => self.stats.duplicates += 1,
             Offer::Stored => {}
+            Offer::Complete(bytes) if self.state == State::Registering => {
+                // Not ours to hand out yet: the engine opens its target only at the start.
+                self.held.push((d.object, bytes));
+            }
             Offer::Complete(bytes) => {
                 self.events.push_back(ReceiverEvent::Object {
                     index: d.object,

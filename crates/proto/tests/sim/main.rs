@@ -719,6 +719,45 @@ fn a_master_gone_before_the_start_sends_its_client_back_to_listening() {
 }
 
 #[test]
+fn objects_decoded_before_the_registration_is_acknowledged_wait_for_the_start() {
+    // The master counts both clients in and starts; client 1's first acknowledgements are lost, so
+    // data reaches it while it still registers. Its objects must reach the engine after
+    // `Started`, when the target is open — not before, and not never.
+    let objs = objects(41, &[3000; 30]);
+    let mut sim = session_with(41, 2, objs, Link::clean(), Link::clean(), |c| {
+        c.throttle = Some(Duration::from_micros(500));
+    });
+    sim.receivers[1].lose_unicast = 4;
+    run_to_finish(&mut sim, 1_000_000);
+    sim.assert_exact(0, 0);
+    sim.assert_exact(0, 1);
+    let events = &sim.receivers[1].events;
+    let started = events
+        .iter()
+        .position(|(_, e)| matches!(e, ReceiverEvent::Started))
+        .expect("started");
+    let first_object = events
+        .iter()
+        .position(|(_, e)| matches!(e, ReceiverEvent::Object { .. }))
+        .expect("objects");
+    assert!(
+        first_object > started,
+        "an object before the start: {events:?}"
+    );
+    let registered_at = sim.receivers[1]
+        .events
+        .iter()
+        .find(|(_, e)| matches!(e, ReceiverEvent::Registered))
+        .map(|(t, _)| *t)
+        .expect("registered");
+    assert!(
+        registered_at > sim.at(900),
+        "the acks were lost for a while: {:?}",
+        registered_at - sim.t0
+    );
+}
+
+#[test]
 fn an_announce_the_protocol_cannot_follow_is_refused() {
     let mut sim = Sim::new(40);
     sim.add_receiver(receiver_cfg("lab3", 1), Link::clean(), Link::clean(), 0);

@@ -111,6 +111,8 @@ pub(crate) struct RxNode {
     pub(crate) rejected: u32,
     /// Set when the engine gave up: an object failed the bound number of times.
     pub(crate) gave_up: Option<String>,
+    /// Unicast packets from the master to drop before delivering any (lost acks).
+    pub(crate) lose_unicast: u32,
     pub(crate) addr: SocketAddr,
     pub(crate) down: Link,
     pub(crate) up: Link,
@@ -231,6 +233,7 @@ impl Sim {
             rx: Receiver::new(cfg),
             rejected: 0,
             gave_up: None,
+            lose_unicast: 0,
             addr: addr(host),
             down,
             up,
@@ -331,6 +334,10 @@ impl Sim {
             }
             Dest::Peer(a) => {
                 if let Some(r) = self.receivers.iter().position(|n| n.addr == a) {
+                    if self.receivers[r].lose_unicast > 0 {
+                        self.receivers[r].lose_unicast -= 1;
+                        return;
+                    }
                     let link = self.receivers[r].down;
                     self.schedule(link, To::Receiver(r), from, payload);
                 }
