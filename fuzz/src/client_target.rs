@@ -67,9 +67,17 @@ fn source() -> Vec<u8> {
     d
 }
 
-/// The source disk, its geometry, its chunk objects and its root hash: made once per process.
-fn prepared() -> &'static (Vec<u8>, Geometry, Vec<Vec<u8>>, [u8; 32]) {
-    static PREPARED: OnceLock<(Vec<u8>, Geometry, Vec<Vec<u8>>, [u8; 32])> = OnceLock::new();
+/// The source disk, its geometry, its chunk objects and its root hash.
+struct Prepared {
+    disk: Vec<u8>,
+    geometry: Geometry,
+    objects: Vec<Vec<u8>>,
+    root: [u8; 32],
+}
+
+/// The [`Prepared`] source, made once per process.
+fn prepared() -> &'static Prepared {
+    static PREPARED: OnceLock<Prepared> = OnceLock::new();
     PREPARED.get_or_init(|| {
         let disk = source();
         let geometry = Geometry::new(disk.len() as u64, 4096, Level::FASTEST).expect("geometry");
@@ -88,8 +96,12 @@ fn prepared() -> &'static (Vec<u8>, Geometry, Vec<Vec<u8>>, [u8; 32]) {
             root.push(&c.hash);
             objects.push(c.to_wire());
         }
-        let root = root.finish();
-        (disk, geometry, objects, root)
+        Prepared {
+            disk,
+            geometry,
+            objects,
+            root: root.finish(),
+        }
     })
 }
 
@@ -146,8 +158,8 @@ pub(crate) fn run(data: &[u8]) -> End {
     let Some((&mode, mut ops)) = data.split_first() else {
         return End::Untouched;
     };
-    let (disk, geometry, objects, root) = prepared();
-    let (disk, objects) = (disk.clone(), objects.clone());
+    let p = prepared();
+    let (disk, objects) = (p.disk.clone(), p.objects.clone());
     let key = (mode & 1 != 0).then(|| SessionKey::from_bytes(KEY));
     let name = SessionName::new("fuzz").expect("valid session name");
     let run_key = PacketKey::new(key.as_ref(), &name.hash(), SESSION_ID);
@@ -155,8 +167,7 @@ pub(crate) fn run(data: &[u8]) -> End {
     let client_addr: SocketAddr = ([10, 0, 0, 2], 7000).into();
     let mut now = Instant::now();
 
-    let geometry = *geometry;
-    let root = *root;
+    let (geometry, root) = (p.geometry, p.root);
     let mut cfg = SenderConfig::new(name.clone(), SESSION_ID, objects.len() as u32);
     cfg.key.clone_from(&key);
     cfg.max_payload = 512;

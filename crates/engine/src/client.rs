@@ -127,12 +127,17 @@ struct Restore {
 }
 
 impl Restore {
-    fn open(path: &Path, geometry: Geometry, threads: usize) -> Result<Self, EngineError> {
-        let target = Arc::new(DiskTarget::open(
-            path,
-            &geometry,
-            &TargetOptions::default(),
-        )?);
+    fn open(
+        path: &Path,
+        geometry: Geometry,
+        threads: usize,
+        discard: bool,
+    ) -> Result<Self, EngineError> {
+        let opts = TargetOptions {
+            discard,
+            ..TargetOptions::default()
+        };
+        let target = Arc::new(DiskTarget::open(path, &geometry, &opts)?);
         let pool = if threads == 0 {
             Pool::Inline {
                 done: VecDeque::new(),
@@ -251,6 +256,44 @@ fn write_one(
     }
 }
 
+/// The steps after a restore, on their own thread (or done at once, for the fuzz target).
+enum AfterRun {
+    Thread(Option<JoinHandle<imgcast_retarget::AfterReport>>),
+    Done(Option<imgcast_retarget::AfterReport>),
+}
+
+impl AfterRun {
+    fn start(
+        target: PathBuf,
+        opts: imgcast_retarget::AfterRestore,
+        inline: bool,
+    ) -> Result<Self, EngineError> {
+        if inline {
+            return Ok(Self::Done(Some(imgcast_retarget::after_restore(
+                &target, &opts,
+            ))));
+        }
+        let h = std::thread::Builder::new()
+            .name("imgcast-after-restore".into())
+            .spawn(move || imgcast_retarget::after_restore(&target, &opts))
+            .map_err(|e| EngineError::io("starting the after-restore thread", e))?;
+        Ok(Self::Thread(Some(h)))
+    }
+
+    /// The report, once the steps are done (once).
+    fn take(&mut self) -> Option<imgcast_retarget::AfterReport> {
+        match self {
+            Self::Done(r) => r.take(),
+            Self::Thread(h) => {
+                if !h.as_ref().is_some_and(JoinHandle::is_finished) {
+                    return None;
+                }
+                h.take().and_then(|h| h.join().ok())
+            }
+        }
+    }
+}
+
 /// Longest chunk object of a geometry, as the protocol bounds it.
 fn max_object_len(g: &Geometry) -> u32 {
     u32::try_from(image::max_wire_len(g)).unwrap_or(u32::MAX)
@@ -261,6 +304,13 @@ fn max_object_len(g: &Geometry) -> u32 {
 pub struct ClientCore {
     target: PathBuf,
     threads: usize,
+    session: Option<String>,
+    grow: bool,
+    discard: bool,
+    /// The steps after the restore (table fit, growth, record), running on their own thread so
+    /// the client keeps answering the master meanwhile.
+    after: Option<AfterRun>,
+    after_report: Option<imgcast_retarget::AfterReport>,
     accepted: Option<SessionInfo>,
     master: Option<SocketAddr>,
     restore: Option<Restore>,
@@ -281,6 +331,11 @@ impl ClientCore {
         Self {
             target,
             threads,
+            session: None,
+            grow: false,
+            discard: false,
+            after: None,
+            after_report: None,
             accepted: None,
             master: None,
             restore: None,
@@ -293,6 +348,24 @@ impl ClientCore {
             last_progress: None,
             auth_warned: false,
         }
+    }
+
+    /// The session's name, kept in the image-safe record.
+    pub fn session(mut self, name: &str) -> Self {
+        self.session = Some(name.to_string());
+        self
+    }
+
+    /// Grow the last partition and its filesystem after the restore (`-grow`).
+    pub fn grow(mut self, yes: bool) -> Self {
+        self.grow = yes;
+        self
+    }
+
+    /// Discard the blocks the image leaves free (`-discard`).
+    pub fn discard(mut self, yes: bool) -> Self {
+        self.discard = yes;
+        self
     }
 
     /// Whether a target was opened (and marked incomplete) for a started session.
@@ -388,7 +461,7 @@ impl ClientCore {
                     ));
                 };
                 // Only now, registered and started, is the target opened and marked.
-                match Restore::open(&self.target, info.geometry, self.threads) {
+                match Restore::open(&self.target, info.geometry, self.threads, self.discard) {
                     Ok(r) => {
                         self.restore = Some(r);
                         self.opened = true;
@@ -449,6 +522,12 @@ impl ClientCore {
                 let Some(r) = self.restore.take() else {
                     return Err(EngineError::Session("completed without a target".into()));
                 };
+                if self.after_report.as_ref().is_some_and(|a| !a.fitted()) {
+                    return Err(EngineError::Session(format!(
+                        "the image is restored and verified, but the partition table of {} could not be fitted",
+                        self.target.display()
+                    )));
+                }
                 let master = self
                     .master
                     .ok_or_else(|| EngineError::Session("no master".into()))?;
@@ -517,6 +596,17 @@ impl ClientCore {
                 total: r.geometry.disk_size,
             });
         }
+        if let Some(after) = self.after.as_mut() {
+            if let Some(report) = after.take() {
+                for l in report.lines() {
+                    on_event(SessionEvent::Note(l));
+                }
+                rx.report_done(now, report.note())
+                    .map_err(|e| EngineError::Session(e.to_string()))?;
+                self.after_report = Some(report);
+            }
+            return Ok(());
+        }
         if self.reported || !r.all_written() || self.trailers.is_empty() {
             return Ok(());
         }
@@ -535,8 +625,27 @@ impl ClientCore {
                 return Err(e);
             }
             self.finished = true;
-            rx.report_done(now, String::new())
-                .map_err(|e| EngineError::Session(e.to_string()))?;
+            let record = imgcast_retarget::ImageSafeRecord {
+                image: self
+                    .accepted
+                    .as_ref()
+                    .map_or_else(String::new, |i| i.image.clone()),
+                root_hash: root,
+                session: self.session.clone(),
+                master: self.master.map(|m| m.ip().to_string()),
+                written_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            self.after = Some(AfterRun::start(
+                self.target.clone(),
+                imgcast_retarget::AfterRestore {
+                    grow: self.grow,
+                    record,
+                },
+                self.threads == 0,
+            )?);
         } else if now.saturating_duration_since(since) >= TRAILER_PATIENCE {
             let why = format!(
                 "root hash mismatch: the chunks make {}, the master announced {}",
@@ -591,7 +700,10 @@ fn run(
     rc.master_timeout = cfg.net.peer_timeout;
     let mut receiver = proto::Receiver::new(rc);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut core = ClientCore::new(cfg.target.clone(), threads);
+    let mut core = ClientCore::new(cfg.target.clone(), threads)
+        .session(name.as_str())
+        .grow(cfg.grow)
+        .discard(cfg.discard);
     let wait_until = cfg.wait.map(|w| Instant::now() + w);
     let mut found_master = false;
     loop {

@@ -387,10 +387,14 @@ struct Feeder {
 fn start_feeder(source: &MasterSource) -> Result<Feeder, EngineError> {
     let (tx, rx) = bounded(FEED_QUEUE);
     match source {
-        MasterSource::Disk { path, level } => {
+        MasterSource::Disk { path, level, map } => {
+            // The same maps as `img make`: only the table and the used blocks go on the wire.
+            let map = image::map_source(path, *map)?;
             let disk = image::DiskSource::open(path)?;
             let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let opts = image::EncodeOptions::new(*level).threads(threads);
+            let mut opts = image::EncodeOptions::new(*level).threads(threads);
+            opts.used = map.used;
+            opts.min_target_size = map.min_target_size;
             let stream = image::spawn_encoder(disk, &opts)?;
             let geometry = stream.geometry();
             let handle = std::thread::Builder::new()

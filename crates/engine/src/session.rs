@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use imgcast_image::Level;
+use imgcast_image::{Level, MapMode};
 
 /// Default UDP port of sessions.
 pub const DEFAULT_PORT: u16 = 8471;
@@ -19,6 +19,8 @@ pub enum MasterSource {
         path: PathBuf,
         /// Compression level.
         level: Level,
+        /// Used blocks only (its filesystems' maps), or every byte.
+        map: MapMode,
     },
     /// A stored image file, sent as stored.
     Image {
@@ -83,6 +85,10 @@ pub struct ClientConfig {
     /// Give up when no session has started this long (`-wait`); `None` waits as long as it takes,
     /// as the original does. The target is never touched before a start.
     pub wait: Option<Duration>,
+    /// After the restore, grow the last partition and its filesystem into a larger target.
+    pub grow: bool,
+    /// Discard (TRIM) the blocks the image leaves free, where the device supports it.
+    pub discard: bool,
 }
 
 /// "5 minutes", "30 s": a duration as the messages say it.

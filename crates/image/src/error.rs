@@ -60,6 +60,10 @@ pub enum ImageError {
     /// A disk-level problem (in use, not a disk, ...).
     #[error(transparent)]
     Disk(#[from] imgcast_disk::DiskError),
+    /// Reading the source's partition table or filesystems failed, or one of them was refused
+    /// (dirty, mounted read-write).
+    #[error(transparent)]
+    Layout(#[from] imgcast_fsmap::FsmapError),
     /// Reading the source disk failed.
     #[error("reading source {path} at offset {offset}: {source}")]
     SourceRead {

@@ -35,6 +35,7 @@ pub mod format;
 mod pool;
 mod reader;
 mod restore;
+mod source_map;
 mod target;
 mod writer;
 
@@ -57,6 +58,7 @@ pub use format::{
 pub use imgcast_disk::{Extent, Extents, StorageId};
 pub use reader::{ImageReader, StreamReader};
 pub use restore::{restore, restore_stream, restore_stream_with, RestoreOptions, RestoreSummary};
+pub use source_map::{map_source, MapMode, SourceMap};
 pub use target::{
     check_target, incomplete_marker, DiskTarget, IncompleteMarker, TargetOptions, TargetStats,
     FIRST_SECTOR, INCOMPLETE_MAGIC, INCOMPLETE_MARKER_LEN, WRITEBACK_EVERY,

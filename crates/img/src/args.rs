@@ -29,6 +29,10 @@ const SINGLE_DASH_LONG: &[&str] = &[
     "keyfile",
     "json",
     "verify",
+    "raw",
+    "force",
+    "grow",
+    "discard",
     "yes",
     "help",
     "version",
@@ -238,6 +242,43 @@ pub(crate) struct ServerArgs {
     pub(crate) interface: Option<String>,
 }
 
+/// How a source disk is read: by its filesystems' maps, or raw. Shared by `img make` and a session
+/// master, so the options are defined once.
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub(crate) struct MapArgs {
+    /// Image every byte of the disk, free space included (byte-exact); by default only the
+    /// partition table and the used blocks of the filesystems img understands are kept.
+    #[arg(long)]
+    pub(crate) raw: bool,
+    /// Read filesystems that are dirty or mounted read-write anyway (their image may be
+    /// inconsistent).
+    #[arg(long, conflicts_with = "raw")]
+    pub(crate) force: bool,
+}
+
+impl MapArgs {
+    pub(crate) fn mode(self) -> imgcast_image::MapMode {
+        if self.raw {
+            imgcast_image::MapMode::Raw
+        } else {
+            imgcast_image::MapMode::Filesystems { force: self.force }
+        }
+    }
+}
+
+/// What a restore does to its target beyond the image's bytes. Shared by `img restore` and a
+/// session client.
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub(crate) struct PlaceArgs {
+    /// On a larger target, grow the last partition to the end of the disk and enlarge its ext2/3/4
+    /// or NTFS filesystem.
+    #[arg(long)]
+    pub(crate) grow: bool,
+    /// Discard (TRIM) the blocks the image leaves free, where the device supports it.
+    #[arg(long)]
+    pub(crate) discard: bool,
+}
+
 /// `img make`.
 #[derive(Debug, Args)]
 pub(crate) struct MakeArgs {
@@ -253,6 +294,8 @@ pub(crate) struct MakeArgs {
     /// Raw chunk size in KiB (power of two, 64..=16384).
     #[arg(long, value_name = "KIB", default_value_t = 1024, hide = true)]
     pub(crate) chunk_kib: u32,
+    #[command(flatten)]
+    pub(crate) map: MapArgs,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -277,6 +320,8 @@ pub(crate) struct RestoreArgs {
     /// or a non-empty file needs a typed confirmation otherwise).
     #[arg(long)]
     pub(crate) yes: bool,
+    #[command(flatten)]
+    pub(crate) place: PlaceArgs,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -285,8 +330,13 @@ pub(crate) struct RestoreArgs {
 /// `img info`.
 #[derive(Debug, Args)]
 pub(crate) struct InfoArgs {
-    /// An image file, or a disk to check for an unfinished restore. Without it, lists block devices.
+    /// An image file (its disk, partitions and chunks), or a disk (its partitions and
+    /// filesystems, or that a restore onto it is unfinished), or `zisd` (the image-safe data: what
+    /// image a disk received). Without it, lists block devices.
     pub(crate) image: Option<PathBuf>,
+    /// With `zisd`: the disk to read (default: every disk of this machine).
+    #[arg(value_name = "DISK")]
+    pub(crate) disk: Option<PathBuf>,
     /// Check every chunk hash and the root hash.
     #[arg(long)]
     pub(crate) verify: bool,
@@ -344,6 +394,10 @@ pub(crate) struct SessionArgs {
     /// Do not ask before overwriting the client's disk.
     #[arg(long)]
     pub(crate) yes: bool,
+    #[command(flatten)]
+    pub(crate) map: MapArgs,
+    #[command(flatten)]
+    pub(crate) place: PlaceArgs,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,

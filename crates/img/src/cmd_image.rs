@@ -18,10 +18,20 @@ pub(crate) fn make(a: &MakeArgs) -> Result<()> {
         return make_to_server(a, url, level, chunk_size);
     }
     let started = Instant::now();
+    let map = image::map_source(&a.disk, a.map.mode())
+        .with_context(|| format!("reading the layout of {}", a.disk.display()))?;
+    if !a.json {
+        for l in map.lines() {
+            eprintln!("  {l}");
+        }
+    }
     let bar = bytes_bar(0, "make");
     let opts = image::MakeOptions::new(&a.disk, &a.image)
         .level(level)
-        .chunk_size(chunk_size);
+        .chunk_size(chunk_size)
+        .used(map.used.clone())
+        .layout(map.layout.clone())
+        .min_target_size(map.min_target_size);
     let summary = image::make(&opts, &|p: image::Progress| {
         bar.set_length(p.total_bytes);
         bar.set_position(p.done_bytes);
@@ -38,8 +48,14 @@ pub(crate) fn make(a: &MakeArgs) -> Result<()> {
                 "source": a.disk,
                 "disk_size": s.geometry.disk_size,
                 "chunk_size": s.geometry.chunk_size,
+                "block_size": s.geometry.block_size,
                 "chunks": s.geometry.chunk_count,
                 "holes": s.hole_chunks,
+                "used_bytes": s.used_bytes,
+                "data_bytes": s.data_bytes,
+                "min_target_size": s.geometry.min_target_size,
+                "raw": a.map.raw,
+                "layout": map.disk,
                 "stored_bytes": s.stored_bytes,
                 "image_bytes": s.image_bytes,
                 "level": s.geometry.level.get(),
@@ -56,14 +72,22 @@ pub(crate) fn make(a: &MakeArgs) -> Result<()> {
             a.image.display()
         );
         eprintln!(
-            "  {} chunks of {}, {} holes, {} stored (ratio {:.2}), level {}",
+            "  {} chunks of {}, {} holes; kept {} of the disk ({} of data), {} stored (ratio {:.2}), level {}",
             s.geometry.chunk_count,
             human(u64::from(s.geometry.chunk_size)),
             s.hole_chunks,
+            human(s.used_bytes),
+            human(s.data_bytes),
             human(s.stored_bytes),
             ratio(s.geometry.disk_size, s.image_bytes),
             s.geometry.level.get()
         );
+        if s.geometry.min_target_size < s.geometry.disk_size {
+            eprintln!(
+                "  restores onto disks of {} or more",
+                human(s.geometry.min_target_size)
+            );
+        }
         eprintln!("  root hash {}", hex(&s.root_hash));
         eprintln!(
             "  {:.1} s, {}/s",
@@ -98,6 +122,7 @@ fn make_to_server(a: &MakeArgs, url: &str, level: image::Level, chunk_size: u32)
         &a.disk,
         level,
         chunk_size,
+        a.map.mode(),
         &|p: image::Progress| {
             bar.set_length(p.total_bytes);
             bar.set_position(p.done_bytes);
@@ -131,7 +156,7 @@ pub(crate) fn restore(a: &RestoreArgs) -> Result<()> {
     }
     let started = Instant::now();
     let bar = bytes_bar(0, "restore");
-    let opts = image::RestoreOptions::new(&a.image, &a.disk);
+    let opts = image::RestoreOptions::new(&a.image, &a.disk).discard(a.place.discard);
     let summary = image::restore(&opts, &|p: image::Progress| {
         bar.set_length(p.total_bytes);
         bar.set_position(p.done_bytes);
@@ -140,12 +165,32 @@ pub(crate) fn restore(a: &RestoreArgs) -> Result<()> {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let s = &summary;
+    let image_name = a.image.file_name().map_or_else(
+        || a.image.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let after = imgcast_retarget::after_restore(
+        &a.disk,
+        &imgcast_retarget::AfterRestore {
+            grow: a.place.grow,
+            record: imgcast_retarget::ImageSafeRecord {
+                image: image_name,
+                root_hash: s.root_hash,
+                session: None,
+                master: None,
+                written_at: now_unix(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+        },
+    );
     if a.json {
         println!(
             "{}",
             json!({
                 "image": a.image,
                 "target": a.disk,
+                "written_bytes": s.written_bytes,
+                "after": after,
                 "disk_size": s.geometry.disk_size,
                 "chunks": s.geometry.chunk_count,
                 "holes": s.hole_chunks,
@@ -167,19 +212,42 @@ pub(crate) fn restore(a: &RestoreArgs) -> Result<()> {
             hex(&s.root_hash)
         );
         eprintln!(
+            "  wrote {} of data, zeroed {}, left {} free{}",
+            human(s.stats.data_bytes),
+            human(s.stats.zero_bytes),
+            human(s.stats.free_bytes),
+            if s.stats.discarded_bytes > 0 {
+                format!(" ({} discarded)", human(s.stats.discarded_bytes))
+            } else {
+                String::new()
+            }
+        );
+        for l in after.lines() {
+            eprintln!("  {l}");
+        }
+        eprintln!(
             "  {:.1} s, {}/s",
             secs,
             human(rate(s.geometry.disk_size, secs) as u64)
         );
     }
+    if !after.fitted() {
+        anyhow::bail!(
+            "the image is restored and verified, but its partition table could not be fitted to {}",
+            a.disk.display()
+        );
+    }
     Ok(())
 }
 
-/// `img info [IMAGE] [--verify] [--json]`.
+/// `img info [IMAGE|DISK|zisd [DISK]] [--verify] [--json]`.
 pub(crate) fn info(a: &InfoArgs) -> Result<()> {
     let Some(path) = &a.image else {
         return list_devices(a.json);
     };
+    if path.as_os_str() == "zisd" && !path.exists() {
+        return info_zisd(a.disk.as_deref(), a.json);
+    }
     // A disk left by an unfinished restore is not an image: say what it is.
     if let Some(marker) =
         image::incomplete_marker(path).with_context(|| format!("reading {}", path.display()))?
@@ -198,8 +266,12 @@ pub(crate) fn info(a: &InfoArgs) -> Result<()> {
         }
         anyhow::bail!("{} holds an unfinished restore", path.display());
     }
-    let reader = image::ImageReader::open(path)
-        .with_context(|| format!("opening image {}", path.display()))?;
+    let reader = match image::ImageReader::open(path) {
+        Ok(r) => r,
+        // Not an image: a disk, whose layout is what the user asks about.
+        Err(image::ImageError::NotAnImage) => return info_disk(path, a.json),
+        Err(e) => return Err(e).with_context(|| format!("opening image {}", path.display())),
+    };
     let g = reader.geometry();
     if a.verify {
         let bar = bytes_bar(g.disk_size, "verify");
@@ -211,6 +283,9 @@ pub(crate) fn info(a: &InfoArgs) -> Result<()> {
     let image_bytes = reader.image_len();
     // Compressed payload bytes, from the index (what a session puts on the wire).
     let stored_bytes: u64 = reader.index().iter().map(|e| u64::from(e.stored_len)).sum();
+    let layout: Option<imgcast_fsmap::DiskLayout> = (!reader.layout().is_empty())
+        .then(|| serde_json::from_slice(reader.layout()).ok())
+        .flatten();
     if a.json {
         println!(
             "{}",
@@ -219,30 +294,56 @@ pub(crate) fn info(a: &InfoArgs) -> Result<()> {
                 "format_version": reader.header().major,
                 "disk_size": g.disk_size,
                 "chunk_size": g.chunk_size,
+                "block_size": g.block_size,
                 "chunks": g.chunk_count,
                 "holes": reader.hole_chunks(),
+                "used_bytes": reader.used_bytes(),
                 "stored_bytes": stored_bytes,
                 "data_bytes": reader.data_bytes(),
+                "min_target_size": g.min_target_size,
                 "image_bytes": image_bytes,
                 "level": g.level.get(),
                 "ratio": ratio(g.disk_size, image_bytes),
                 "root_hash": hex(&reader.root_hash()),
+                "layout": layout,
                 "verified": a.verify,
             })
         );
     } else {
         println!("image       {}", path.display());
+        println!(
+            "format      {} ({})",
+            reader.header().major,
+            if layout.is_some() {
+                "partition table and used blocks"
+            } else if reader.header().major >= 2 {
+                "every byte of the disk"
+            } else {
+                "every byte of the disk, version 1"
+            }
+        );
         println!("disk size   {} ({} bytes)", human(g.disk_size), g.disk_size);
-        println!("chunk size  {}", human(u64::from(g.chunk_size)));
+        if g.min_target_size < g.disk_size {
+            println!("restores to disks of {} or more", human(g.min_target_size));
+        }
+        println!(
+            "chunk size  {} (blocks of {})",
+            human(u64::from(g.chunk_size)),
+            human(u64::from(g.block_size))
+        );
         println!(
             "chunks      {} ({} holes)",
             g.chunk_count,
             reader.hole_chunks()
         );
         println!(
-            "stored      {} compressed, from {} of data (image file {})",
+            "kept        {} of the disk, {} of it data",
+            human(reader.used_bytes()),
+            human(reader.data_bytes())
+        );
+        println!(
+            "stored      {} compressed (image file {})",
             human(stored_bytes),
-            human(reader.data_bytes()),
             human(image_bytes)
         );
         println!("level       {}", g.level.get());
@@ -251,6 +352,98 @@ pub(crate) fn info(a: &InfoArgs) -> Result<()> {
         if a.verify {
             println!("verified    every chunk hash and the root hash match");
         }
+        if let Some(l) = &layout {
+            println!();
+            for line in l.table_lines() {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `img info DISK`: the partitions and filesystems of a disk (read only; a filesystem mounted
+/// read-write is described, with a note, rather than refused), and its image-safe record.
+fn info_disk(path: &std::path::Path, as_json: bool) -> Result<()> {
+    let layout =
+        imgcast_fsmap::analyze(path, &imgcast_fsmap::AnalyzeOptions::default().force(true))
+            .with_context(|| format!("reading the layout of {}", path.display()))?;
+    let record = imgcast_retarget::read_record(path).ok().flatten();
+    if as_json {
+        println!(
+            "{}",
+            json!({"disk": path, "layout": layout, "image_safe": record.as_ref().map(|(r, p)| json!({"record": r, "place": p}))})
+        );
+        return Ok(());
+    }
+    println!("disk        {} ({})", path.display(), human(layout.size));
+    println!(
+        "used        {} (partition table and used blocks)",
+        human(layout.used.total())
+    );
+    println!();
+    for line in layout.table_lines() {
+        println!("{line}");
+    }
+    if let Some((r, _)) = record {
+        println!();
+        println!("last image put down: {} ({})", r.image, hex(&r.root_hash));
+    }
+    Ok(())
+}
+
+/// `img info zisd [DISK]`: the image-safe data, as the original's `img info zisd` lists it, with
+/// the last image put down; without DISK, for every disk of this machine.
+fn info_zisd(disk: Option<&std::path::Path>, as_json: bool) -> Result<()> {
+    let disks: Vec<std::path::PathBuf> = match disk {
+        Some(d) => vec![d.to_path_buf()],
+        None => imgcast_disk::list_block_devices()
+            .context("listing block devices")?
+            .into_iter()
+            .map(|d| d.path)
+            .collect(),
+    };
+    let mut rows = Vec::new();
+    let mut found = 0;
+    for d in &disks {
+        match imgcast_retarget::read_record(d) {
+            Ok(Some((rec, place))) => {
+                found += 1;
+                if as_json {
+                    rows.push(json!({"disk": d, "record": rec, "place": place}));
+                } else {
+                    println!("{}: image-safe data", d.display());
+                    println!("  last image put down: {}", rec.image);
+                    for l in rec.describe() {
+                        println!("  {l}");
+                    }
+                    println!("  {}", place.describe());
+                }
+            }
+            Ok(None) => {
+                if as_json {
+                    rows.push(json!({"disk": d, "record": null}));
+                } else {
+                    println!(
+                        "{}: no image-safe data (no imgcast restore recorded)",
+                        d.display()
+                    );
+                }
+            }
+            Err(e) => {
+                if as_json {
+                    rows.push(json!({"disk": d, "error": e.to_string()}));
+                } else {
+                    println!("{}: {e}", d.display());
+                }
+            }
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::Value::Array(rows));
+    }
+    if disk.is_some() && found == 0 {
+        anyhow::bail!("no image-safe data on {}", disks[0].display());
     }
     Ok(())
 }
@@ -339,4 +532,10 @@ fn rate(bytes: u64, secs: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -142,6 +142,8 @@ pub(crate) fn run_session(a: &SessionArgs, from_menu: bool) -> Result<()> {
                     net,
                     target,
                     wait: a.wait,
+                    grow: a.place.grow,
+                    discard: a.place.discard,
                 },
                 &control,
                 &mut ui.client_sink(),
@@ -165,6 +167,8 @@ pub(crate) fn run_session(a: &SessionArgs, from_menu: bool) -> Result<()> {
                     net: net.clone(),
                     target: disk.clone(),
                     wait: a.wait,
+                    grow: a.place.grow,
+                    discard: a.place.discard,
                 };
                 match imgcast_engine::run_undecided(&ccfg, &control, &mut ui.client_sink())? {
                     imgcast_engine::UndecidedOutcome::Client(report) => {
@@ -178,6 +182,7 @@ pub(crate) fn run_session(a: &SessionArgs, from_menu: bool) -> Result<()> {
                             source: MasterSource::Disk {
                                 path: disk.clone(),
                                 level,
+                                map: a.map.mode(),
                             },
                             clients: a.clients,
                             timeout: a.timeout,
@@ -211,6 +216,7 @@ fn master_source(a: &SessionArgs, level: Level) -> Result<MasterSource> {
         (None, Some(disk)) => Ok(MasterSource::Disk {
             path: disk.clone(),
             level,
+            map: a.map.mode(),
         }),
         (None, None) => bail!("the master needs -disk=SOURCE (the disk to send) or -image=FILE"),
     }

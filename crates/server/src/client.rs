@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use imgcast_image::{self as image, Header, ImageWriter, Level};
+use imgcast_image::{self as image, ImageWriter, Level};
 
 /// What went wrong talking to the server.
 #[derive(Debug, thiserror::Error)]
@@ -417,6 +417,7 @@ pub fn capture_to_server(
     source: &Path,
     level: Level,
     chunk_size: u32,
+    map: image::MapMode,
     progress: &(dyn Fn(image::Progress) + Sync),
 ) -> Result<Reply, ClientError> {
     let u = ServerUrl::parse(url)?;
@@ -428,13 +429,16 @@ pub fn capture_to_server(
         });
     }
     let path = format!("/api/images/{name}");
+    // The same maps as `img make`: the table and the used blocks only, unless raw.
+    let map = image::map_source(source, map)?;
     let disk = image::DiskSource::open(source)?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let opts = image::EncodeOptions::new(level)
         .chunk_size(chunk_size)
-        .threads(threads);
+        .threads(threads)
+        .used(map.used.clone())
+        .min_target_size(map.min_target_size);
     let mut stream = image::spawn_encoder(disk, &opts)?;
-    let geometry = stream.geometry();
     let s = connect(&u.addr)?;
     let reader_side = s.try_clone().map_err(|source| ClientError::Io {
         what: "cloning the connection to",
@@ -462,9 +466,10 @@ pub fn capture_to_server(
             .as_bytes(),
         )
         .map_err(io_err)?;
-    let header = Header::new(geometry, now_unix());
+    let header = stream.header(now_unix());
+    let layout = map.layout.unwrap_or_default();
     let sent = (|| -> Result<(), ClientError> {
-        let mut writer = ImageWriter::new(&mut w, header)?;
+        let mut writer = ImageWriter::with_layout(&mut w, header, &layout)?;
         progress(stream.progress());
         while let Some(chunk) = stream.next() {
             writer.write_chunk(&chunk?)?;

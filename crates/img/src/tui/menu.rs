@@ -387,6 +387,8 @@ impl Menu {
             keyfile: None,
             // Asked on the enable screen.
             yes: true,
+            map: Default::default(),
+            place: Default::default(),
             json: false,
         }
     }

@@ -9,11 +9,11 @@ fn img() -> Command {
     Command::new(env!("CARGO_BIN_EXE_img"))
 }
 
-fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     img().args(args).output().expect("run img")
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -28,7 +28,7 @@ fn sample(dir: &Path, name: &str, mib: usize) -> PathBuf {
     path
 }
 
-fn p(path: &Path) -> &str {
+pub(crate) fn p(path: &Path) -> &str {
     path.to_str().expect("utf8 path")
 }
 
