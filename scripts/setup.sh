@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the benchmarks need from Debian's
 # packages: nftables (loss injection in the namespace lab), iproute2, util-linux
-# (unshare, losetup), e2fsprogs (mkfs for the "mounted target" tests), zstd and
-# udpcast (benchmark references), tmux, curl and chromium + chromium-driver (the
-# server's API and dashboard tests). Does nothing when all are present.
+# (unshare, losetup, mkswap, partx), the filesystems the real-disk tests build
+# and check with their own tools (e2fsprogs, dosfstools, mtools, ntfs-3g,
+# xfsprogs, btrfs-progs), gdisk and fdisk (partition tables), partclone (the
+# used-block maps of filesystems imgcast does not parse itself, and a reference
+# in the tests and benchmarks), zstd and udpcast (benchmark references), tmux,
+# curl and chromium + chromium-driver (the server's API and dashboard tests).
+# Does nothing when all are present.
 set -euo pipefail
 need=()
 for pair in nft:nftables ip:iproute2 unshare:util-linux losetup:mount mkfs.ext4:e2fsprogs \
-            zstd:zstd udp-sender:udpcast tmux:tmux sfdisk:fdisk \
+            zstd:zstd udp-sender:udpcast tmux:tmux sfdisk:fdisk sgdisk:gdisk \
+            mkfs.vfat:dosfstools mcopy:mtools mkntfs:ntfs-3g partclone.ext4:partclone \
+            mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs \
             curl:curl chromium:chromium chromedriver:chromium-driver python3:python3; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
