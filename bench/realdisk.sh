@@ -76,7 +76,7 @@ if [ -z "${LAB_INSIDE:-}" ]; then
         echo "building $DISK: GPT, ext4 filled to $FILL% from /usr, a third of the files deleted" >&2
         rm -f "$DISK.tmp"
         truncate -s $((SIZE_MIB << 20)) "$DISK.tmp"
-        sgdisk -q -n 1:2048:$(((PSTART + PSIZE) / 512 - 1)) -t 1:8300 -c 1:bench "$DISK.tmp"
+        sgdisk -q -o -n 1:2048:$(((PSTART + PSIZE) / 512 - 1)) -t 1:8300 -c 1:bench "$DISK.tmp"
         l=$(part_loop "$DISK.tmp"); loops+=("$l")
         mkfs.ext4 -q -F -L bench "$l"
         mnt=$(mktemp -d)

@@ -220,13 +220,13 @@ impl Header {
         Self::read(&mut Reader { buf })
     }
 
-    /// The AEAD nonce: sender, sequence number, flags and type, unique per packet of a run.
-    fn nonce(&self) -> [u8; 24] {
-        let mut n = [0u8; 24];
-        n[..8].copy_from_slice(&self.sender.to_be_bytes());
-        n[8..16].copy_from_slice(&self.seq.to_be_bytes());
-        n[16] = self.flags;
-        n[17] = self.kind;
+    /// The AEAD nonce under the sender's own key: its sequence number, flags and type, unique
+    /// per packet of that sender (it never reuses a number in a channel; flags name the channel).
+    fn nonce(&self) -> [u8; 12] {
+        let mut n = [0u8; 12];
+        n[..8].copy_from_slice(&self.seq.to_be_bytes());
+        n[8] = self.flags;
+        n[9] = self.kind;
         n
     }
 }
@@ -650,7 +650,7 @@ pub fn seal(packet: &Packet, key: &PacketKey) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
     header.write(&mut out);
     packet.body.encode(&mut out);
-    key.seal(&mut out, HEADER_LEN, &header.nonce());
+    key.seal(&mut out, HEADER_LEN, header.sender, header.nonce());
     out
 }
 
@@ -663,7 +663,7 @@ pub fn seal_encoded(encoded: &[u8], key: &PacketKey) -> Result<Vec<u8>, DecodeEr
     let mut out = Vec::with_capacity(encoded.len() + TAG_LEN);
     h.write(&mut out);
     out.extend_from_slice(&encoded[HEADER_LEN..]);
-    key.seal(&mut out, HEADER_LEN, &h.nonce());
+    key.seal(&mut out, HEADER_LEN, h.sender, h.nonce());
     Ok(out)
 }
 
@@ -691,7 +691,7 @@ pub fn open(buf: &[u8], key: &PacketKey) -> Result<Packet, OpenError> {
     }
     let mut copy = buf.to_vec();
     let len = key
-        .open(&mut copy, HEADER_LEN, &h.nonce())
+        .open(&mut copy, HEADER_LEN, h.sender, h.nonce())
         .ok_or(OpenError::BadTag)?;
     let mut r = Reader {
         buf: &copy[HEADER_LEN..len],
