@@ -234,9 +234,10 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", 
 declare -A WALL CPU OK FAILED
 for n in $CLIENTS; do
     for loss in $LOSSES; do
-        for tool in $TOOLS; do
-            [ -n "${HAVE[$tool]:-}" ] || continue
-            for ((rep = 1; rep <= REPS; rep++)); do
+        # Repetitions outside tools: drift of a shared machine then hits every tool alike.
+        for ((rep = 1; rep <= REPS; rep++)); do
+            for tool in $TOOLS; do
+                [ -n "${HAVE[$tool]:-}" ] || continue
                 read -r wall master cpu ok < <(run_case "$tool" "$n" "$loss")
                 k=$tool/$n/$loss
                 OK[$k]=$((${OK[$k]:-0} + ok)) FAILED[$k]=${FAILED[$k]:-0}

@@ -191,8 +191,9 @@ run_mcast() { # run_mcast TOOL -> seconds, and checks
     echo "$(secs "$t0" "$t1") $ok"
 }
 echo "== multicast: $n clients, links $RATE"
-read -r ms mok < <(run_mcast img)
-read -r ps pok < <(run_mcast partclone)
+# The last line of run_mcast is its result (the lab's own chatter may come before it).
+read -r ms mok < <(run_mcast img 2>/dev/null | tail -n 1)
+read -r ps pok < <(run_mcast partclone 2>/dev/null | tail -n 1)
 printf '  %-50s %8s s  %s/%s clean\n' "img -session (master reads the disk)" "$ms" "$mok" "$n" \
     "partclone | zstd | udp-sender -> udp-receiver | zstd -d | partclone -r" "$ps" "$pok" "$n"
 echo "  img/partclone pipeline: wall $(ratio "$ms" "$ps")"
