@@ -76,7 +76,9 @@ if [ -z "${LAB_INSIDE:-}" ]; then
         echo "building $DISK: GPT, ext4 filled to $FILL% from /usr, a third of the files deleted" >&2
         rm -f "$DISK.tmp"
         truncate -s $((SIZE_MIB << 20)) "$DISK.tmp"
-        sgdisk -q -o -n 1:2048:$(((PSTART + PSIZE) / 512 - 1)) -t 1:8300 -c 1:bench "$DISK.tmp"
+        # Two calls: `sgdisk -q -o -n ...` in one call writes nothing here.
+        sgdisk -o "$DISK.tmp" >/dev/null
+        sgdisk -n 1:2048:$(((PSTART + PSIZE) / 512 - 1)) -t 1:8300 -c 1:bench "$DISK.tmp" >/dev/null
         l=$(part_loop "$DISK.tmp"); loops+=("$l")
         mkfs.ext4 -q -F -L bench "$l"
         mnt=$(mktemp -d)
@@ -124,6 +126,7 @@ if [ -z "${LAB_INSIDE:-}" ]; then
     rm -f "$out/target.raw" "$out/target.part"
     t0=$(now); "$IMG" restore "$out/disk.img" -disk="$out/target.raw" -yes 2>"$out/restore.log"; sync; t1=$(now)
     ir_s=$(secs "$t0" "$t1")
+    truncate -s $PSIZE "$out/target.part" # partclone restores onto a partition of the size it had
     t0=$(now); zstd -dc -q "$out/disk.pc.zst" | partclone.ext4 -r -q -s - -O "$out/target.part" 2>"$out/pcr.log"; sync; t1=$(now)
     pr_s=$(secs "$t0" "$t1")
     printf '  %-34s %8s s\n' "img restore" "$ir_s" "zstd -d | partclone.ext4 -r" "$pr_s"
@@ -136,7 +139,7 @@ if [ -z "${LAB_INSIDE:-}" ]; then
         dev=$ploop; [ $side = dst ] && dev=$tl
         debugfs -R "rdump / $d" "$dev" >/dev/null 2>&1
     done
-    if diff -r -q "$out/tree-src" "$out/tree-dst" >/dev/null; then
+    if diff -r -q --no-dereference "$out/tree-src" "$out/tree-dst" >"$out/diff.log" 2>&1; then
         echo "  img restore: every file equal to the source ($(find "$out/tree-src" -type f | wc -l) files)"
     else
         echo "  img restore: FILES DIFFER"
@@ -160,6 +163,7 @@ run_mcast() { # run_mcast TOOL -> seconds, and checks
     for ((i = 0; i <= n; i++)); do lab_rate h$i "$RATE"; done
     for ((i = 1; i <= n; i++)); do
         rm -f "$OUT/m$i"
+        [ "$tool" = img ] || truncate -s $PSIZE "$OUT/m$i"
         if [ "$tool" = img ]; then
             lab_spawn h$i "$OUT/mc$i.log" "$IMG" -session realdisk -client -disk="$OUT/m$i" -interface=eth0 -yes >/dev/null
         else

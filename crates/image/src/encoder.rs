@@ -110,16 +110,35 @@ impl EncodeOptions {
     }
 }
 
-/// The block size for a map and a chunk size: the map's alignment (so it
-/// is stored without rounding), at most [`DEFAULT_BLOCK_SIZE`] (fine-grained
-/// zero detection, maps of 32 bytes per MiB) and at most what divides the
-/// chunk size, at least [`MIN_BLOCK_SIZE`] (a map with finer boundaries is
-/// rounded outwards to whole sectors, never dropping a used byte).
+/// Bytes that rounding a map out to a coarser block may add, at most, per
+/// used byte: a few sectors of a partition table's padding are worth
+/// storing when coarser blocks shrink every chunk's bitmaps eightfold.
+const ROUNDING_SLACK: u64 = 1024;
+
+/// The block size for a map and a chunk size: the coarsest power of two, at
+/// most [`DEFAULT_BLOCK_SIZE`] (fine-grained zero detection, maps of 32 bytes
+/// per MiB) and at most what divides the chunk size, whose outward rounding
+/// of the map adds no more than 1/[`ROUNDING_SLACK`] of its bytes (a GPT's
+/// 34-sector table then no longer forces 512-byte blocks on a disk of 4 KiB
+/// filesystems); at least [`MIN_BLOCK_SIZE`]. Rounding is outwards, so a
+/// coarser block stores a few more bytes, never drops a used one.
 pub fn choose_block_size(used: Option<&Extents>, chunk_size: u32) -> u32 {
     let cap = DEFAULT_BLOCK_SIZE.min(chunk_size & chunk_size.wrapping_neg());
-    let align = used.map_or(u64::from(cap), |m| m.alignment(u64::from(cap)));
-    // `alignment` never exceeds `cap`, so the cast is lossless.
-    (align as u32).max(MIN_BLOCK_SIZE)
+    let Some(m) = used else {
+        return cap.max(MIN_BLOCK_SIZE);
+    };
+    let exact = m.alignment(u64::from(cap));
+    let total = m.total();
+    let mut b = u64::from(cap.max(MIN_BLOCK_SIZE));
+    while b > exact.max(u64::from(MIN_BLOCK_SIZE)) {
+        let added = m.rounded_out(b, u64::MAX).total() - total;
+        if added <= total / ROUNDING_SLACK {
+            break;
+        }
+        b /= 2;
+    }
+    // `b` never exceeds `cap`, so the cast is lossless.
+    b as u32
 }
 
 /// Progress in raw disk bytes.
@@ -457,11 +476,29 @@ mod tests {
         assert_eq!(choose_block_size(None, 12800), 512);
         let fs4k = extents(&[(1 << 20, 40 << 20), (100 << 20, 4096)]);
         assert_eq!(choose_block_size(Some(&fs4k), 1 << 20), 4096);
-        let fs1k = extents(&[(1 << 20, 40 << 20), (100 << 20, 1024)]);
+        // One odd 1 KiB block among 40 MiB: rounded out (3 KiB more), 4 KiB blocks.
+        let odd1k = extents(&[(1 << 20, 40 << 20), (100 << 20, 1024)]);
+        assert_eq!(choose_block_size(Some(&odd1k), 1 << 20), 4096);
+        // A filesystem of scattered 1 KiB blocks: 4 KiB would store four times as much.
+        let pairs: Vec<(u64, u64)> = (0..1000u64).map(|i| (i * 8192 + 1024, 1024)).collect();
+        let fs1k = extents(&pairs);
         assert_eq!(choose_block_size(Some(&fs1k), 1 << 20), 1024);
         let bytes = extents(&[(100, 3)]);
         assert_eq!(choose_block_size(Some(&bytes), 1 << 20), 512);
         assert_eq!(choose_block_size(Some(&Extents::new()), 1 << 20), 4096);
+        // A GPT disk: 34 sectors of table, a 4 KiB-aligned filesystem of 1 GiB, 33 sectors of
+        // backup: 4 KiB blocks (a few sectors of padding stored), not 512.
+        let mut gpt = Extents::new();
+        gpt.insert(0, 34 * 512);
+        gpt.insert(1 << 20, 1 << 30);
+        gpt.insert((2 << 30) - 33 * 512, 33 * 512);
+        assert_eq!(choose_block_size(Some(&gpt), 1 << 20), 4096);
+        // A map of little but scattered sectors stays exact.
+        let mut sparse = Extents::new();
+        for i in 0..100u64 {
+            sparse.insert(i * 8192 + 512, 512);
+        }
+        assert_eq!(choose_block_size(Some(&sparse), 1 << 20), 512);
     }
 
     fn spans(m: &BlockMap) -> Vec<(u32, u32)> {

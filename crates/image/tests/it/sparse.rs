@@ -611,7 +611,8 @@ fn syscalls_of_make_and_restore() -> TestResult {
         );
     }
 
-    // restore: 38 MiB of data in merged writes of up to 8 MiB.
+    // restore: 38 MiB of data in merged writes of up to 1 MiB each (one per chunk at most, the
+    // runs of a chunk merged: 38 data chunks, a few cut by the first sector).
     let calls = calls_on(&trace, &target);
     let writes: Vec<&Call> = calls
         .iter()
@@ -619,7 +620,7 @@ fn syscalls_of_make_and_restore() -> TestResult {
         .collect();
     let written: u64 = writes.iter().map(|c| c.len).sum();
     assert!(written >= 38 << 20, "{written} bytes written");
-    assert!(writes.len() <= 12, "{} writes: not merged", writes.len());
+    assert!(writes.len() <= 42, "{} writes: not merged", writes.len());
     assert!(
         calls.iter().any(|c| c.name == "sync_file_range"),
         "writeback never started"
