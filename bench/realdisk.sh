@@ -3,7 +3,8 @@
 # (partclone | zstd, and over multicast partclone | zstd | udp-sender), all in one run.
 # Run by hand as root (loop devices, mount), not in CI.
 #
-#   bench/realdisk.sh [--size-mib 2048] [--fill 70] [--clients 4] [--rate 1gbit] [--skip-multicast]
+#   bench/realdisk.sh [--size-mib 2048] [--fill 70] [--clients 4] [--rate 1gbit]
+#                     [--skip-multicast | --multicast-only]
 #
 # The disk: SIZE MiB, GPT, one ext4 partition from 1 MiB to the end, filled to FILL%
 # with real files copied from /usr, then every third file deleted, so its free space
@@ -15,7 +16,8 @@
 #              img make -raw -comp=1   (byte-exact whole disk: what free-space blocks cost)
 #   restore:   img restore (file)      vs  zstd -d | partclone.ext4 -r (file), both + sync
 #   multicast: 4 clients, links RATE   vs  partclone | zstd -1 -T0 | udp-sender  ->
-#              udp-receiver | zstd -d | partclone -r    (in a private namespace LAN)
+#              udp-receiver | zstd -d | partclone -r    (in a private namespace LAN; the
+#              clients write to a tmpfs, as each would to its own disk on a real LAN)
 # and each result is checked: e2fsck -fn on every restored partition, and the files
 # of the source tree compared with the restored tree (debugfs rdump) for the local restores.
 #
@@ -32,6 +34,7 @@ FILL=70
 CLIENTS=4
 RATE=1gbit
 SKIP_MCAST=
+MCAST_ONLY=
 ARGS=("$@")
 while [ $# -gt 0 ]; do
     case $1 in
@@ -40,6 +43,7 @@ while [ $# -gt 0 ]; do
         --clients) CLIENTS=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
         --skip-multicast) SKIP_MCAST=1; shift ;;
+        --multicast-only) MCAST_ONLY=1; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -107,6 +111,7 @@ if [ -z "${LAB_INSIDE:-}" ]; then
     echo "ext4 used blocks: $(mib "$df_used") MiB of $(mib $PSIZE) MiB"
 
     out=$WORK/out; rm -rf "$out"; mkdir -p "$out"
+    if [ -z "$MCAST_ONLY" ]; then
     echo
     echo "== make"
     t0=$(now); "$IMG" make "$out/disk.img" -disk="$DISK" -comp=1 2>"$out/make.log"; t1=$(now)
@@ -146,6 +151,7 @@ if [ -z "${LAB_INSIDE:-}" ]; then
     fi
     rm -rf "$out/tree-src" "$out/tree-dst"
     losetup -d "$tl"
+    fi
 
     if [ -z "$SKIP_MCAST" ]; then
         echo
@@ -157,39 +163,44 @@ fi
 # ---- inside the lab: multicast, CLIENTS clients, links RATE ----
 lab_init
 n=$CLIENTS
+# The clients' disks: a tmpfs inside the lab (as in bench/multicast.sh). Here four clients
+# share one host disk; on a real LAN each writes its own, so the host disk's speed is left out.
+MOUT=/run/realdisk-out
+mkdir -p "$MOUT"
+mount -t tmpfs -o size=$(((CLIENTS + 1) * SIZE_MIB))m realdisk-out "$MOUT"
 run_mcast() { # run_mcast TOOL -> seconds, and checks
     local tool=$1 i pids=() t0 t1 ok=0
     lab_up $((n + 1))
     for ((i = 0; i <= n; i++)); do lab_rate h$i "$RATE"; done
     for ((i = 1; i <= n; i++)); do
-        rm -f "$OUT/m$i"
-        [ "$tool" = img ] || truncate -s $PSIZE "$OUT/m$i"
+        rm -f "$MOUT/m$i"
+        [ "$tool" = img ] || truncate -s $PSIZE "$MOUT/m$i"
         if [ "$tool" = img ]; then
-            lab_spawn h$i "$OUT/mc$i.log" "$IMG" -session realdisk -client -disk="$OUT/m$i" -interface=eth0 -yes >/dev/null
+            lab_spawn h$i "$OUT/mc-$tool-$i.log" "$IMG" -session realdisk -client -disk="$MOUT/m$i" -interface=eth0 -yes >/dev/null
         else
-            lab_spawn h$i "$OUT/mc$i.log" bash -c "udp-receiver --nokbd --interface eth0 --mcast-rdv-address 231.77.0.1 --start-timeout 60 | zstd -dc -q | partclone.ext4 -r -q -s - -O '$OUT/m$i'" >/dev/null
+            lab_spawn h$i "$OUT/mc-$tool-$i.log" bash -c "udp-receiver --nokbd --interface eth0 --mcast-rdv-address 231.77.0.1 --start-timeout 60 | zstd -dc -q | partclone.ext4 -r -q -s - -O '$MOUT/m$i'" >/dev/null
         fi
         pids+=("$LAB_LAST_PID")
     done
     sleep 0.5
     t0=$(now)
     if [ "$tool" = img ]; then
-        lab_exec h0 "$IMG" -session realdisk -master -clients=$n -disk="$DISK" -interface=eth0 >"$OUT/mm.out" 2>"$OUT/mm.log" || true
+        lab_exec h0 "$IMG" -session realdisk -master -clients=$n -disk="$DISK" -interface=eth0 >"$OUT/mm-$tool.out" 2>"$OUT/mm-$tool.log" || true
     else
-        lab_exec h0 bash -c "partclone.ext4 -c -q -s '$PLOOP' -o - 2>/dev/null | zstd -1 -T0 -q | udp-sender --nokbd --interface eth0 --min-receivers $n --mcast-rdv-address 231.77.0.1 --rexmit-hello-interval 200" >"$OUT/mm.out" 2>"$OUT/mm.log" || true
+        lab_exec h0 bash -c "partclone.ext4 -c -q -s '$PLOOP' -o - 2>/dev/null | zstd -1 -T0 -q | udp-sender --nokbd --interface eth0 --min-receivers $n --mcast-rdv-address 231.77.0.1 --rexmit-hello-interval 200" >"$OUT/mm-$tool.out" 2>"$OUT/mm-$tool.log" || true
     fi
     lab_wait 600 "${pids[@]}" >/dev/null 2>&1 || true
     t1=$(now)
     for ((i = 1; i <= n; i++)); do
         if [ "$tool" = img ]; then
             # The partition of the restored disk, without a loop device: e2fsck on a copy of it.
-            dd if="$OUT/m$i" of="$OUT/m$i.p" bs=1M skip=$((PSTART >> 20)) count=$((PSIZE >> 20)) status=none 2>/dev/null || true
-            e2fsck -fn "$OUT/m$i.p" >/dev/null 2>&1 && ok=$((ok + 1))
-            rm -f "$OUT/m$i.p"
+            dd if="$MOUT/m$i" of="$MOUT/m$i.p" bs=1M skip=$((PSTART >> 20)) count=$((PSIZE >> 20)) status=none 2>/dev/null || true
+            e2fsck -fn "$MOUT/m$i.p" >/dev/null 2>&1 && ok=$((ok + 1))
+            rm -f "$MOUT/m$i.p"
         else
-            e2fsck -fn "$OUT/m$i" >/dev/null 2>&1 && ok=$((ok + 1))
+            e2fsck -fn "$MOUT/m$i" >/dev/null 2>&1 && ok=$((ok + 1))
         fi
-        rm -f "$OUT/m$i"
+        rm -f "$MOUT/m$i"
     done
     lab_down
     echo "$(secs "$t0" "$t1") $ok"
