@@ -43,7 +43,7 @@ const INLINE_ZERO_MAX: u64 = 64 << 10;
 /// A merged write is cut at this size (it may be larger when one run is).
 /// Small enough that the bytes are still in the CPU cache when the kernel
 /// copies them: with 8 MiB the page-cache copy of a 4-client session took
-/// four times the CPU and the session 6% longer; a syscall per MiB costs
+/// four times the CPU and a 4-client session 8% slower; a syscall per MiB costs
 /// nothing measurable.
 const MAX_WRITE: u64 = 1 << 20;
 /// Most buffers gathered into one merged write.
