@@ -1,9 +1,16 @@
 //! A deterministic network simulator: virtual clock, masters and clients on one multicast group,
-//! seeded loss, duplication, reordering and latency on every link, in both directions.
+//! seeded impairments on every link, in both directions (see `links`).
+//!
+//! It is an event queue: one heap holds datagrams in flight and node wake-ups, ordered by
+//! (time, insertion order) so the same seed always gives the same run. A step handles only the
+//! nodes with a delivery or a due wake-up; each is re-scheduled at its `poll_timeout()` (or its
+//! disk's next write) afterwards, and stale wake-ups are skipped when popped (lazy invalidation).
+//! A group datagram is one shared `Rc<[u8]>` for all receivers; only corruption and forging copy.
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use imgcast_proto::wire::{self, Body, Header};
@@ -12,75 +19,28 @@ use imgcast_proto::{
     SenderEvent, SessionName,
 };
 
-/// SplitMix64: repeatable randomness for the network.
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
+use crate::disk::Disk;
+pub(crate) use crate::links::{Bottleneck, Link, Rng};
 
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub(crate) fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// Most datagrams (or events) one node may produce in one instant: a guard against a state machine
+/// that never stops returning work.
+const MAX_PER_INSTANT: usize = 1 << 20;
 
-/// One direction of a path.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Link {
-    pub(crate) loss: f64,
-    pub(crate) dup: f64,
-    pub(crate) reorder: f64,
-    pub(crate) latency: Duration,
-    pub(crate) jitter: Duration,
-    /// Share of datagrams with one bit flipped in flight: the packet check must catch them.
-    pub(crate) corrupt: f64,
-    /// Share of keyless data packets whose symbol is changed and then re-sealed with a valid tag
-    /// and the original header, as an on-path forger (or a faulty master) would: only the
-    /// engine's hash check can catch them.
-    pub(crate) forge: f64,
-}
-
-impl Link {
-    pub(crate) fn clean() -> Self {
-        Self {
-            loss: 0.0,
-            dup: 0.0,
-            reorder: 0.0,
-            latency: Duration::from_micros(200),
-            jitter: Duration::ZERO,
-            corrupt: 0.0,
-            forge: 0.0,
-        }
-    }
-    pub(crate) fn lossy(loss: f64) -> Self {
-        Self {
-            loss,
-            dup: 0.01,
-            reorder: 0.02,
-            latency: Duration::from_micros(300),
-            jitter: Duration::from_micros(200),
-            corrupt: 0.0,
-            forge: 0.0,
-        }
-    }
-}
+/// Wire type codes (`Body::kind`) the counters tell apart.
+const KIND_REGISTER: u8 = 2;
+const KIND_DATA: u8 = 5;
+const KIND_STATUS: u8 = 6;
+const KIND_REPORT: u8 = 8;
 
 /// What a simulated client's engine does.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy {
     /// Register when announced.
     pub(crate) register: bool,
-    /// Confirm objects as soon as they arrive (a fast disk); false: never (a stuck disk).
+    /// Confirm objects once written (at once, or at the node's `disk` rate); false: never (a stuck
+    /// disk).
     pub(crate) confirm: bool,
-    /// Report done on the trailer.
+    /// Report done on the trailer, once every object is written.
     pub(crate) report: bool,
 }
 
@@ -97,12 +57,18 @@ impl Default for Policy {
 pub(crate) struct TxNode {
     pub(crate) tx: Sender,
     pub(crate) addr: SocketAddr,
-    pub(crate) objects: Vec<Vec<u8>>,
+    /// Shared, so a receiver's verified copy costs no memory.
+    pub(crate) objects: Vec<Rc<Vec<u8>>>,
     pub(crate) trailer: Vec<u8>,
     pub(crate) pushed: usize,
     pub(crate) finished_objects: bool,
     pub(crate) events: Vec<(Instant, SenderEvent)>,
+    /// How the group and other masters reach it.
     pub(crate) link: Link,
+    /// The master's own uplink, shared by everything it sends (group and unicast).
+    pub(crate) uplink: Option<Bottleneck>,
+    wake: Option<Instant>,
+    dirty: bool,
 }
 
 pub(crate) struct RxNode {
@@ -116,13 +82,24 @@ pub(crate) struct RxNode {
     pub(crate) addr: SocketAddr,
     pub(crate) down: Link,
     pub(crate) up: Link,
+    /// A bottleneck before `down` (the client's port or access link).
+    pub(crate) downlink: Option<Bottleneck>,
+    /// A writer with a bounded rate; `None` writes at once.
+    pub(crate) disk: Option<Disk>,
     pub(crate) join_at: Instant,
     pub(crate) die_at: Option<Instant>,
     pub(crate) policy: Policy,
-    pub(crate) objects: BTreeMap<u32, Vec<u8>>,
+    /// Verified objects: the master's own bytes (the engine compared them).
+    pub(crate) objects: BTreeMap<u32, Rc<Vec<u8>>>,
     pub(crate) duplicate_objects: u32,
     pub(crate) trailer: Option<Vec<u8>>,
+    reported: bool,
+    /// When `Completed` happened.
+    pub(crate) completed_at: Option<Instant>,
+    /// Every event, when it happened; `Object` events without their bytes.
     pub(crate) events: Vec<(Instant, ReceiverEvent)>,
+    wake: Option<Instant>,
+    dirty: bool,
 }
 
 impl RxNode {
@@ -131,19 +108,146 @@ impl RxNode {
     }
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
+/// Client → master datagrams, by type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Feedback {
+    pub(crate) register: u64,
+    pub(crate) status: u64,
+    pub(crate) report: u64,
+    /// Anything else (or unreadable).
+    pub(crate) other: u64,
+    pub(crate) bytes: u64,
+}
+
+impl Feedback {
+    pub(crate) fn packets(&self) -> u64 {
+        self.register + self.status + self.report + self.other
+    }
+}
+
+/// What went over the wire, counted where it was sent (before any loss).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counters {
+    /// Every datagram masters sent to the group, and its bytes.
+    pub(crate) group_packets: u64,
+    pub(crate) group_bytes: u64,
+    /// Group Data packets (source and repair symbols), and their bytes.
+    pub(crate) data_packets: u64,
+    pub(crate) data_bytes: u64,
+    /// Masters' unicast datagrams to clients, and their bytes.
+    pub(crate) unicast_packets: u64,
+    pub(crate) unicast_bytes: u64,
+    /// Every client → master datagram.
+    pub(crate) feedback: Feedback,
+}
+
+impl Counters {
+    /// Everything masters sent.
+    pub(crate) fn bytes_sent(&self) -> u64 {
+        self.group_bytes + self.unicast_bytes
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum To {
     Sender(usize),
     Receiver(usize),
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Flight {
+enum What {
+    Deliver {
+        to: To,
+        from: SocketAddr,
+        bytes: Rc<[u8]>,
+    },
+    Wake(To),
+}
+
+struct Event {
     at: Instant,
     order: u64,
-    to: To,
-    from: SocketAddr,
-    bytes: Vec<u8>,
+    what: What,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.order) == (o.at, o.order)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.at, self.order).cmp(&(o.at, o.order))
+    }
+}
+
+/// The event heap and the network's randomness: what every link draws from.
+struct Wire {
+    heap: BinaryHeap<Reverse<Event>>,
+    order: u64,
+    rng: Rng,
+}
+
+impl Wire {
+    fn push(&mut self, at: Instant, what: What) {
+        self.order += 1;
+        self.heap.push(Reverse(Event {
+            at,
+            order: self.order,
+            what,
+        }));
+    }
+
+    /// Sends `bytes`, entering `link` at `at` (after any queue), towards `to`.
+    fn send(&mut self, at: Instant, link: &mut Link, to: To, from: SocketAddr, bytes: &Rc<[u8]>) {
+        if link.lose(&mut self.rng) {
+            return;
+        }
+        let mut bytes = Rc::clone(bytes);
+        if link.corrupt > 0.0 && self.rng.unit() < link.corrupt && !bytes.is_empty() {
+            let mut v = bytes.to_vec();
+            let i = (self.rng.next_u64() % v.len() as u64) as usize;
+            v[i] ^= 1 << (self.rng.next_u64() % 8);
+            bytes = v.into();
+        }
+        if link.forge > 0.0 && self.rng.unit() < link.forge {
+            if let Some(f) = self.forged(&bytes) {
+                bytes = f.into();
+            }
+        }
+        let copies = if self.rng.unit() < link.dup { 2 } else { 1 };
+        for _ in 0..copies {
+            let mut delay = link.latency + link.jitter.mul_f64(self.rng.unit());
+            if self.rng.unit() < link.reorder {
+                delay += link.latency * 3;
+            }
+            let what = What::Deliver {
+                to,
+                from,
+                bytes: Rc::clone(&bytes),
+            };
+            self.push(at + delay, what);
+        }
+    }
+
+    /// A keyless data packet with its symbol changed, re-sealed under the run's check key with its
+    /// original header: it passes the packet check and the replay window.
+    fn forged(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let h = Header::peek(bytes).ok()?;
+        let key = PacketKey::new(None, &h.name_hash, h.session_id);
+        let mut p = wire::open(bytes, &key).ok()?;
+        let Body::Data(d) = &mut p.body else {
+            return None;
+        };
+        let i = (self.rng.next_u64() % d.symbol.len() as u64) as usize;
+        d.symbol[i] ^= 0x5a;
+        Some(wire::seal(&p, &key))
+    }
 }
 
 pub(crate) struct Sim {
@@ -151,10 +255,11 @@ pub(crate) struct Sim {
     pub(crate) now: Instant,
     pub(crate) senders: Vec<TxNode>,
     pub(crate) receivers: Vec<RxNode>,
-    flights: BinaryHeap<Reverse<Flight>>,
-    order: u64,
-    rng: Rng,
+    wire: Wire,
+    /// Receivers to handle in this step, in the order they became due.
+    due: Vec<usize>,
     pub(crate) steps: u64,
+    pub(crate) counters: Counters,
     /// Group datagrams seen on the wire, as a capturing host would record them (up to `tap_limit`).
     pub(crate) tap: Vec<Vec<u8>>,
     pub(crate) tap_limit: usize,
@@ -169,12 +274,24 @@ pub(crate) fn objects(seed: u64, sizes: &[usize]) -> Vec<Vec<u8>> {
     let mut rng = Rng::new(seed);
     sizes
         .iter()
-        .map(|&n| (0..n).map(|_| rng.next_u64() as u8).collect())
+        .map(|&n| {
+            let mut v = Vec::with_capacity(n + 8);
+            while v.len() < n {
+                v.extend_from_slice(&rng.next_u64().to_le_bytes());
+            }
+            v.truncate(n);
+            v
+        })
         .collect()
 }
 
 pub(crate) fn name(s: &str) -> SessionName {
     SessionName::new(s).expect("valid test name")
+}
+
+/// The first instant strictly after `now` (the clock must move on every step).
+fn after(now: Instant) -> Instant {
+    now + Duration::from_nanos(1)
 }
 
 impl Sim {
@@ -185,10 +302,14 @@ impl Sim {
             now: t0,
             senders: Vec::new(),
             receivers: Vec::new(),
-            flights: BinaryHeap::new(),
-            order: 0,
-            rng: Rng::new(seed),
+            wire: Wire {
+                heap: BinaryHeap::new(),
+                order: 0,
+                rng: Rng::new(seed),
+            },
+            due: Vec::new(),
             steps: 0,
+            counters: Counters::default(),
             tap: Vec::new(),
             tap_limit: 0,
         }
@@ -210,14 +331,19 @@ impl Sim {
         self.senders.push(TxNode {
             tx,
             addr: addr(host),
-            objects,
+            objects: objects.into_iter().map(Rc::new).collect(),
             trailer,
             pushed: 0,
             finished_objects: false,
             events: Vec::new(),
             link: Link::clean(),
+            uplink: None,
+            wake: None,
+            dirty: false,
         });
-        self.senders.len() - 1
+        let s = self.senders.len() - 1;
+        self.wake_sender(s);
+        s
     }
 
     pub(crate) fn add_receiver(
@@ -228,7 +354,7 @@ impl Sim {
         join_ms: u64,
     ) -> usize {
         let host = 1000 + self.receivers.len() as u32;
-        let join_at = self.at(join_ms);
+        let join_at = self.at(join_ms).max(self.now);
         self.receivers.push(RxNode {
             rx: Receiver::new(cfg),
             rejected: 0,
@@ -237,15 +363,44 @@ impl Sim {
             addr: addr(host),
             down,
             up,
+            downlink: None,
+            disk: None,
             join_at,
             die_at: None,
             policy: Policy::default(),
             objects: BTreeMap::new(),
             duplicate_objects: 0,
             trailer: None,
+            reported: false,
+            completed_at: None,
             events: Vec::new(),
+            wake: None,
+            dirty: false,
         });
-        self.receivers.len() - 1
+        let r = self.receivers.len() - 1;
+        self.schedule(To::Receiver(r), join_at);
+        r
+    }
+
+    /// Handles sender `s` in the next step: for a test that changed it from outside (`start_now`,
+    /// `abort`), which its `poll_timeout()` may not show.
+    pub(crate) fn wake_sender(&mut self, s: usize) {
+        self.senders[s].wake = None;
+        self.schedule(To::Sender(s), self.now);
+    }
+
+    /// Makes node `to` due at `at` (no earlier than now), replacing its previous wake-up.
+    fn schedule(&mut self, to: To, at: Instant) {
+        let at = at.max(self.now);
+        let wake = match to {
+            To::Sender(s) => &mut self.senders[s].wake,
+            To::Receiver(r) => &mut self.receivers[r].wake,
+        };
+        if *wake == Some(at) {
+            return;
+        }
+        *wake = Some(at);
+        self.wire.push(at, What::Wake(to));
     }
 
     fn active(&self, i: usize) -> bool {
@@ -253,239 +408,322 @@ impl Sim {
         self.now >= r.join_at && r.die_at.is_none_or(|d| self.now < d)
     }
 
-    fn schedule(&mut self, link: Link, to: To, from: SocketAddr, mut bytes: Vec<u8>) {
-        if self.rng.unit() < link.loss {
-            return;
-        }
-        if link.corrupt > 0.0 && self.rng.unit() < link.corrupt && !bytes.is_empty() {
-            let i = (self.rng.next_u64() % bytes.len() as u64) as usize;
-            bytes[i] ^= 1 << (self.rng.next_u64() % 8);
-        }
-        if link.forge > 0.0 && self.rng.unit() < link.forge {
-            bytes = self.forged(bytes);
-        }
-        let copies = if self.rng.unit() < link.dup { 2 } else { 1 };
-        for _ in 0..copies {
-            let mut delay = link.latency + link.jitter.mul_f64(self.rng.unit());
-            if self.rng.unit() < link.reorder {
-                delay += link.latency * 3;
-            }
-            self.order += 1;
-            self.flights.push(Reverse(Flight {
-                at: self.now + delay,
-                order: self.order,
-                to: match &to {
-                    To::Sender(i) => To::Sender(*i),
-                    To::Receiver(i) => To::Receiver(*i),
-                },
-                from,
-                bytes: bytes.clone(),
-            }));
-        }
-    }
-
-    /// A keyless data packet with its symbol changed, re-sealed under the run's check key with its
-    /// original header: it passes the packet check and the replay window.
-    fn forged(&mut self, bytes: Vec<u8>) -> Vec<u8> {
-        let Ok(h) = Header::peek(&bytes) else {
-            return bytes;
-        };
-        let key = PacketKey::new(None, &h.name_hash, h.session_id);
-        let Ok(mut p) = wire::open(&bytes, &key) else {
-            return bytes;
-        };
-        let Body::Data(d) = &mut p.body else {
-            return bytes;
-        };
-        let i = (self.rng.next_u64() % d.symbol.len() as u64) as usize;
-        d.symbol[i] ^= 0x5a;
-        wire::seal(&p, &key)
-    }
-
     /// Injects a datagram to a receiver (or, with `None`, to sender 0) arriving now.
     pub(crate) fn inject(&mut self, receiver: Option<usize>, from: SocketAddr, bytes: Vec<u8>) {
-        self.order += 1;
-        self.flights.push(Reverse(Flight {
-            at: self.now,
-            order: self.order,
-            to: receiver.map_or(To::Sender(0), To::Receiver),
+        let to = receiver.map_or(To::Sender(0), To::Receiver);
+        let what = What::Deliver {
+            to,
             from,
-            bytes,
-        }));
+            bytes: bytes.into(),
+        };
+        self.wire.push(self.now, what);
     }
 
     fn route_from_sender(&mut self, s: usize, dest: Dest, payload: Vec<u8>) {
+        let now = self.now;
+        let len = payload.len() as u64;
+        let kind = Header::peek(&payload).map_or(0, |h| h.kind);
         let from = self.senders[s].addr;
+        let bytes: Rc<[u8]> = payload.into();
         match dest {
             Dest::Group => {
-                if self.tap.len() < self.tap_limit {
-                    self.tap.push(payload.clone());
+                let c = &mut self.counters;
+                c.group_packets += 1;
+                c.group_bytes += len;
+                if kind == KIND_DATA {
+                    c.data_packets += 1;
+                    c.data_bytes += len;
                 }
+                if self.tap.len() < self.tap_limit {
+                    self.tap.push(bytes.to_vec());
+                }
+            }
+            Dest::Peer(_) => {
+                self.counters.unicast_packets += 1;
+                self.counters.unicast_bytes += len;
+            }
+        }
+        let left = match &mut self.senders[s].uplink {
+            Some(q) => q.offer(now, bytes.len()),
+            None => Some(now),
+        };
+        let Some(left) = left else { return };
+        match dest {
+            Dest::Group => {
                 for r in 0..self.receivers.len() {
-                    let link = self.receivers[r].down;
-                    self.schedule(link, To::Receiver(r), from, payload.clone());
+                    let n = &mut self.receivers[r];
+                    let Some(at) = n
+                        .downlink
+                        .as_mut()
+                        .map_or(Some(left), |q| q.offer(left, len as usize))
+                    else {
+                        continue;
+                    };
+                    self.wire
+                        .send(at, &mut n.down, To::Receiver(r), from, &bytes);
                 }
                 for o in 0..self.senders.len() {
                     if o != s {
-                        let link = self.senders[o].link;
-                        self.schedule(link, To::Sender(o), from, payload.clone());
+                        let link = &mut self.senders[o].link;
+                        self.wire.send(left, link, To::Sender(o), from, &bytes);
                     }
                 }
             }
             Dest::Peer(a) => {
-                if let Some(r) = self.receivers.iter().position(|n| n.addr == a) {
-                    if self.receivers[r].lose_unicast > 0 {
-                        self.receivers[r].lose_unicast -= 1;
-                        return;
-                    }
-                    let link = self.receivers[r].down;
-                    self.schedule(link, To::Receiver(r), from, payload);
+                let Some(r) = self.receivers.iter().position(|n| n.addr == a) else {
+                    return;
+                };
+                let n = &mut self.receivers[r];
+                if n.lose_unicast > 0 {
+                    n.lose_unicast -= 1;
+                    return;
                 }
+                let Some(at) = n
+                    .downlink
+                    .as_mut()
+                    .map_or(Some(left), |q| q.offer(left, len as usize))
+                else {
+                    return;
+                };
+                self.wire
+                    .send(at, &mut n.down, To::Receiver(r), from, &bytes);
             }
         }
     }
 
-    /// One step: deliver what is due, let every node send and react, advance the clock.
-    /// Returns false when nothing will ever happen again.
+    fn route_from_receiver(&mut self, r: usize, dest: Dest, payload: Vec<u8>) {
+        let Dest::Peer(a) = dest else {
+            panic!("receivers only unicast");
+        };
+        let f = &mut self.counters.feedback;
+        f.bytes += payload.len() as u64;
+        match Header::peek(&payload).map_or(0, |h| h.kind) {
+            KIND_REGISTER => f.register += 1,
+            KIND_STATUS => f.status += 1,
+            KIND_REPORT => f.report += 1,
+            _ => f.other += 1,
+        }
+        if let Some(s) = self.senders.iter().position(|n| n.addr == a) {
+            let n = &mut self.receivers[r];
+            let bytes: Rc<[u8]> = payload.into();
+            self.wire
+                .send(self.now, &mut n.up, To::Sender(s), n.addr, &bytes);
+        }
+    }
+
+    /// One step: deliver what is due, let the nodes that have something to do send and react,
+    /// advance the clock to the next event. Returns false when nothing will ever happen again.
     pub(crate) fn step(&mut self) -> bool {
         self.steps += 1;
         let now = self.now;
-        while self.flights.peek().is_some_and(|Reverse(f)| f.at <= now) {
-            let Some(Reverse(f)) = self.flights.pop() else {
+        while self.wire.heap.peek().is_some_and(|Reverse(e)| e.at <= now) {
+            let Some(Reverse(e)) = self.wire.heap.pop() else {
                 break;
             };
-            match f.to {
-                To::Sender(i) => self.senders[i].tx.handle(now, f.from, &f.bytes),
-                To::Receiver(i) => {
-                    if self.active(i) {
-                        self.receivers[i].rx.handle(now, f.from, &f.bytes);
+            match e.what {
+                What::Deliver { to, from, bytes } => match to {
+                    To::Sender(s) if s < self.senders.len() => {
+                        self.senders[s].tx.handle(now, from, &bytes);
+                        self.senders[s].dirty = true;
+                    }
+                    To::Receiver(r) if self.active(r) => {
+                        self.receivers[r].rx.handle(now, from, &bytes);
+                        self.mark(r);
+                    }
+                    _ => {}
+                },
+                What::Wake(To::Sender(s)) => {
+                    if let Some(n) = self.senders.get_mut(s).filter(|n| n.wake == Some(e.at)) {
+                        n.wake = None;
+                        n.dirty = true;
+                    }
+                }
+                What::Wake(To::Receiver(r)) => {
+                    if self.receivers[r].wake == Some(e.at) {
+                        self.receivers[r].wake = None;
+                        self.mark(r);
                     }
                 }
             }
         }
         for s in 0..self.senders.len() {
+            if std::mem::take(&mut self.senders[s].dirty) {
+                self.handle_sender(s);
+            }
+        }
+        let due = std::mem::take(&mut self.due);
+        for &r in &due {
+            self.receivers[r].dirty = false;
+            if self.active(r) {
+                self.handle_receiver(r);
+            }
+        }
+        self.due = due;
+        self.due.clear();
+        match self.wire.heap.peek() {
+            None => false,
+            Some(Reverse(e)) => {
+                self.now = e.at.max(after(now));
+                true
+            }
+        }
+    }
+
+    fn mark(&mut self, r: usize) {
+        let n = &mut self.receivers[r];
+        if !n.dirty {
+            n.dirty = true;
+            self.due.push(r);
+        }
+    }
+
+    fn handle_sender(&mut self, s: usize) {
+        let now = self.now;
+        for _ in 0..MAX_PER_INSTANT {
             let n = &mut self.senders[s];
+            let mut busy = false;
             while n.tx.want_objects() > 0 && n.pushed < n.objects.len() {
-                let data = n.objects[n.pushed].clone();
+                let data = n.objects[n.pushed].as_ref().clone();
                 n.tx.push_object(n.pushed as u32, data)
                     .expect("push in window");
                 n.pushed += 1;
+                busy = true;
             }
             if n.pushed == n.objects.len() && !n.finished_objects {
                 n.finished_objects = n.tx.finish_objects(n.trailer.clone()).is_ok();
             }
             while let Some(t) = self.senders[s].tx.poll_transmit(now) {
+                busy = true;
                 self.route_from_sender(s, t.dest, t.payload);
             }
-            while let Some(e) = self.senders[s].tx.poll_event() {
-                self.senders[s].events.push((now, e));
+            let n = &mut self.senders[s];
+            while let Some(e) = n.tx.poll_event() {
+                busy = true;
+                n.events.push((now, e));
+            }
+            if !busy {
+                let next = n.tx.poll_timeout().map(|t| t.max(after(now)));
+                if let Some(t) = next {
+                    self.schedule(To::Sender(s), t);
+                }
+                return;
             }
         }
-        for r in 0..self.receivers.len() {
-            if !self.active(r) {
-                continue;
+        panic!("sender {s} kept busy for {MAX_PER_INSTANT} rounds at one instant");
+    }
+
+    fn handle_receiver(&mut self, r: usize) {
+        let now = self.now;
+        let n = &mut self.receivers[r];
+        if let Some(d) = &mut n.disk {
+            while let Some(index) = d.pop_done(now) {
+                n.rx.object_done(index);
             }
-            loop {
-                while let Some(t) = self.receivers[r].rx.poll_transmit(now) {
-                    let Dest::Peer(a) = t.dest else {
-                        panic!("receivers only unicast");
-                    };
-                    if let Some(s) = self.senders.iter().position(|n| n.addr == a) {
-                        let (link, from) = (self.receivers[r].up, self.receivers[r].addr);
-                        self.schedule(link, To::Sender(s), from, t.payload);
-                    }
+        }
+        self.try_report(r);
+        for _ in 0..MAX_PER_INSTANT {
+            while let Some(t) = self.receivers[r].rx.poll_transmit(now) {
+                self.route_from_receiver(r, t.dest, t.payload);
+            }
+            let Some(e) = self.receivers[r].rx.poll_event() else {
+                let n = &self.receivers[r];
+                let next = [
+                    n.rx.poll_timeout(),
+                    n.disk.as_ref().and_then(Disk::next_done),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                if let Some(t) = next {
+                    self.schedule(To::Receiver(r), t.max(after(now)));
                 }
-                let mut any = false;
-                while let Some(e) = self.receivers[r].rx.poll_event() {
-                    any = true;
-                    let n = &mut self.receivers[r];
-                    match &e {
-                        ReceiverEvent::Announced { .. } if n.policy.register => {
-                            n.rx.register(now, 64 << 20)
-                                .expect("register after announce");
+                return;
+            };
+            let mut e = e;
+            self.engine(r, &e);
+            // Kept without its bytes (`objects` holds the verified ones): a thousand receivers'
+            // copies of the image would not fit in memory.
+            if let ReceiverEvent::Object { bytes, .. } = &mut e {
+                *bytes = Vec::new();
+            }
+            self.receivers[r].events.push((now, e));
+        }
+        panic!("receiver {r} kept busy for {MAX_PER_INSTANT} events at one instant");
+    }
+
+    /// What the client's engine does with an event.
+    fn engine(&mut self, r: usize, e: &ReceiverEvent) {
+        let now = self.now;
+        let n = &mut self.receivers[r];
+        // The engine's hash and root checks: the truth is the followed master's.
+        let truth =
+            n.rx.session_id()
+                .and_then(|id| self.senders.iter().find(|s| s.tx.session_id() == id));
+        match e {
+            ReceiverEvent::Announced { .. } if n.policy.register => {
+                n.rx.register(now, 64 << 20)
+                    .expect("register after announce");
+            }
+            ReceiverEvent::Object { index, bytes } => {
+                match truth.and_then(|s| s.objects.get(*index as usize)) {
+                    Some(t) if **t == *bytes => {
+                        if n.objects.insert(*index, Rc::clone(t)).is_some() {
+                            n.duplicate_objects += 1;
                         }
-                        ReceiverEvent::Object { index, bytes } => {
-                            // The engine's hash check: the truth is the followed master's object.
-                            let truth =
-                                n.rx.session_id()
-                                    .and_then(|id| {
-                                        self.senders.iter().find(|s| s.tx.session_id() == id)
-                                    })
-                                    .and_then(|s| s.objects.get(*index as usize));
-                            if truth == Some(bytes) {
-                                if n.objects.insert(*index, bytes.clone()).is_some() {
-                                    n.duplicate_objects += 1;
+                        if n.policy.confirm {
+                            match &mut n.disk {
+                                Some(d) => {
+                                    d.queue(now, *index, bytes.len() as u64);
                                 }
-                                if n.policy.confirm {
-                                    n.rx.object_done(*index);
-                                }
-                            } else {
-                                n.rejected += 1;
-                                match n.rx.object_failed(*index) {
-                                    Rejection::GiveUp { attempts } => {
-                                        let why = format!(
-                                            "chunk {index} failed its check {attempts} times; giving up"
-                                        );
-                                        n.gave_up = Some(why.clone());
-                                        let _ = n.rx.report_failed(now, why);
-                                    }
-                                    Rejection::Retry { .. } => {}
-                                    Rejection::NotPending => panic!("object {index} not pending"),
-                                }
+                                None => n.rx.object_done(*index),
                             }
                         }
-                        ReceiverEvent::Trailer(t) => {
-                            let expected =
-                                n.rx.session_id()
-                                    .and_then(|id| {
-                                        self.senders.iter().find(|s| s.tx.session_id() == id)
-                                    })
-                                    .map(|s| s.trailer.clone());
-                            // The engine's root check: only the run's own trailer is obeyed.
-                            if expected.as_ref() == Some(t) {
-                                n.trailer = Some(t.clone());
-                                if n.policy.report {
-                                    n.rx.report_done(now, String::new()).expect("complete");
-                                }
-                            }
-                        }
-                        ReceiverEvent::Queued | ReceiverEvent::Dropped => n.objects.clear(),
-                        _ => {}
                     }
-                    n.events.push((now, e));
+                    _ => {
+                        n.rejected += 1;
+                        match n.rx.object_failed(*index) {
+                            Rejection::GiveUp { attempts } => {
+                                let why = format!(
+                                    "chunk {index} failed its check {attempts} times; giving up"
+                                );
+                                n.gave_up = Some(why.clone());
+                                let _ = n.rx.report_failed(now, why);
+                            }
+                            Rejection::Retry { .. } => {}
+                            Rejection::NotPending => panic!("object {index} not pending"),
+                        }
+                    }
                 }
-                if !any {
-                    break;
+            }
+            ReceiverEvent::Trailer(t) if truth.is_some_and(|s| s.trailer == *t) => {
+                n.trailer = Some(t.clone());
+                self.try_report(r);
+            }
+            ReceiverEvent::Queued
+            | ReceiverEvent::Dropped
+            | ReceiverEvent::Aborted { .. }
+            | ReceiverEvent::MasterLost => {
+                n.objects.clear();
+                n.trailer = None;
+                n.reported = false;
+                if let Some(d) = &mut n.disk {
+                    d.discard();
                 }
             }
+            ReceiverEvent::Completed => n.completed_at = Some(now),
+            _ => {}
         }
-        // Next instant anything happens.
-        let mut next: Option<Instant> = self.flights.peek().map(|Reverse(f)| f.at);
-        let mut at = |i: Option<Instant>| {
-            if let Some(i) = i {
-                next = Some(next.map_or(i, |n| n.min(i)));
-            }
-        };
-        for s in &self.senders {
-            at(s.tx.poll_timeout());
-        }
-        for (i, r) in self.receivers.iter().enumerate() {
-            if self.active(i) {
-                at(r.rx.poll_timeout());
-            }
-            if r.join_at > self.now {
-                at(Some(r.join_at));
-            }
-            if let Some(d) = r.die_at.filter(|d| *d > self.now) {
-                at(Some(d));
-            }
-        }
-        match next {
-            None => false,
-            Some(n) => {
-                self.now = n.max(self.now + Duration::from_nanos(1));
-                true
-            }
+    }
+
+    /// Reports done once the run's trailer arrived and the disk wrote every object.
+    fn try_report(&mut self, r: usize) {
+        let now = self.now;
+        let n = &mut self.receivers[r];
+        let written = n.disk.as_ref().is_none_or(Disk::idle);
+        if n.policy.report && !n.reported && n.trailer.is_some() && written {
+            n.reported = true;
+            n.rx.report_done(now, String::new())
+                .expect("every object verified and written");
         }
     }
 
@@ -528,6 +766,16 @@ impl Sim {
             .is_some()
     }
 
+    /// Virtual time from the start of the simulation to receiver `r`'s `Completed`.
+    pub(crate) fn completion(&self, r: usize) -> Option<Duration> {
+        self.receivers[r].completed_at.map(|t| t - self.t0)
+    }
+
+    /// Gives receiver `r` a disk that writes `bytes_per_s`.
+    pub(crate) fn slow_disk(&mut self, r: usize, bytes_per_s: u64) {
+        self.receivers[r].disk = Some(Disk::new(bytes_per_s));
+    }
+
     /// Asserts receiver `r` holds exactly the objects and trailer of sender `s`, once each.
     pub(crate) fn assert_exact(&self, s: usize, r: usize) {
         let n = &self.receivers[r];
@@ -559,6 +807,7 @@ impl Sim {
         );
     }
 
+    /// Source symbols of sender `s`'s stored image: what a perfect run sends.
     pub(crate) fn source_symbols(&self, s: usize) -> u64 {
         let t = u64::from(self.senders[s].tx.symbol_size());
         self.senders[s]
