@@ -54,6 +54,7 @@ impl Default for Policy {
     }
 }
 
+/// A simulated master and what its engine fed it.
 pub(crate) struct TxNode {
     pub(crate) tx: Sender,
     pub(crate) addr: SocketAddr,
@@ -71,6 +72,7 @@ pub(crate) struct TxNode {
     dirty: bool,
 }
 
+/// A simulated client, its paths and what its engine kept.
 pub(crate) struct RxNode {
     pub(crate) rx: Receiver,
     /// Objects that failed verification and were thrown away (and asked for again).
@@ -250,6 +252,9 @@ impl Wire {
     }
 }
 
+/// The network and its nodes. A test adds masters and clients, then calls `step`, `run_until` or
+/// `drive_bounded`; it reads nodes, `counters` and `tap` between steps. A test that changes a master
+/// from outside (`start_now`, `abort`) calls `wake_sender` so it is handled in the next step.
 pub(crate) struct Sim {
     pub(crate) t0: Instant,
     pub(crate) now: Instant,
