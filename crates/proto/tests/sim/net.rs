@@ -7,7 +7,7 @@
 //! disk's next write) afterwards, and stale wake-ups are skipped when popped (lazy invalidation).
 //! A group datagram is one shared `Rc<[u8]>` for all receivers; only corruption and forging copy.
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
@@ -165,44 +165,59 @@ enum What {
     Wake(To),
 }
 
-struct Event {
-    at: Instant,
-    order: u64,
-    what: What,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.order) == (o.at, o.order)
-    }
-}
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Event {
-    fn cmp(&self, o: &Self) -> Ordering {
-        (self.at, self.order).cmp(&(o.at, o.order))
-    }
-}
-
 /// The event heap and the network's randomness: what every link draws from.
+///
+/// The heap holds only (time, insertion order, slot); the events themselves wait in `slots`, so
+/// the heap's sifting moves 32 bytes per entry, not a whole datagram record.
 struct Wire {
-    heap: BinaryHeap<Reverse<Event>>,
+    heap: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    slots: Vec<Option<What>>,
+    free: Vec<u32>,
     order: u64,
     rng: Rng,
 }
 
 impl Wire {
+    fn new(seed: u64) -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            order: 0,
+            rng: Rng::new(seed),
+        }
+    }
+
     fn push(&mut self, at: Instant, what: What) {
         self.order += 1;
-        self.heap.push(Reverse(Event {
-            at,
-            order: self.order,
-            what,
-        }));
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(what);
+                i
+            }
+            None => {
+                self.slots.push(Some(what));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.heap.push(Reverse((at, self.order, slot)));
+    }
+
+    /// When the earliest event is due.
+    fn next_at(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// The earliest event if it is due by `now`. Ties go in insertion order: the run depends
+    /// only on the seed.
+    fn pop_due(&mut self, now: Instant) -> Option<(Instant, What)> {
+        if self.next_at()? > now {
+            return None;
+        }
+        let Reverse((at, _, slot)) = self.heap.pop()?;
+        self.free.push(slot);
+        let what = self.slots[slot as usize].take()?;
+        Some((at, what))
     }
 
     /// Sends `bytes`, entering `link` at `at` (after any queue), towards `to`.
@@ -307,11 +322,7 @@ impl Sim {
             now: t0,
             senders: Vec::new(),
             receivers: Vec::new(),
-            wire: Wire {
-                heap: BinaryHeap::new(),
-                order: 0,
-                rng: Rng::new(seed),
-            },
+            wire: Wire::new(seed),
             due: Vec::new(),
             steps: 0,
             counters: Counters::default(),
@@ -521,11 +532,8 @@ impl Sim {
     pub(crate) fn step(&mut self) -> bool {
         self.steps += 1;
         let now = self.now;
-        while self.wire.heap.peek().is_some_and(|Reverse(e)| e.at <= now) {
-            let Some(Reverse(e)) = self.wire.heap.pop() else {
-                break;
-            };
-            match e.what {
+        while let Some((at, what)) = self.wire.pop_due(now) {
+            match what {
                 What::Deliver { to, from, bytes } => match to {
                     To::Sender(s) if s < self.senders.len() => {
                         self.senders[s].tx.handle(now, from, &bytes);
@@ -538,13 +546,13 @@ impl Sim {
                     _ => {}
                 },
                 What::Wake(To::Sender(s)) => {
-                    if let Some(n) = self.senders.get_mut(s).filter(|n| n.wake == Some(e.at)) {
+                    if let Some(n) = self.senders.get_mut(s).filter(|n| n.wake == Some(at)) {
                         n.wake = None;
                         n.dirty = true;
                     }
                 }
                 What::Wake(To::Receiver(r)) => {
-                    if self.receivers[r].wake == Some(e.at) {
+                    if self.receivers[r].wake == Some(at) {
                         self.receivers[r].wake = None;
                         self.mark(r);
                     }
@@ -565,10 +573,10 @@ impl Sim {
         }
         self.due = due;
         self.due.clear();
-        match self.wire.heap.peek() {
+        match self.wire.next_at() {
             None => false,
-            Some(Reverse(e)) => {
-                self.now = e.at.max(after(now));
+            Some(at) => {
+                self.now = at.max(after(now));
                 true
             }
         }
