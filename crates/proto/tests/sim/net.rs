@@ -285,8 +285,12 @@ pub(crate) struct Sim {
     pub(crate) tap_limit: usize,
 }
 
+/// The simulated LAN, 10.0.0.0/8: masters are hosts 1, 2, …; clients [`FIRST_CLIENT`] onwards.
+const NET: u32 = 0x0A00_0000;
+const FIRST_CLIENT: u32 = 1000;
+
 pub(crate) fn addr(host: u32) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + host)), 7000)
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::from(NET + host)), 7000)
 }
 
 /// Object bytes for tests: sizes cycle through holes, odd sizes and multi-symbol objects.
@@ -369,7 +373,7 @@ impl Sim {
         up: Link,
         join_ms: u64,
     ) -> usize {
-        let host = 1000 + self.receivers.len() as u32;
+        let host = FIRST_CLIENT + self.receivers.len() as u32;
         let join_at = self.at(join_ms).max(self.now);
         self.receivers.push(RxNode {
             rx: Receiver::new(cfg),
@@ -417,6 +421,13 @@ impl Sim {
         }
         *wake = Some(at);
         self.wire.push(at, What::Wake(to));
+    }
+
+    /// The receiver at `a`: clients are numbered from host [`FIRST_CLIENT`], so no search.
+    fn receiver_at(&self, a: SocketAddr) -> Option<usize> {
+        let IpAddr::V4(ip) = a.ip() else { return None };
+        let r = u32::from(ip).checked_sub(NET + FIRST_CLIENT)? as usize;
+        self.receivers.get(r).filter(|n| n.addr == a).map(|_| r)
     }
 
     fn active(&self, i: usize) -> bool {
@@ -486,7 +497,7 @@ impl Sim {
                 }
             }
             Dest::Peer(a) => {
-                let Some(r) = self.receivers.iter().position(|n| n.addr == a) else {
+                let Some(r) = self.receiver_at(a) else {
                     return;
                 };
                 let n = &mut self.receivers[r];
