@@ -1055,31 +1055,48 @@ pub(crate) fn scale_run(receivers: usize, loss: f64, seed: u64) -> ScaleResult {
     }
 }
 
+/// Prints a scale run's counters, one measure per line.
 fn print_scale(r: &ScaleResult) {
     let f = &r.counters.feedback;
+    let mut done = r.completions.clone();
+    done.sort();
+    let secs = |d: Option<&Duration>| d.map_or(0.0, Duration::as_secs_f64);
+    println!("scale run, {} receivers:", r.receivers);
     println!(
-        "{} receivers: wall {:.1} s, virtual {:.2} s, {} steps; image {} B ({} B of source symbols), sent {} B ({:.4}x the image), \
-         {} symbols for {} source ({:.4}x); {} data packets, feedback {} ({:.4} per data packet: \
-         {} register, {} status, {} report, {} other); last completion {:.2} s",
-        r.receivers,
+        "  wall {:.1} s for {:.2} s of virtual time, {} steps",
         r.wall.as_secs_f64(),
         r.virtual_time.as_secs_f64(),
-        r.steps,
-        r.image_bytes,
-        r.source_bytes,
-        r.bytes_sent,
+        r.steps
+    );
+    println!(
+        "  bytes sent / stored image: {:.4} ({} / {} B; {} B of source symbols)",
         r.bytes_ratio(),
-        r.symbols_sent,
-        r.source_symbols,
+        r.bytes_sent,
+        r.image_bytes,
+        r.source_bytes
+    );
+    println!(
+        "  symbols sent / source symbols: {:.4} ({} / {})",
         r.symbols_sent as f64 / r.source_symbols as f64,
-        r.counters.data_packets,
-        f.packets(),
+        r.symbols_sent,
+        r.source_symbols
+    );
+    println!(
+        "  feedback / data packets: {:.4} ({} / {}: {} register, {} status, {} report, {} other; {} B)",
         r.feedback_ratio(),
+        f.packets(),
+        r.counters.data_packets,
         f.register,
         f.status,
         f.report,
         f.other,
-        r.completions.iter().max().map_or(0.0, Duration::as_secs_f64),
+        f.bytes
+    );
+    println!(
+        "  completed: first {:.3} s, median {:.3} s, last {:.3} s",
+        secs(done.first()),
+        secs(done.get(done.len() / 2)),
+        secs(done.last())
     );
 }
 
