@@ -444,12 +444,15 @@ impl Sim {
                             // The engine's root check: only the run's own trailer is obeyed.
                             if expected.as_ref() == Some(t) {
                                 n.trailer = Some(t.clone());
+                                // A client moved in the same instant has nothing to report.
                                 if n.policy.report {
-                                    n.rx.report_done(now, String::new()).expect("complete");
+                                    let _ = n.rx.report_done(now, String::new());
                                 }
                             }
                         }
-                        ReceiverEvent::Queued | ReceiverEvent::Dropped => n.objects.clear(),
+                        ReceiverEvent::Queued | ReceiverEvent::Dropped | ReceiverEvent::Moved => {
+                            n.objects.clear()
+                        }
                         _ => {}
                     }
                     n.events.push((now, e));
