@@ -73,6 +73,8 @@ pub(crate) struct Sweep {
     /// The window is full and more objects wait: whoever is at its base holds everyone.
     pub(crate) window_full: bool,
     pub(crate) silent_after: Duration,
+    /// The receivers' liveness beat: one that holds the window and missed it is gone, not slow.
+    pub(crate) beat: Duration,
     pub(crate) drop_after: Duration,
     pub(crate) move_slow: bool,
 }
@@ -119,14 +121,19 @@ pub(crate) struct Client {
 impl Client {
     /// Folds a Status's loss counts into the smoothed loss.
     pub(crate) fn note_loss(&mut self, lost: u32, expected: u32) {
+        self.loss = self.loss_after(lost, expected);
+    }
+
+    /// The smoothed loss once a Status with these counts is folded in.
+    fn loss_after(&self, lost: u32, expected: u32) -> Option<f64> {
         if expected < 16 {
-            return;
+            return self.loss;
         }
         let sample = f64::from(lost.min(expected)) / f64::from(expected);
-        self.loss = Some(
+        Some(
             self.loss
                 .map_or(sample, |l| l * (1.0 - LOSS_GAIN) + sample * LOSS_GAIN),
-        );
+        )
     }
 
     /// The Ack kind a dropped (or moved) client hears again.
@@ -141,6 +148,20 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     Some(v[v.len() / 2])
+}
+
+/// The lower median: of two clients, the better one.
+fn lower_median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[(v.len() - 1) / 2])
+}
+
+/// Whether `loss` is an outlier against a group median `m`.
+fn is_outlier(loss: f64, m: f64) -> bool {
+    loss > m * OUTLIER_FACTOR && loss > m + OUTLIER_MARGIN
 }
 
 fn permille(x: f64) -> u16 {
@@ -177,6 +198,8 @@ pub(crate) enum Fresh {
 #[derive(Debug)]
 pub(crate) struct Clients {
     map: BTreeMap<u64, Client>,
+    /// The lower median of the live clients' smoothed loss, as of the last sweep.
+    group_loss: Option<f64>,
     queued_seen: BTreeSet<u64>,
     max: usize,
 }
@@ -185,6 +208,7 @@ impl Clients {
     pub(crate) fn new(max: usize) -> Self {
         Self {
             map: BTreeMap::new(),
+            group_loss: None,
             queued_seen: BTreeSet::new(),
             max,
         }
@@ -283,6 +307,24 @@ impl Clients {
             .min()
     }
 
+    /// Whether client `id`'s reports may steer the rate: a loss outlier's bottleneck is its own
+    /// (it is moved instead), so only clients in line with the group's loss count; while others
+    /// have not reported yet, nobody's report can be judged, so none counts.
+    /// `lost` of `expected` are the counts of the Status being handled.
+    pub(crate) fn steers_rate(&self, id: u64, lost: u32, expected: u32) -> bool {
+        let Some(c) = self.map.get(&id) else {
+            return false;
+        };
+        if self.live() < 2 {
+            return true;
+        }
+        match (c.loss_after(lost, expected), self.group_loss) {
+            (Some(mine), Some(m)) => !is_outlier(mine, m),
+            (None, _) => true,
+            (Some(_), None) => false,
+        }
+    }
+
     /// The run started: silence and progress are measured from now.
     pub(crate) fn started(&mut self, now: Instant) {
         for c in self.map.values_mut() {
@@ -301,6 +343,7 @@ impl Clients {
             .map(|(id, c)| (*id, c.low, c.loss))
             .collect();
         let group_low = median(live.iter().map(|(_, l, _)| f64::from(*l)).collect());
+        self.group_loss = lower_median(live.iter().filter_map(|(_, _, l)| *l).collect());
         let mut dropped = Vec::new();
         for (id, c) in &mut self.map {
             if c.state != ClientState::Live {
@@ -317,9 +360,7 @@ impl Clients {
                     .collect(),
             );
             let lossy = match (c.loss, others) {
-                (Some(mine), Some(m)) => {
-                    (mine > m * OUTLIER_FACTOR && mine > m + OUTLIER_MARGIN).then_some((mine, m))
-                }
+                (Some(mine), Some(m)) => is_outlier(mine, m).then_some((mine, m)),
                 _ => None,
             };
             c.outlier = lossy.is_some();
@@ -336,7 +377,11 @@ impl Clients {
             let held_for = c
                 .holding_since
                 .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-            let reason = if now.saturating_duration_since(c.last_heard) >= w.silent_after {
+            let quiet = now.saturating_duration_since(c.last_heard);
+            let reason = if quiet >= w.silent_after {
+                DropReason::Silent
+            } else if w.move_slow && held_for >= SLOW_HOLD && quiet >= SLOW_HOLD.max(w.beat) {
+                // Holding everyone and not even beating: it is gone; no follow-up waits for it.
                 DropReason::Silent
             } else if w.move_slow && holds && lossy.is_some() {
                 let (mine, m) = lossy.unwrap_or_default();
@@ -427,6 +472,7 @@ mod tests {
             window: 8,
             window_full: false,
             silent_after: after,
+            beat: Duration::from_secs(1),
             drop_after: after,
             move_slow: false,
         };
@@ -468,6 +514,7 @@ mod tests {
             window: 64,
             window_full: true,
             silent_after: Duration::from_secs(60),
+            beat: Duration::from_secs(1),
             drop_after: Duration::from_secs(60),
             move_slow: true,
         };

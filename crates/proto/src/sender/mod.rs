@@ -627,6 +627,7 @@ impl Sender {
             .and_then(|i| self.sent_log.get(i))
             .map(|(_, t)| *t);
         let gathering = self.phase == State::Gathering;
+        let steers = self.clients.steers_rate(client_id, s.lost, s.expected);
         let Some(c) = self.clients.get_mut(client_id) else {
             return;
         };
@@ -657,8 +658,10 @@ impl Sender {
         c.bytes = c.bytes.max(s.bytes);
         c.rejected = c.rejected.max(s.rejected);
         c.note_loss(s.lost, s.expected);
-        // A loss outlier's needs do not set the repair for everyone: it gets them in the follow-up.
-        let counts_for_repair = !(self.cfg.slow == SlowPolicy::Move && c.outlier);
+        // A loss outlier's needs do not set the repair for everyone, nor its bottleneck the rate:
+        // it gets its own in the follow-up run.
+        let moving = self.cfg.slow == SlowPolicy::Move;
+        let counts_for_repair = !(moving && c.outlier);
         let highest = s.highest_seq.min(seq_now);
         c.highest_seq = c.highest_seq.max(highest);
         if let Some(t) = sent_at {
@@ -667,8 +670,10 @@ impl Sender {
                 .saturating_duration_since(t)
                 .saturating_sub(Duration::from_micros(u64::from(s.held_us)));
             c.srtt = Some(c.srtt.map_or(rtt, |v| (v * 7 + rtt) / 8));
-            self.pacer
-                .on_report(&mut c.rate, s.lost, s.expected, rtt, now);
+            if !moving || steers {
+                self.pacer
+                    .on_report(&mut c.rate, s.lost, s.expected, rtt, now);
+            }
         }
         let in_flight_for =
             c.srtt.unwrap_or(Duration::from_millis(20)) * 2 + Duration::from_millis(2);
@@ -844,6 +849,7 @@ impl Sender {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        let interval = self.feedback_interval();
         let window_full = self.window.held() >= u32::from(self.cfg.window)
             && self.window.pushed < self.cfg.object_count;
         let dropped = self.clients.sweep(
@@ -853,7 +859,8 @@ impl Sender {
                 base: self.window.base,
                 window: u32::from(self.cfg.window),
                 window_full,
-                silent_after: feedback::silent_after(self.feedback_interval(), self.cfg.drop_after),
+                silent_after: feedback::silent_after(interval, self.cfg.drop_after),
+                beat: feedback::beat(interval),
                 drop_after: self.cfg.drop_after,
                 move_slow: self.cfg.slow == SlowPolicy::Move,
             },
