@@ -329,9 +329,8 @@ fn run_once(
             }
         }
         // A follow-up run nobody came back for ends at its deadline.
-        let nobody = started_at.is_none()
-            && clients.is_empty()
-            && give_up_at.is_some_and(|t| now >= t);
+        let nobody =
+            started_at.is_none() && clients.is_empty() && give_up_at.is_some_and(|t| now >= t);
         if nobody {
             on_event(SessionEvent::Note(format!(
                 "run {run}: no client came back within {}; the session ends",

@@ -496,6 +496,7 @@ fn master_ui() -> impl FnMut(SessionEvent) {
     let multi = indicatif::MultiProgress::new();
     let mut bars: std::collections::HashMap<u64, ProgressBar> = Default::default();
     let mut last_line = Instant::now();
+    let mut last_rate = Instant::now();
     move |ev| match ev {
         SessionEvent::Listening {
             name,
@@ -536,6 +537,19 @@ fn master_ui() -> impl FnMut(SessionEvent) {
             }
             let (r, why) = result_parts(&result);
             eprintln!("client {id:016x}: {r} {why}");
+        }
+        SessionEvent::Sending {
+            bytes_sent,
+            repair_ratio,
+            rate_bps,
+        } if !tty && last_rate.elapsed() >= Duration::from_secs(1) => {
+            last_rate = Instant::now();
+            eprintln!(
+                "sending at {:.1} Mbit/s; {} sent, repair {:.1}%",
+                rate_bps as f64 / 1e6,
+                human(bytes_sent),
+                repair_ratio * 100.0
+            );
         }
         SessionEvent::Note(n) => eprintln!("{n}"),
         _ => {}

@@ -76,7 +76,13 @@ mod tests {
         assert_eq!(beat(MIN_INTERVAL), MIN_BEAT);
         let d = Duration::from_secs(10);
         assert_eq!(silent_after(MIN_INTERVAL, d), d);
-        assert_eq!(silent_after(Duration::from_secs(5), d), Duration::from_secs(40));
-        assert_eq!(jittered(Duration::from_millis(100), 0.0), Duration::from_millis(50));
+        assert_eq!(
+            silent_after(Duration::from_secs(5), d),
+            Duration::from_secs(40)
+        );
+        assert_eq!(
+            jittered(Duration::from_millis(100), 0.0),
+            Duration::from_millis(50)
+        );
     }
 }

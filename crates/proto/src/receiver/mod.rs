@@ -20,8 +20,8 @@ use crate::protect::PacketKey;
 use crate::replay::ReplayWindow;
 use crate::sender::tie_break;
 use crate::wire::{
-    self, AckKind, Announce, Body, Data, Header, Need, OpenError, Packet, Phase, Register,
-    Report, Status, MASTER, MAX_SESSION_INFO, NEED_ALL,
+    self, AckKind, Announce, Body, Data, Header, Need, OpenError, Packet, Phase, Register, Report,
+    Status, MASTER, MAX_SESSION_INFO, NEED_ALL,
 };
 use crate::{Dest, Rng, Stats, Transmit, MAX_WINDOW};
 use objects::{Objects, Offer};

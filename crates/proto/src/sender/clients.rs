@@ -138,7 +138,8 @@ impl Client {
 
     /// The Ack kind a dropped (or moved) client hears again.
     pub(crate) fn dropped_ack(&self) -> AckKind {
-        self.dropped_for.map_or(AckKind::Dropped, DropReason::ack_kind)
+        self.dropped_for
+            .map_or(AckKind::Dropped, DropReason::ack_kind)
     }
 }
 
@@ -538,7 +539,17 @@ mod tests {
         }
         let moved = c.sweep(later, sweep);
         assert!(
-            matches!(moved[..], [(4, _, DropReason::Lossy { loss_permille: 300, .. })]),
+            matches!(
+                moved[..],
+                [(
+                    4,
+                    _,
+                    DropReason::Lossy {
+                        loss_permille: 300,
+                        ..
+                    }
+                )]
+            ),
             "{moved:?}"
         );
         // With -slow=wait nobody is moved.

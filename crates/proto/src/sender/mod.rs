@@ -891,6 +891,7 @@ impl Sender {
             return Some(self.count(t));
         }
         if !self.has_data() {
+            self.pacer.on_idle();
             return None;
         }
         self.pacer.on_busy(now);
@@ -916,6 +917,7 @@ impl Sender {
         let seq = self.group_seq;
         self.log_sent(seq, now);
         self.window.record_seq(object, seq, now);
+        self.pacer.on_sent(t.payload.len());
         Some(self.count(t))
     }
 

@@ -33,6 +33,10 @@ const MAX_CUT: f64 = 0.5;
 const LOSS_SLACK: f64 = 0.03;
 /// Packets a loss sample must cover to be believed.
 const MIN_EXPECTED: u32 = 64;
+/// Calls of `on_busy` further apart than this were not one busy stretch.
+const BUSY_GAP: Duration = Duration::from_millis(5);
+/// The target grows only while what was sent is at least its share of it.
+const KEEPING_UP: f64 = 1.0 / 0.8;
 /// After a loss cut, the loss at the lower rate is judged after this long.
 const JUDGE_AFTER: Duration = Duration::from_millis(150);
 /// A loss that stays above this share of what it was after a cut did not come from the rate.
@@ -68,7 +72,14 @@ pub(crate) struct Pacer {
     max: f64,
     /// Still probing up from the start (no queue sign seen yet).
     probing: bool,
-    last_increase: Option<Instant>,
+    /// Data bytes sent since the last growth step, and the rate that step measured: the target
+    /// grows only while the master reaches it (a CPU-bound master must not run its target off to
+    /// `max`, where a cut would change nothing), and cuts start from what was really sent.
+    sent_bytes: u64,
+    achieved: Option<f64>,
+    /// Time spent with data waiting since the last growth step, and the last such moment.
+    busy: Duration,
+    last_busy: Option<Instant>,
     last_decrease: Option<Instant>,
 }
 
@@ -82,7 +93,10 @@ impl Pacer {
             min,
             max,
             probing: true,
-            last_increase: None,
+            sent_bytes: 0,
+            achieved: None,
+            busy: Duration::ZERO,
+            last_busy: None,
             last_decrease: None,
         }
     }
@@ -104,23 +118,49 @@ impl Pacer {
         }
     }
 
-    /// Called while data waits to be sent: grow.
+    /// Nothing waits to be sent: what is sent while idle says nothing of the rate reached.
+    pub(crate) fn on_idle(&mut self) {
+        self.last_busy = None;
+    }
+
+    /// A data packet of `bytes` went out.
+    pub(crate) fn on_sent(&mut self, bytes: usize) {
+        self.sent_bytes += bytes as u64;
+    }
+
+    /// Called while data waits to be sent: grow, while the master keeps up with its target.
+    ///
+    /// Only the time with data waiting counts, so a master that waits for its reader or for
+    /// feedback is not taken for one that cannot send faster.
     pub(crate) fn on_busy(&mut self, now: Instant) {
-        let last = *self.last_increase.get_or_insert(now);
+        if let Some(prev) = self.last_busy {
+            let dt = now.saturating_duration_since(prev);
+            if dt <= BUSY_GAP {
+                self.busy += dt;
+            }
+        }
+        self.last_busy = Some(now);
         let (every, growth) = if self.probing {
             (PROBE_EVERY, PROBE_GROWTH)
         } else {
             (INCREASE_EVERY, GROWTH)
         };
-        if now.saturating_duration_since(last) >= every {
-            self.last_increase = Some(now);
+        if self.busy >= every {
+            let busy = std::mem::take(&mut self.busy);
+            let achieved = std::mem::take(&mut self.sent_bytes) as f64 * 8.0 / busy.as_secs_f64();
+            self.achieved = Some(achieved);
             let calm = self
                 .last_decrease
                 .is_none_or(|d| now.saturating_duration_since(d) >= DECREASE_EVERY);
-            if calm {
+            if calm && self.rate <= achieved * KEEPING_UP {
                 self.rate = (self.rate * growth).min(self.max);
             }
         }
+    }
+
+    /// The rate a cut starts from: the target, or what was really sent if that was less.
+    fn base(&self) -> f64 {
+        self.achieved.map_or(self.rate, |a| a.min(self.rate))
     }
 
     /// One receiver's report: `lost` of `expected` packets since its last one, and its round trip.
@@ -149,8 +189,9 @@ impl Pacer {
             }
             let over = sample - peer.accepted;
             if peer.trial.is_none() && over > LOSS_SLACK.max(peer.accepted * 0.5) {
-                let target = self.rate * (1.0 - over).max(0.0) * DRAIN;
-                cut = Some(target.max(self.rate * MAX_CUT));
+                let base = self.base();
+                let target = base * (1.0 - over).max(0.0) * DRAIN;
+                cut = Some(target.max(base * MAX_CUT));
                 peer.trial = Some(Trial {
                     loss: sample,
                     rate_before: self.rate,
@@ -165,7 +206,7 @@ impl Pacer {
             .map_or(lag, |l| l.mul_f64(1.0 - LAG_GAIN) + lag.mul_f64(LAG_GAIN));
         peer.lag = Some(smooth);
         if smooth > min_lag + LAG_SLACK.max(min_lag) {
-            cut = Some(cut.unwrap_or(self.rate).min(self.rate * 0.85));
+            cut = Some(cut.unwrap_or(self.rate).min(self.base() * 0.85));
         }
         let Some(to) = cut else { return };
         let ok = self
@@ -188,6 +229,13 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// Data waits the whole 50 ms after `t`.
+    fn busy_for_50ms(p: &mut Pacer, t: Instant) {
+        for k in 1..=50 {
+            p.on_busy(t + MS * k);
+        }
+    }
+
     /// Drives a pacer against a path of `capacity` bit/s (drop-tail: what exceeds it is lost)
     /// with `random` loss on top, for `secs`; returns the mean rate of the last half.
     fn run(capacity: f64, random: f64, secs: u64) -> f64 {
@@ -197,8 +245,9 @@ mod tests {
         let (mut sum, mut n) = (0.0, 0);
         for i in 0..secs * 20 {
             let now = t0 + MS * 50 * i as u32;
-            p.on_busy(now);
             let rate = p.rate(1448) as f64;
+            p.on_sent((rate * 0.05 / 8.0) as usize);
+            busy_for_50ms(&mut p, now);
             let over = ((rate - capacity) / rate).max(0.0);
             let loss = 1.0 - (1.0 - over) * (1.0 - random);
             let expected = (rate * 0.05 / (1448.0 * 8.0)) as u32;
@@ -246,7 +295,10 @@ mod tests {
         for i in 1..10u32 {
             p.on_report(&mut peer, 0, 100, MS * 200, t0 + MS * 50 * i);
         }
-        assert!(p.rate(1448) < before, "a queue of 200 ms must slow the master");
+        assert!(
+            p.rate(1448) < before,
+            "a queue of 200 ms must slow the master"
+        );
     }
 
     #[test]
@@ -254,5 +306,21 @@ mod tests {
         let p = Pacer::new(Some(Duration::from_micros(100)), 1, 1, 2);
         assert_eq!(p.gap(1000), Duration::from_micros(100));
         assert_eq!(p.rate(1000), 80_000_000);
+    }
+
+    #[test]
+    fn a_master_that_cannot_reach_its_target_does_not_raise_it() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(None, 200_000_000, 1_000_000, 10_000_000_000);
+        for i in 1..100u32 {
+            // It manages 300 Mbit/s, whatever the target.
+            p.on_sent((300e6 * 0.05 / 8.0) as usize);
+            busy_for_50ms(&mut p, t0 + MS * 50 * i);
+        }
+        assert!(
+            p.rate(1448) <= 600_000_000,
+            "target ran off: {}",
+            p.rate(1448)
+        );
     }
 }

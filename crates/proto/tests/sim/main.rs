@@ -230,7 +230,10 @@ fn client_whose_disk_is_stuck_is_dropped_as_too_slow() {
             )
         })
         .expect("stuck client dropped");
-    assert!(dropped - sim.t0 >= Duration::from_secs(10), "-slow=wait waits drop_after");
+    assert!(
+        dropped - sim.t0 >= Duration::from_secs(10),
+        "-slow=wait waits drop_after"
+    );
     assert!(sim.receivers[1].saw(|e| matches!(e, ReceiverEvent::Dropped)));
 }
 
@@ -925,7 +928,8 @@ fn abort_reaches_clients_and_silence_is_master_lost() {
 
 #[test]
 fn steady_random_loss_does_not_collapse_the_rate() {
-    let objs = objects(18, &[100_000; 20]);
+    // Long enough (about a second of data) for the master to judge its trial cuts.
+    let objs = objects(18, &[100_000; 300]);
     let mut sim = session(18, 3, objs, Link::lossy(0.10), Link::clean());
     let initial = sim.senders[0].tx.current_rate();
     run_to_finish(&mut sim, 2_000_000);
