@@ -448,6 +448,12 @@ impl ClientCore {
                 self.forget_run();
                 on_event(SessionEvent::Queued);
             }
+            E::Moved => {
+                self.forget_run();
+                on_event(SessionEvent::Note(
+                    "the master moved this client to its follow-up run (it held the group back); the target stays marked incomplete until then".into(),
+                ));
+            }
             E::Dropped => {
                 self.forget_run();
                 on_event(SessionEvent::Note(

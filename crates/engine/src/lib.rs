@@ -59,5 +59,5 @@ pub use info::SessionInfo;
 pub use master::{run_master, MasterOutcome};
 pub use session::{
     ClientConfig, ClientReport, ClientResult, ClientRow, Control, MasterConfig, MasterReport,
-    MasterSource, NetConfig, SessionEvent, DEFAULT_PORT,
+    MasterSource, NetConfig, SessionEvent, SlowPolicy, DEFAULT_PORT, FOLLOW_UP_DEADLINE,
 };

@@ -3,6 +3,7 @@
 //! sends what the `Sender` asks for, paced.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,8 @@ use crate::info::SessionInfo;
 use crate::io::Net;
 use crate::net::choose_interface;
 use crate::session::{
-    ClientResult, ClientRow, Control, MasterConfig, MasterReport, MasterSource, SessionEvent,
+    minutes_text, ClientResult, ClientRow, Control, MasterConfig, MasterReport, MasterSource,
+    SessionEvent, FOLLOW_UP_DEADLINE,
 };
 use crate::EngineError;
 
@@ -37,12 +39,65 @@ pub enum MasterOutcome {
     Yielded,
 }
 
-/// Runs one session as its master until every client ended, or an abort.
+/// Runs one session as its master until every client ended, or an abort; then, when
+/// `cfg.follow_up` is set, the follow-up runs for the clients moved out of it or queued during it,
+/// each ended after [`FOLLOW_UP_DEADLINE`] if none of them comes back. The table has one row per
+/// client, from the last run it took part in.
 pub fn run_master(
     cfg: &MasterConfig,
     control: &Control,
     on_event: &mut dyn FnMut(SessionEvent),
 ) -> Result<MasterOutcome, EngineError> {
+    let first = match run_once(cfg, control, on_event, 1, None)? {
+        (MasterOutcome::Report(r), waiting) => (r, waiting),
+        (other, _) => return Ok(other),
+    };
+    let (mut report, mut waiting) = first;
+    let mut run = 1;
+    while cfg.follow_up && waiting > 0 && !report.aborted && run < MAX_RUNS {
+        run += 1;
+        on_event(SessionEvent::Note(format!(
+            "follow-up run {run} for {waiting} client(s) moved or queued; it ends if none comes back within {}",
+            minutes_text(FOLLOW_UP_DEADLINE)
+        )));
+        let mut next = cfg.clone();
+        next.clients = Some(u32::try_from(waiting).unwrap_or(u32::MAX));
+        next.timeout = FOLLOW_UP_TIMEOUT;
+        let (outcome, more) = run_once(&next, control, on_event, run, Some(FOLLOW_UP_DEADLINE))?;
+        let MasterOutcome::Report(r) = outcome else {
+            break;
+        };
+        for row in r.clients {
+            match report.clients.iter_mut().find(|c| c.id == row.id) {
+                Some(old) => {
+                    let moved = std::mem::take(&mut old.moved);
+                    *old = row;
+                    if old.moved.is_none() {
+                        old.moved = moved;
+                    }
+                }
+                None => report.clients.push(row),
+            }
+        }
+        report.seconds += r.seconds;
+        report.bytes_sent += r.bytes_sent;
+        report.aborted |= r.aborted;
+        report.runs = run;
+        waiting = more;
+    }
+    Ok(MasterOutcome::Report(report))
+}
+
+/// Runs one run of the session. Returns its outcome and how many clients wait for a follow-up
+/// (moved out of it, or queued during it). With `deadline`, a run that no client joined within it
+/// ends with an empty table.
+fn run_once(
+    cfg: &MasterConfig,
+    control: &Control,
+    on_event: &mut dyn FnMut(SessionEvent),
+    run: u32,
+    deadline: Option<Duration>,
+) -> Result<(MasterOutcome, usize), EngineError> {
     let name = SessionName::new(&cfg.net.name).map_err(|e| EngineError::Session(e.to_string()))?;
     let group = name.group_addr();
     let key = match &cfg.net.key {
@@ -89,7 +144,10 @@ pub fn run_master(
     sc.max_payload = iface.max_payload();
     sc.drop_after = cfg.net.peer_timeout;
     sc.yield_to_earlier = cfg.may_yield;
+    sc.slow = cfg.slow;
     let now = Instant::now();
+    let give_up_at = deadline.map(|d| now + d);
+    let mut waiting: BTreeMap<SocketAddr, ()> = BTreeMap::new();
     let mut sender =
         proto::Sender::new(sc, now).map_err(|e| EngineError::Session(e.to_string()))?;
 
@@ -175,6 +233,8 @@ pub fn run_master(
                             seconds: 0.0,
                             rejected: 0,
                             note: String::new(),
+                            run,
+                            moved: None,
                         },
                     );
                     on_event(SessionEvent::ClientRegistered {
@@ -184,6 +244,7 @@ pub fn run_master(
                     });
                 }
                 proto::SenderEvent::ClientQueued { addr, .. } => {
+                    waiting.insert(addr, ());
                     on_event(SessionEvent::ClientQueued { addr })
                 }
                 proto::SenderEvent::Started { .. } => {
@@ -243,20 +304,22 @@ pub fn run_master(
                     );
                 }
                 proto::SenderEvent::ClientDropped { client_id, reason } => {
-                    let why = match reason {
-                        proto::DropReason::Silent => "stopped answering".to_string(),
-                        proto::DropReason::NoProgress => {
-                            "too slow for the group; it waits for the next run".to_string()
+                    let why = drop_text(reason);
+                    let result = if reason.moved() {
+                        if let Some(c) = clients.get_mut(&client_id) {
+                            c.moved = Some(why.clone());
+                            waiting.insert(c.addr, ());
+                            on_event(SessionEvent::ClientMoved {
+                                id: client_id,
+                                addr: c.addr,
+                                why: why.clone(),
+                            });
                         }
+                        ClientResult::Moved(why)
+                    } else {
+                        ClientResult::Dropped(why)
                     };
-                    end_client(
-                        &mut clients,
-                        client_id,
-                        ClientResult::Dropped(why),
-                        started_at,
-                        0,
-                        on_event,
-                    );
+                    end_client(&mut clients, client_id, result, started_at, 0, on_event);
                 }
                 proto::SenderEvent::ConflictingMaster { .. } => {
                     outcome = Some(MasterOutcome::Yielded);
@@ -265,8 +328,17 @@ pub fn run_master(
                 _ => {}
             }
         }
+        // A follow-up run nobody came back for ends at its deadline.
+        let nobody =
+            started_at.is_none() && clients.is_empty() && give_up_at.is_some_and(|t| now >= t);
+        if nobody {
+            on_event(SessionEvent::Note(format!(
+                "run {run}: no client came back within {}; the session ends",
+                minutes_text(deadline.unwrap_or_default())
+            )));
+        }
         // Done when the protocol says so, or when an abort has been told to the clients.
-        if finished || (aborted && sender.is_closed()) {
+        if finished || nobody || (aborted && sender.is_closed()) {
             let stats = sender.stats();
             outcome = Some(MasterOutcome::Report(MasterReport {
                 clients: clients.values().cloned().collect(),
@@ -276,6 +348,7 @@ pub fn run_master(
                 bytes_sent: stats.bytes_sent,
                 repair_ratio: repair_ratio(stats),
                 aborted,
+                runs: run,
             }));
         }
         if outcome.is_some() {
@@ -306,7 +379,33 @@ pub fn run_master(
     linger(&mut sender, &mut net, Duration::from_secs(3))?;
     drop(feeder_rx);
     let _ = feeder.join();
-    outcome.ok_or_else(|| EngineError::Session("session ended without an outcome".into()))
+    let outcome =
+        outcome.ok_or_else(|| EngineError::Session("session ended without an outcome".into()))?;
+    Ok((outcome, waiting.len()))
+}
+
+/// Runs a session serves at most (the first and its follow-ups).
+const MAX_RUNS: u32 = 8;
+/// A follow-up run starts this long after the last of its clients registered, if not all came.
+const FOLLOW_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the table says of a dropped or moved client.
+fn drop_text(reason: proto::DropReason) -> String {
+    match reason {
+        proto::DropReason::Silent => "stopped answering".into(),
+        proto::DropReason::NoProgress => "too slow for the group; it waits for the next run".into(),
+        proto::DropReason::Slow => {
+            "moved to the follow-up run: it alone held the group back (a slow disk or link)".into()
+        }
+        proto::DropReason::Lossy {
+            loss_permille,
+            group_permille,
+        } => format!(
+            "moved to the follow-up run: it lost {:.1}% of the packets, the others {:.1}%",
+            f64::from(loss_permille) / 10.0,
+            f64::from(group_permille) / 10.0
+        ),
+    }
 }
 
 fn end_client(

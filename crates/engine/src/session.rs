@@ -6,9 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use imgcast_image::{Level, MapMode};
+pub use imgcast_proto::SlowPolicy;
 
 /// Default UDP port of sessions.
 pub const DEFAULT_PORT: u16 = 8471;
+/// A follow-up run (for clients moved out of a run, or queued during it) ends when none of them
+/// has registered within this long.
+pub const FOLLOW_UP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Where the master's image comes from.
 #[derive(Clone, Debug)]
@@ -73,6 +77,11 @@ pub struct MasterConfig {
     /// Set when this master was chosen with the `m` key: on a tie with another
     /// such master it may yield and become a client.
     pub may_yield: bool,
+    /// What to do with a client that holds the group back (`-slow`).
+    pub slow: SlowPolicy,
+    /// Serve the follow-up runs for moved and queued clients in `run_master` itself (the imaging
+    /// server runs its own).
+    pub follow_up: bool,
 }
 
 /// A client's settings.
@@ -174,6 +183,15 @@ pub enum SessionEvent {
         /// Its address.
         addr: SocketAddr,
     },
+    /// A client was moved to the follow-up run; the others go on without it.
+    ClientMoved {
+        /// Client id.
+        id: u64,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why, as the table says it.
+        why: String,
+    },
     /// The transfer began.
     Started {
         /// Registered clients.
@@ -228,6 +246,8 @@ pub enum ClientResult {
     Failed(String),
     /// The client stopped answering, or could not keep up.
     Dropped(String),
+    /// The client was moved to a follow-up run that it never completed.
+    Moved(String),
 }
 
 /// One row of the master's result table.
@@ -247,6 +267,10 @@ pub struct ClientRow {
     pub rejected: u32,
     /// What it reported besides its result (e.g. its image-safe record), possibly empty.
     pub note: String,
+    /// The run of the session this row is from (1, then the follow-ups).
+    pub run: u32,
+    /// Why it was moved out of an earlier run, if it was.
+    pub moved: Option<String>,
 }
 
 /// How a master's session ended.
@@ -266,6 +290,8 @@ pub struct MasterReport {
     pub repair_ratio: f64,
     /// Whether the session was aborted.
     pub aborted: bool,
+    /// Runs served (1, or more with follow-ups).
+    pub runs: u32,
 }
 
 impl MasterReport {

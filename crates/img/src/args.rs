@@ -19,6 +19,7 @@ const SINGLE_DASH_LONG: &[&str] = &[
     "clients",
     "timeout",
     "throttle",
+    "slow",
     "wait",
     "comp",
     "disk",
@@ -345,6 +346,24 @@ pub(crate) struct InfoArgs {
     pub(crate) json: bool,
 }
 
+/// `-slow`: what the master does with a client that holds the group back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Slow {
+    /// Move it to the follow-up run; the others go on at their speed.
+    Move,
+    /// The group waits for it (it is dropped only after 15 s without progress).
+    Wait,
+}
+
+impl From<Slow> for imgcast_engine::SlowPolicy {
+    fn from(s: Slow) -> Self {
+        match s {
+            Slow::Move => Self::Move,
+            Slow::Wait => Self::Wait,
+        }
+    }
+}
+
 /// `img -session NAME ...`.
 #[derive(Debug, Args)]
 pub(crate) struct SessionArgs {
@@ -366,6 +385,10 @@ pub(crate) struct SessionArgs {
     /// Milliseconds between the master's data packets (default: adaptive rate).
     #[arg(long, value_name = "MS", value_parser = parse_throttle)]
     pub(crate) throttle: Option<Duration>,
+    /// A client that holds the group back (it alone holds the full window for 2 s, or loses far
+    /// more than the rest): `move` it to a follow-up run served right after, or `wait` for it.
+    #[arg(long, value_name = "move|wait", value_enum, default_value = "move")]
+    pub(crate) slow: Slow,
     /// A client gives up when no session has started after this long (minutes, or `30s`, `2m`, `1h`);
     /// by default it waits as long as it takes. Its disk is never touched before a start.
     #[arg(long, value_name = "MINUTES", value_parser = parse_timeout, conflicts_with = "master")]

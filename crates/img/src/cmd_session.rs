@@ -119,6 +119,8 @@ pub(crate) fn run_session(a: &SessionArgs, from_menu: bool) -> Result<()> {
                 timeout: a.timeout,
                 throttle: a.throttle,
                 may_yield: false,
+                slow: a.slow.into(),
+                follow_up: true,
             };
             if a.clients.is_none() {
                 ui.say("press s to start the session (no -clients given)".into());
@@ -188,6 +190,8 @@ pub(crate) fn run_session(a: &SessionArgs, from_menu: bool) -> Result<()> {
                             timeout: a.timeout,
                             throttle: a.throttle,
                             may_yield: true,
+                            slow: a.slow.into(),
+                            follow_up: true,
                         };
                         match run_master(&cfg, &control, &mut ui.master_sink())? {
                             MasterOutcome::Report(r) => {
@@ -392,7 +396,8 @@ fn finish_master(r: &MasterReport, as_json: bool) -> Result<()> {
                 let (result, reason) = result_parts(&c.result);
                 json!({"id": format!("{:016x}", c.id), "addr": c.addr.to_string(), "result": result,
                        "reason": reason, "bytes": c.bytes, "seconds": c.seconds,
-                       "rejected_chunks": c.rejected, "note": c.note})
+                       "rejected_chunks": c.rejected, "note": c.note, "run": c.run,
+                       "moved": c.moved})
             })
             .collect();
         println!(
@@ -404,6 +409,7 @@ fn finish_master(r: &MasterReport, as_json: bool) -> Result<()> {
                 "bytes_sent": r.bytes_sent,
                 "repair_ratio": r.repair_ratio,
                 "aborted": r.aborted,
+                "runs": r.runs,
                 "clients": rows,
             })
         );
@@ -422,6 +428,9 @@ fn finish_master(r: &MasterReport, as_json: bool) -> Result<()> {
             let mut note = Vec::new();
             if c.rejected > 0 {
                 note.push(format!("{} bad chunk(s) fetched again", c.rejected));
+            }
+            if let Some(why) = c.moved.as_ref().filter(|_| c.run > 1) {
+                note.push(format!("served by follow-up run {} ({why})", c.run));
             }
             if !c.note.is_empty() {
                 note.push(c.note.clone());
@@ -469,6 +478,7 @@ fn result_parts(r: &ClientResult) -> (&'static str, String) {
         ClientResult::Done => ("done", String::new()),
         ClientResult::Failed(why) => ("failed", why.clone()),
         ClientResult::Dropped(why) => ("dropped", why.clone()),
+        ClientResult::Moved(why) => ("moved", why.clone()),
     }
 }
 
@@ -486,6 +496,7 @@ fn master_ui() -> impl FnMut(SessionEvent) {
     let multi = indicatif::MultiProgress::new();
     let mut bars: std::collections::HashMap<u64, ProgressBar> = Default::default();
     let mut last_line = Instant::now();
+    let mut last_rate = Instant::now();
     move |ev| match ev {
         SessionEvent::Listening {
             name,
@@ -502,6 +513,9 @@ fn master_ui() -> impl FnMut(SessionEvent) {
         }
         SessionEvent::ClientQueued { addr } => {
             eprintln!("client {addr} came after the start: queued for the next session");
+        }
+        SessionEvent::ClientMoved { addr, why, .. } => {
+            eprintln!("client {addr} {why}");
         }
         SessionEvent::Started { clients } => eprintln!("session started with {clients} clients"),
         SessionEvent::Progress { id, done, total } => {
@@ -523,6 +537,19 @@ fn master_ui() -> impl FnMut(SessionEvent) {
             }
             let (r, why) = result_parts(&result);
             eprintln!("client {id:016x}: {r} {why}");
+        }
+        SessionEvent::Sending {
+            bytes_sent,
+            repair_ratio,
+            rate_bps,
+        } if !tty && last_rate.elapsed() >= Duration::from_secs(1) => {
+            last_rate = Instant::now();
+            eprintln!(
+                "sending at {:.1} Mbit/s; {} sent, repair {:.1}%",
+                rate_bps as f64 / 1e6,
+                human(bytes_sent),
+                repair_ratio * 100.0
+            );
         }
         SessionEvent::Note(n) => eprintln!("{n}"),
         _ => {}

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 mod fec;
+mod feedback;
 mod key;
 mod name;
 mod protect;
@@ -37,7 +38,7 @@ pub use name::{group_addr, NameError, SessionName, MAX_NAME_LEN};
 pub use protect::{PacketKey, TAG_LEN};
 pub use receiver::{Receiver, ReceiverConfig, ReceiverError, ReceiverEvent, Rejection};
 pub use sender::{
-    tie_break, ConfigError, DropReason, PushError, Sender, SenderConfig, SenderEvent,
+    tie_break, ConfigError, DropReason, PushError, Sender, SenderConfig, SenderEvent, SlowPolicy,
 };
 
 /// Where a [`Transmit`] goes.
@@ -122,8 +123,8 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    /// Uniform in `lo..=hi` milliseconds.
-    pub(crate) fn millis(&mut self, lo: u64, hi: u64) -> std::time::Duration {
-        std::time::Duration::from_millis(lo + self.next_u64() % (hi - lo + 1))
+    /// Uniform in [0, 1).
+    pub(crate) fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }

@@ -278,6 +278,9 @@ pub enum AckKind {
     Report,
     /// The client was dropped (silent or too slow): wait for the next run.
     Dropped,
+    /// The client was moved to the follow-up run (its goodput or its loss set it apart from the
+    /// group): wait for the next run, which the master serves right after this one.
+    Moved,
 }
 
 /// Master to one client.
@@ -340,6 +343,21 @@ pub struct Status {
     pub needs: Vec<Need>,
 }
 
+/// Master to group, while running: what receivers need to pace their feedback and to keep quiet
+/// about needs the master already knows (NORM's repair advertisement, RFC 5740 §5.5.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advert {
+    /// Live clients of the run: the feedback interval grows with it.
+    pub clients: u32,
+    /// Least time, in ms, each receiver keeps between two Status packets.
+    pub interval_ms: u16,
+    /// Every live client has every object below this one (the window's base).
+    pub base: u32,
+    /// Repair symbols the master will still send per object, oldest first (at most
+    /// [`MAX_NEEDS`]).
+    pub owed: Vec<Need>,
+}
+
 /// Client to master: the engine's verdict (the client id is the packet's sender).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -379,6 +397,8 @@ pub enum Body {
         /// Why.
         reason: String,
     },
+    /// Type 10.
+    Advert(Advert),
 }
 
 impl Body {
@@ -394,6 +414,7 @@ impl Body {
             Self::End { .. } => 7,
             Self::Report(_) => 8,
             Self::Abort { .. } => 9,
+            Self::Advert(_) => 10,
         }
     }
 
@@ -421,6 +442,7 @@ impl Body {
                     AckKind::Queued => 1,
                     AckKind::Report => 2,
                     AckKind::Dropped => 3,
+                    AckKind::Moved => 4,
                 });
                 out.extend_from_slice(&a.nonce.to_be_bytes());
             }
@@ -441,12 +463,13 @@ impl Body {
                 out.extend_from_slice(&s.lost.to_be_bytes());
                 out.extend_from_slice(&s.expected.to_be_bytes());
                 out.extend_from_slice(&s.rejected.to_be_bytes());
-                let needs = &s.needs[..s.needs.len().min(MAX_NEEDS)];
-                out.push(needs.len() as u8);
-                for n in needs {
-                    out.extend_from_slice(&n.object.to_be_bytes());
-                    out.extend_from_slice(&n.count.to_be_bytes());
-                }
+                put_needs(out, &s.needs);
+            }
+            Self::Advert(a) => {
+                out.extend_from_slice(&a.clients.to_be_bytes());
+                out.extend_from_slice(&a.interval_ms.to_be_bytes());
+                out.extend_from_slice(&a.base.to_be_bytes());
+                put_needs(out, &a.owed);
             }
             Self::End { trailer } => put_bytes16(out, trailer, MAX_TRAILER),
             Self::Report(r) => {
@@ -492,6 +515,7 @@ impl Body {
                     1 => AckKind::Queued,
                     2 => AckKind::Report,
                     3 => AckKind::Dropped,
+                    4 => AckKind::Moved,
                     _ => return Err(DecodeError::BadValue { field: "ack kind" }),
                 },
                 nonce: r.u64("nonce")?,
@@ -520,7 +544,7 @@ impl Body {
                 })
             }
             6 => {
-                let mut s = Status {
+                let s = Status {
                     low: r.u32("low")?,
                     objects_done: r.u32("objects done")?,
                     bytes: r.u64("bytes")?,
@@ -529,22 +553,8 @@ impl Body {
                     lost: r.u32("lost")?,
                     expected: r.u32("expected")?,
                     rejected: r.u32("rejected")?,
-                    needs: Vec::new(),
+                    needs: read_needs(r)?,
                 };
-                let n = usize::from(r.u8("need count")?);
-                if n > MAX_NEEDS {
-                    return Err(DecodeError::TooLong {
-                        field: "needs",
-                        len: n,
-                        max: MAX_NEEDS,
-                    });
-                }
-                for _ in 0..n {
-                    s.needs.push(Need {
-                        object: r.u32("need object")?,
-                        count: r.u16("need count")?,
-                    });
-                }
                 Self::Status(s)
             }
             7 => Self::End {
@@ -561,11 +571,46 @@ impl Body {
             9 => Self::Abort {
                 reason: r.text("reason", MAX_REASON)?,
             },
+            10 => Self::Advert(Advert {
+                clients: r.u32("clients")?,
+                interval_ms: r.u16("interval")?,
+                base: r.u32("base")?,
+                owed: read_needs(r)?,
+            }),
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.end()?;
         Ok(body)
     }
+}
+
+/// A count byte and up to [`MAX_NEEDS`] (object u32, count u16) pairs.
+fn put_needs(out: &mut Vec<u8>, needs: &[Need]) {
+    let needs = &needs[..needs.len().min(MAX_NEEDS)];
+    out.push(needs.len() as u8);
+    for n in needs {
+        out.extend_from_slice(&n.object.to_be_bytes());
+        out.extend_from_slice(&n.count.to_be_bytes());
+    }
+}
+
+fn read_needs(r: &mut Reader<'_>) -> Result<Vec<Need>, DecodeError> {
+    let n = usize::from(r.u8("need count")?);
+    if n > MAX_NEEDS {
+        return Err(DecodeError::TooLong {
+            field: "needs",
+            len: n,
+            max: MAX_NEEDS,
+        });
+    }
+    (0..n)
+        .map(|_| {
+            Ok(Need {
+                object: r.u32("need object")?,
+                count: r.u16("need count")?,
+            })
+        })
+        .collect()
 }
 
 fn nonzero16(v: u16, field: &'static str) -> Result<u16, DecodeError> {
@@ -763,6 +808,20 @@ mod tests {
             Body::Abort {
                 reason: "operator".into(),
             },
+            Body::Advert(Advert {
+                clients: 40,
+                interval_ms: 120,
+                base: 9,
+                owed: vec![Need {
+                    object: 9,
+                    count: 12,
+                }],
+            }),
+            Body::Ack(Ack {
+                client_id: 43,
+                kind: AckKind::Moved,
+                nonce: 78,
+            }),
         ];
         bodies
             .into_iter()

@@ -193,6 +193,9 @@ pub(crate) fn spawn(
         timeout: Duration::from_secs_f64(req.timeout.unwrap_or(300.0)),
         throttle: req.throttle.map(|ms| Duration::from_secs_f64(ms / 1000.0)),
         may_yield: false,
+        slow: imgcast_engine::SlowPolicy::Move,
+        // The server serves follow-up runs itself (run_session), for queued and moved clients.
+        follow_up: false,
     };
     let (s, l) = (Arc::clone(shared), Arc::clone(&live));
     std::thread::Builder::new()
@@ -297,6 +300,7 @@ fn result_text(r: &ClientResult) -> String {
         ClientResult::Done => "done".into(),
         ClientResult::Failed(why) => format!("failed: {why}"),
         ClientResult::Dropped(why) => format!("dropped: {why}"),
+        ClientResult::Moved(why) => format!("moved: {why}"),
     }
 }
 
@@ -329,7 +333,7 @@ fn on_event(shared: &Arc<Shared>, live: &Arc<Live>, ev: SessionEvent) {
                 });
                 shared.metrics.add_client();
             }
-            SessionEvent::ClientQueued { addr } => {
+            SessionEvent::ClientQueued { addr } | SessionEvent::ClientMoved { addr, .. } => {
                 let a = addr.to_string();
                 if !v.queued.contains(&a) && v.queued.len() < MAX_QUEUED {
                     v.queued.push(a);

@@ -162,7 +162,7 @@ impl LiveState {
                     });
                 }
             }
-            SessionEvent::ClientQueued { addr } => {
+            SessionEvent::ClientQueued { addr } | SessionEvent::ClientMoved { addr, .. } => {
                 let a = addr.to_string();
                 if !self.queued.contains(&a) {
                     self.queued.push(a);
@@ -301,6 +301,7 @@ fn result_text(r: &ClientResult) -> (String, Color) {
         ClientResult::Done => ("done, verified".into(), Color::Green),
         ClientResult::Failed(why) => (format!("failed: {why}"), Color::Red),
         ClientResult::Dropped(why) => (format!("dropped: {why}"), Color::Red),
+        ClientResult::Moved(why) => (format!("moved: {why}"), Color::Yellow),
     }
 }
 

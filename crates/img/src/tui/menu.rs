@@ -377,6 +377,7 @@ impl Menu {
             throttle: opt(&v[THROTTLE])
                 .and_then(|t| parse_throttle(&t).ok())
                 .filter(|_| master),
+            slow: crate::args::Slow::Move,
             comp: parse_level(&v[COMP]).unwrap_or(1),
             disk: Some(PathBuf::from(v[DISK].trim())),
             wait: None,

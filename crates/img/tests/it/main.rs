@@ -4,4 +4,5 @@
 mod cli;
 mod realdisk;
 mod session;
+mod slow;
 mod tui;

@@ -13,14 +13,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::fec::{self, MAX_K};
+use crate::feedback;
 use crate::key::SessionKey;
 use crate::name::SessionName;
 use crate::protect::PacketKey;
 use crate::replay::ReplayWindow;
 use crate::sender::tie_break;
 use crate::wire::{
-    self, AckKind, Announce, Body, Data, Header, OpenError, Packet, Phase, Register, Report,
-    Status, MASTER, MAX_SESSION_INFO,
+    self, AckKind, Announce, Body, Data, Header, Need, OpenError, Packet, Phase, Register, Report,
+    Status, MASTER, MAX_SESSION_INFO, NEED_ALL,
 };
 use crate::{Dest, Rng, Stats, Transmit, MAX_WINDOW};
 use objects::{Objects, Offer};
@@ -158,6 +159,9 @@ pub enum ReceiverEvent {
     Queued,
     /// The master dropped us (silent or too slow); we wait for the next run of this name.
     Dropped,
+    /// The master moved us to its follow-up run (we held the group back, or lost far more than
+    /// the rest): we wait for the next run of this name, which it serves right after this one.
+    Moved,
     /// The transfer started.
     Started,
     /// Object `index`, complete. Call `object_done` once written, or `object_failed` if it does not
@@ -170,7 +174,8 @@ pub enum ReceiverEvent {
     },
     /// Every object arrived, and this is a trailer the master sent: verify, then
     /// `report_done`/`report_failed`. Each distinct trailer is reported once (a forged End may
-    /// carry another): the engine keeps the one its chunks match.
+    /// carry another): the engine keeps the one its chunks match. After an object rejected late
+    /// (`object_failed` once complete) is fetched again, the trailers are handed out again.
     Trailer(Vec<u8>),
     /// The master aborted after the start.
     Aborted {
@@ -209,6 +214,25 @@ impl State {
     }
     fn terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Aborted | Self::Lost)
+    }
+}
+
+/// What the master last advertised: the feedback interval and the repair it will still send.
+#[derive(Debug, Clone)]
+struct AdvertSeen {
+    interval: Duration,
+    base: u32,
+    owed: Vec<Need>,
+}
+
+impl AdvertSeen {
+    /// Whether the master will still send at least `count` symbols of `object` anyway.
+    fn covers(&self, n: &Need) -> bool {
+        n.count != NEED_ALL
+            && self
+                .owed
+                .iter()
+                .any(|o| o.object == n.object && o.count >= n.count)
     }
 }
 
@@ -256,6 +280,13 @@ pub struct Receiver {
     last_data: Option<Instant>,
     last_master: Option<Instant>,
     next_status: Option<Instant>,
+    /// The master's latest repair advertisement of this run.
+    advert: Option<AdvertSeen>,
+    last_status: Option<Instant>,
+    /// The `low` of our latest Status: what the master knows of our progress.
+    reported_low: u32,
+    /// The Status that says we have everything went out.
+    complete_told: bool,
     next_register: Option<Instant>,
     register_since: Option<Instant>,
     nonce: u64,
@@ -293,6 +324,10 @@ impl Receiver {
             last_data: None,
             last_master: None,
             next_status: None,
+            advert: None,
+            last_status: None,
+            reported_low: 0,
+            complete_told: false,
             next_register: None,
             register_since: None,
             nonce: 0,
@@ -384,7 +419,11 @@ impl Receiver {
             return Rejection::NotPending;
         };
         if self.state == State::Complete {
+            // Complete again once it is fetched: the trailers are then handed out again, so an
+            // engine that reports on a Trailer event reports only with every object verified.
             self.state = State::Running;
+            self.trailers_emitted = 0;
+            self.complete_told = false;
         }
         if attempts >= self.cfg.max_object_failures {
             Rejection::GiveUp { attempts }
@@ -556,6 +595,15 @@ impl Receiver {
             }
             Body::Start { .. } => self.on_start(now),
             Body::Data(d) => self.on_data(now, d),
+            Body::Advert(a) => {
+                let interval = Duration::from_millis(u64::from(a.interval_ms))
+                    .clamp(feedback::MIN_INTERVAL, feedback::MAX_INTERVAL);
+                self.advert = Some(AdvertSeen {
+                    interval,
+                    base: a.base,
+                    owed: a.owed,
+                });
+            }
             Body::End { trailer } => {
                 if !self.trailers.contains(&trailer) {
                     if self.trailers.len() < MAX_TRAILERS {
@@ -695,6 +743,10 @@ impl Receiver {
         self.received_since = 0;
         self.last_data = None;
         self.next_status = None;
+        self.advert = None;
+        self.last_status = None;
+        self.reported_low = 0;
+        self.complete_told = false;
         self.next_register = None;
         self.register_since = None;
     }
@@ -732,14 +784,18 @@ impl Receiver {
                 self.requeue(ReceiverEvent::Queued);
             }
             (
-                AckKind::Dropped,
+                AckKind::Dropped | AckKind::Moved,
                 State::Registering
                 | State::Registered
                 | State::Running
                 | State::Complete
                 | State::Reporting,
             ) if fresh => {
-                self.requeue(ReceiverEvent::Dropped);
+                self.requeue(if kind == AckKind::Moved {
+                    ReceiverEvent::Moved
+                } else {
+                    ReceiverEvent::Dropped
+                });
             }
             (AckKind::Report, State::Reporting) => {
                 self.state = State::Completed;
@@ -759,7 +815,8 @@ impl Receiver {
                 self.events
                     .push_back(ReceiverEvent::Object { index, bytes });
             }
-            self.next_status = Some(now + self.rng.millis(50, 200));
+            let first = feedback::jittered(feedback::MIN_INTERVAL, self.rng.unit());
+            self.next_status = Some(now + first);
             self.check_complete(now);
         }
     }
@@ -830,18 +887,59 @@ impl Receiver {
         }
     }
 
-    fn status(&mut self, now: Instant) -> Status {
-        let mut needs = Vec::new();
-        if let Some(s) = &self.session {
-            // Objects whose source symbols were all sent: below `sent_through`, or all after End.
-            let bound = if self.trailers.is_empty() {
-                self.sent_through
-            } else {
-                s.object_count
-            };
-            let bound = bound.min(self.objects.decoded.low.saturating_add(s.window));
-            needs = self.objects.needs(bound);
+    /// What we lack of the objects whose source symbols were all sent (below `sent_through`, or
+    /// all of them after End).
+    fn needs(&self) -> Vec<Need> {
+        let Some(s) = &self.session else {
+            return Vec::new();
+        };
+        let bound = if self.trailers.is_empty() {
+            self.sent_through
+        } else {
+            s.object_count
+        };
+        let bound = bound.min(self.objects.decoded.low.saturating_add(s.window));
+        self.objects.needs(bound)
+    }
+
+    /// The least time between two of our Status packets: the master's, or the shortest before
+    /// its first advertisement.
+    fn feedback_interval(&self) -> Duration {
+        self.advert
+            .as_ref()
+            .map_or(feedback::MIN_INTERVAL, |a| a.interval)
+    }
+
+    /// Whether a Status now tells the master something: needs its advertisement does not cover,
+    /// progress it does not know and waits for, that we have everything, or our liveness beat.
+    fn worth_a_status(&self, now: Instant, needs: &[Need]) -> bool {
+        if self.state == State::Complete && !self.complete_told {
+            return true;
         }
+        let interval = self.feedback_interval();
+        if self
+            .last_status
+            .is_none_or(|t| now.saturating_duration_since(t) >= feedback::beat(interval))
+        {
+            return true;
+        }
+        if needs
+            .iter()
+            .any(|n| self.advert.as_ref().is_none_or(|a| !a.covers(n)))
+        {
+            return true;
+        }
+        let low = self.objects.confirmed.low;
+        let quarter = self.session.as_ref().map_or(1, |s| (s.window / 4).max(1));
+        low > self.reported_low
+            && (self
+                .advert
+                .as_ref()
+                .is_none_or(|a| self.reported_low <= a.base)
+                || low - self.reported_low >= quarter)
+    }
+
+    fn status(&mut self, now: Instant, needs: Vec<Need>) -> Status {
         let expected = self.highest_seq.saturating_sub(self.seq_at_status);
         let expected = u32::try_from(expected).unwrap_or(u32::MAX);
         let lost = expected.saturating_sub(self.received_since);
@@ -911,19 +1009,17 @@ impl Receiver {
         if matches!(self.state, State::Running | State::Complete)
             && self.next_status.is_some_and(|t| now >= t)
         {
-            let st = self.status(now);
-            // Idle (nothing missing and no data for a while): report less often.
-            let quiet = st.needs.is_empty()
-                && self
-                    .last_data
-                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
-            let next = if self.state == State::Complete || quiet {
-                self.rng.millis(500, 1000)
-            } else {
-                self.rng.millis(50, 200)
-            };
+            // Wake once per jittered interval; speak only when it tells the master something.
+            let next = feedback::jittered(self.feedback_interval(), self.rng.unit());
             self.next_status = Some(now + next);
-            self.send(Body::Status(st));
+            let needs = self.needs();
+            if self.worth_a_status(now, &needs) {
+                let st = self.status(now, needs);
+                self.reported_low = st.low;
+                self.last_status = Some(now);
+                self.complete_told |= self.state == State::Complete;
+                self.send(Body::Status(st));
+            }
         }
         if self.state == State::Reporting && self.next_report.is_some_and(|t| now >= t) {
             self.next_report = Some(now + REPORT_EVERY);

@@ -37,7 +37,7 @@ pub struct SenderConfig {
     pub yield_to_earlier: bool,
     /// Announce period; default 500 ms.
     pub announce_interval: Duration,
-    /// Adaptive rate: start value in bit/s (default 400 Mbit/s).
+    /// Adaptive rate: start value in bit/s (default 200 Mbit/s: low, then probed up).
     pub initial_rate: u64,
     /// Adaptive rate: floor in bit/s (default 1 Mbit/s).
     pub min_rate: u64,
@@ -47,6 +47,20 @@ pub struct SenderConfig {
     pub max_clients: usize,
     /// Largest object accepted by `push_object` (default 16 MiB).
     pub max_object_len: usize,
+    /// What happens to a client that holds the group back (`-slow`); default: move it.
+    pub slow: SlowPolicy,
+}
+
+/// What the master does with a client that holds the group back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SlowPolicy {
+    /// Move it to the follow-up run: a client that alone holds the full window for
+    /// `clients::SLOW_HOLD`, or whose loss is far above the group's (its needs then do not set the
+    /// repair for everyone).
+    #[default]
+    Move,
+    /// The group waits for it, up to `drop_after` without progress (`-slow=wait`).
+    Wait,
 }
 
 impl SenderConfig {
@@ -66,11 +80,12 @@ impl SenderConfig {
             drop_after: Duration::from_secs(10),
             yield_to_earlier: false,
             announce_interval: Duration::from_millis(500),
-            initial_rate: 400_000_000,
+            initial_rate: INITIAL_RATE,
             min_rate: 1_000_000,
             max_rate: 10_000_000_000,
             max_clients: 4096,
             max_object_len: 16 << 20,
+            slow: SlowPolicy::Move,
         }
     }
 
@@ -92,6 +107,11 @@ impl SenderConfig {
         Ok((self.max_payload - DATA_OVERHEAD) as u16)
     }
 }
+
+/// The adaptive rate's start: below most LANs' line rate, so the first reports measure the path's
+/// own loss rather than a queue the master filled; the pacer doubles it quickly while nothing says
+/// otherwise.
+const INITIAL_RATE: u64 = 200_000_000;
 
 /// Smallest `max_payload`: leaves a useful symbol after the data packet's overhead.
 const MIN_PAYLOAD: usize = 256;

@@ -14,14 +14,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::fec::MAX_K;
+use crate::feedback;
 use crate::protect::PacketKey;
 use crate::wire::{
-    self, Ack, AckKind, Announce, Body, Data, Header, Packet, Phase, Status, MASTER, MAX_TRAILER,
+    self, Ack, AckKind, Advert, Announce, Body, Data, Header, Packet, Phase, Status, MASTER,
+    MAX_NEEDS, MAX_TRAILER,
 };
 use crate::{Dest, Stats, Transmit};
 pub use clients::DropReason;
 use clients::{ClientState, Clients, Fresh, Registration};
-pub use config::{ConfigError, SenderConfig};
+pub use config::{ConfigError, SenderConfig, SlowPolicy};
 use pacing::Pacer;
 use repair::Window;
 
@@ -38,8 +40,15 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 const MAX_CONTROL_QUEUE: usize = 4096;
 /// Events waiting for the engine; beyond it progress events are dropped first.
 const MAX_EVENTS: usize = 65_536;
-/// Group packet send times remembered for round-trip measurement.
-const MAX_SENT_LOG: usize = 16_384;
+/// Group packet send times are remembered this long, to time the round trip of a report however
+/// far behind its receiver is (a count of packets would be under a second at 10 Gbit/s).
+const SENT_LOG_SPAN: Duration = Duration::from_secs(4);
+/// ...and at most this many (16 bytes each).
+const MAX_SENT_LOG: usize = 1 << 19;
+/// The repair advertisement goes out this often while running...
+const ADVERT_EVERY: Duration = Duration::from_millis(100);
+/// ...and this soon after a need raised what the master owes, so the other receivers keep quiet.
+const ADVERT_SOON: Duration = Duration::from_millis(5);
 
 /// A refused object or trailer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -198,6 +207,10 @@ pub struct Sender {
     next_tick: Instant,
     /// Send times of the latest group packets, to time round trips.
     sent_log: VecDeque<(u64, Instant)>,
+    next_advert: Instant,
+    last_advert: Option<Instant>,
+    /// A need raised what is owed: advertise it soon.
+    advert_soon: bool,
     pacer: Pacer,
     stats: Stats,
 }
@@ -243,6 +256,9 @@ impl Sender {
             next_send: now,
             next_tick: now,
             sent_log: VecDeque::new(),
+            next_advert: now,
+            last_advert: None,
+            advert_soon: false,
             pacer,
             stats: Stats::default(),
             cfg,
@@ -272,6 +288,14 @@ impl Sender {
     /// Registered clients (all states).
     pub fn client_count(&self) -> usize {
         self.clients.len()
+    }
+
+    /// The least time each receiver keeps between two Status packets now: grows with the group so
+    /// that the group's feedback stays a small share of the data packets (see `feedback`).
+    pub fn feedback_interval(&self) -> Duration {
+        let bits = (self.packet_len * 8) as f64;
+        let pps = self.pacer.rate(self.packet_len) as f64 / bits;
+        feedback::interval(self.clients.live(), pps)
     }
 
     /// How many more objects `push_object` accepts now.
@@ -436,7 +460,12 @@ impl Sender {
     }
 
     fn log_sent(&mut self, seq: u64, at: Instant) {
-        if self.sent_log.len() >= MAX_SENT_LOG {
+        while self.sent_log.len() >= MAX_SENT_LOG
+            || self
+                .sent_log
+                .front()
+                .is_some_and(|(_, t)| at.saturating_duration_since(*t) > SENT_LOG_SPAN)
+        {
             self.sent_log.pop_front();
         }
         self.sent_log.push_back((seq, at));
@@ -567,7 +596,10 @@ impl Sender {
                 AckKind::Registered
             }
             Registration::Again => AckKind::Registered,
-            Registration::WasDropped => AckKind::Dropped,
+            Registration::WasDropped => self
+                .clients
+                .get_mut(client_id)
+                .map_or(AckKind::Dropped, |c| c.dropped_ack()),
             Registration::Queued { first } => {
                 if first {
                     self.event(SenderEvent::ClientQueued {
@@ -595,14 +627,15 @@ impl Sender {
             .and_then(|i| self.sent_log.get(i))
             .map(|(_, t)| *t);
         let gathering = self.phase == State::Gathering;
+        let steers = self.clients.steers_rate(client_id, s.lost, s.expected);
         let Some(c) = self.clients.get_mut(client_id) else {
             return;
         };
         match c.state {
             ClientState::Live => {}
             ClientState::Dropped => {
-                let nonce = c.nonce;
-                self.ack(now, from, client_id, AckKind::Dropped, nonce);
+                let (nonce, kind) = (c.nonce, c.dropped_ack());
+                self.ack(now, from, client_id, kind, nonce);
                 return;
             }
             ClientState::Done | ClientState::Failed => {
@@ -624,6 +657,11 @@ impl Sender {
         c.objects_done = c.objects_done.max(s.objects_done);
         c.bytes = c.bytes.max(s.bytes);
         c.rejected = c.rejected.max(s.rejected);
+        c.note_loss(s.lost, s.expected);
+        // A loss outlier's needs do not set the repair for everyone, nor its bottleneck the rate:
+        // it gets its own in the follow-up run.
+        let moving = self.cfg.slow == SlowPolicy::Move;
+        let counts_for_repair = !(moving && c.outlier);
         let highest = s.highest_seq.min(seq_now);
         c.highest_seq = c.highest_seq.max(highest);
         if let Some(t) = sent_at {
@@ -632,8 +670,10 @@ impl Sender {
                 .saturating_duration_since(t)
                 .saturating_sub(Duration::from_micros(u64::from(s.held_us)));
             c.srtt = Some(c.srtt.map_or(rtt, |v| (v * 7 + rtt) / 8));
-            self.pacer
-                .on_report(&mut c.rate, s.lost, s.expected, rtt, now);
+            if !moving || steers {
+                self.pacer
+                    .on_report(&mut c.rate, s.lost, s.expected, rtt, now);
+            }
         }
         let in_flight_for =
             c.srtt.unwrap_or(Duration::from_millis(20)) * 2 + Duration::from_millis(2);
@@ -650,9 +690,12 @@ impl Sender {
             self.event(e);
         }
         let recent = now.checked_sub(in_flight_for);
-        for need in &s.needs {
-            self.window
-                .on_need(need.object, need.count, highest, recent);
+        if counts_for_repair {
+            for need in &s.needs {
+                self.advert_soon |= self
+                    .window
+                    .on_need(need.object, need.count, highest, recent);
+            }
         }
         self.advance_window();
     }
@@ -674,7 +717,7 @@ impl Sender {
         c.last_heard = now;
         let nonce = c.nonce;
         let kind = match c.state {
-            ClientState::Dropped => AckKind::Dropped,
+            ClientState::Dropped => c.dropped_ack(),
             ClientState::Done | ClientState::Failed => AckKind::Report,
             ClientState::Live if !running => {
                 self.stats.ignored += 1;
@@ -770,6 +813,13 @@ impl Sender {
             self.next_tick = now + TICK;
             self.housekeeping(now);
         }
+        let soon = self.advert_soon
+            && self
+                .last_advert
+                .is_none_or(|t| now.saturating_duration_since(t) >= ADVERT_SOON);
+        if self.phase == State::Running && (now >= self.next_advert || soon) {
+            self.advert(now);
+        }
         let first_pass_done = self.window.next_obj >= self.cfg.object_count;
         if let (Some(trailer), true) = (&self.trailer, first_pass_done) {
             if self.next_end.is_none_or(|t| now >= t) {
@@ -782,17 +832,43 @@ impl Sender {
         }
     }
 
+    /// Tells the group its size, the feedback interval, the window's base and what repair is
+    /// still coming, so receivers pace their feedback and keep quiet about needs already covered.
+    fn advert(&mut self, now: Instant) {
+        self.advert_soon = false;
+        self.last_advert = Some(now);
+        self.next_advert = now + ADVERT_EVERY;
+        let interval_ms = u16::try_from(self.feedback_interval().as_millis()).unwrap_or(u16::MAX);
+        let body = Body::Advert(Advert {
+            clients: u32::try_from(self.clients.live()).unwrap_or(u32::MAX),
+            interval_ms,
+            base: self.window.base,
+            owed: self.window.owed_list(MAX_NEEDS),
+        });
+        self.queue(now, Dest::Group, body);
+    }
+
     fn housekeeping(&mut self, now: Instant) {
+        let interval = self.feedback_interval();
+        let window_full = self.window.held() >= u32::from(self.cfg.window)
+            && self.window.pushed < self.cfg.object_count;
         let dropped = self.clients.sweep(
             now,
-            self.window.pushed,
-            self.window.base,
-            self.cfg.drop_after,
+            clients::Sweep {
+                pushed: self.window.pushed,
+                base: self.window.base,
+                window: u32::from(self.cfg.window),
+                window_full,
+                silent_after: feedback::silent_after(interval, self.cfg.drop_after),
+                beat: feedback::beat(interval),
+                drop_after: self.cfg.drop_after,
+                move_slow: self.cfg.slow == SlowPolicy::Move,
+            },
         );
         for (client_id, addr, reason) in dropped {
             self.event(SenderEvent::ClientDropped { client_id, reason });
             let nonce = self.clients.get_mut(client_id).map_or(0, |c| c.nonce);
-            self.ack(now, addr, client_id, AckKind::Dropped, nonce);
+            self.ack(now, addr, client_id, reason.ack_kind(), nonce);
         }
         self.advance_window();
         self.window.free_idle_encoders(now);
@@ -815,6 +891,7 @@ impl Sender {
             return Some(self.count(t));
         }
         if !self.has_data() {
+            self.pacer.on_idle();
             return None;
         }
         self.pacer.on_busy(now);
@@ -840,6 +917,7 @@ impl Sender {
         let seq = self.group_seq;
         self.log_sent(seq, now);
         self.window.record_seq(object, seq, now);
+        self.pacer.on_sent(t.payload.len());
         Some(self.count(t))
     }
 
@@ -864,6 +942,12 @@ impl Sender {
             State::Running => {
                 at(self.next_announce);
                 at(self.next_tick);
+                at(self.next_advert);
+                if self.advert_soon {
+                    at(self
+                        .last_advert
+                        .map_or(self.next_advert, |t| t + ADVERT_SOON));
+                }
                 if self.start_repeats > 0 {
                     at(self.next_start);
                 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use raptorq::SourceBlockEncoder;
 
 use crate::fec;
-use crate::wire::{MAX_ESI, NEED_ALL};
+use crate::wire::{Need, MAX_ESI, NEED_ALL};
 use crate::Stats;
 
 /// Repair encoders kept at once; each costs about twice its object in memory.
@@ -115,21 +115,21 @@ impl Window {
 
     /// One receiver lacks `count` symbols of `object` ([`NEED_ALL`]: all of them), having seen the
     /// group up to `highest`: owe the max need over receivers, minus what is still in flight to it
-    /// (sent after `highest`, and after `recent` when known).
+    /// (sent after `highest`, and after `recent` when known). Returns whether what is owed grew.
     pub(crate) fn on_need(
         &mut self,
         object: u32,
         count: u16,
         highest: u64,
         recent: Option<Instant>,
-    ) {
+    ) -> bool {
         if object < self.base || object >= self.pushed || object > self.next_obj {
-            return;
+            return false;
         }
         let in_first_pass = object == self.next_obj;
         let next_esi = self.next_esi;
         let Some(o) = self.objects.get_mut((object - self.base) as usize) else {
-            return;
+            return false;
         };
         // Source symbols not sent yet will still come: they are not repair.
         let unsent_sources = if in_first_pass { o.k - next_esi } else { 0 };
@@ -148,7 +148,23 @@ impl Window {
         let extra = count
             .saturating_sub(in_flight + unsent_sources)
             .min(o.owed + room);
+        let raised = extra > o.owed;
         o.owed = o.owed.max(extra);
+        raised
+    }
+
+    /// What is still owed, oldest object first (at most `max` objects), for the advertisement.
+    pub(crate) fn owed_list(&self, max: usize) -> Vec<Need> {
+        self.objects
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.owed > 0)
+            .take(max)
+            .map(|(i, o)| Need {
+                object: self.base + i as u32,
+                count: u16::try_from(o.owed).unwrap_or(NEED_ALL - 1),
+            })
+            .collect()
     }
 
     /// The next symbol to send: repairs first (they hold the window back), then the first pass.

@@ -11,7 +11,7 @@ mod net;
 use std::time::Duration;
 
 use imgcast_proto::wire::{self, Announce, Body, Header, Packet, Phase, MASTER};
-use imgcast_proto::{DropReason, PacketKey, ReceiverEvent, SenderEvent, SessionKey};
+use imgcast_proto::{DropReason, PacketKey, ReceiverEvent, SenderEvent, SessionKey, SlowPolicy};
 use links::{Bottleneck, GilbertElliott, QueueLimit, Rng, FRAME_OVERHEAD};
 use net::{addr, name, objects, receiver_cfg, sender_cfg, Link, Sim};
 use proptest::prelude::*;
@@ -200,7 +200,10 @@ fn late_joiner_is_queued_and_the_rest_finish() {
 #[test]
 fn dead_receiver_is_dropped_and_the_others_finish() {
     let objs = objects(7, &[20_000; 200]);
-    let mut sim = session(7, 3, objs, Link::lossy(0.02), Link::lossy(0.02));
+    // The group waits for it (-slow=wait): only silence ends it.
+    let mut sim = session_with(7, 3, objs, Link::lossy(0.02), Link::lossy(0.02), |c| {
+        c.slow = SlowPolicy::Wait
+    });
     let die = sim.at(150);
     sim.receivers[2].die_at = Some(die);
     run_to_finish(&mut sim, 3_000_000);
@@ -228,20 +231,54 @@ fn dead_receiver_is_dropped_and_the_others_finish() {
 #[test]
 fn client_whose_disk_is_stuck_is_dropped_as_too_slow() {
     let objs = objects(8, &[5000; 150]);
+    let mut sim = session_with(8, 2, objs, Link::clean(), Link::clean(), |c| {
+        c.slow = SlowPolicy::Wait
+    });
+    sim.receivers[1].policy.confirm = false;
+    run_to_finish(&mut sim, 1_000_000);
+    sim.assert_exact(0, 0);
+    let dropped = sim
+        .sender_saw(0, |e| {
+            matches!(
+                e,
+                SenderEvent::ClientDropped {
+                    client_id: 101,
+                    reason: DropReason::NoProgress
+                }
+            )
+        })
+        .expect("stuck client dropped");
+    assert!(
+        dropped - sim.t0 >= Duration::from_secs(10),
+        "-slow=wait waits drop_after"
+    );
+    assert!(sim.receivers[1].saw(|e| matches!(e, ReceiverEvent::Dropped)));
+}
+
+#[test]
+fn client_whose_disk_is_stuck_is_moved_to_the_follow_up_run() {
+    let objs = objects(8, &[5000; 150]);
     let mut sim = session(8, 2, objs, Link::clean(), Link::clean());
     sim.receivers[1].policy.confirm = false;
     run_to_finish(&mut sim, 1_000_000);
     sim.assert_exact(0, 0);
-    assert!(sim
-        .sender_saw(0, |e| matches!(
-            e,
-            SenderEvent::ClientDropped {
-                client_id: 101,
-                reason: DropReason::NoProgress
-            }
-        ))
-        .is_some());
-    assert!(sim.receivers[1].saw(|e| matches!(e, ReceiverEvent::Dropped)));
+    let moved = sim
+        .sender_saw(0, |e| {
+            matches!(
+                e,
+                SenderEvent::ClientDropped {
+                    client_id: 101,
+                    reason: DropReason::Slow
+                }
+            )
+        })
+        .expect("stuck client moved");
+    assert!(
+        moved - sim.t0 < Duration::from_secs(4),
+        "moved once it held the full window for 2 s: {:?}",
+        moved - sim.t0
+    );
+    assert!(sim.receivers[1].saw(|e| matches!(e, ReceiverEvent::Moved)));
 }
 
 fn gathering(min_clients: Option<u32>, timeout_s: u64, joins_ms: &[u64]) -> Sim {
@@ -514,7 +551,8 @@ fn corrupted_run(seed: u64, corrupt: f64, forge: f64) -> Sim {
     down.forge = forge;
     let mut up = Link::lossy(0.02);
     up.corrupt = corrupt;
-    let mut sim = session(seed, 3, objs, down, up);
+    // The group waits for a client fetching forged chunks again: this is about the bound.
+    let mut sim = session_with(seed, 3, objs, down, up, |c| c.slow = SlowPolicy::Wait);
     run_to_finish(&mut sim, 3_000_000);
     sim
 }
@@ -911,7 +949,8 @@ fn abort_reaches_clients_and_silence_is_master_lost() {
 
 #[test]
 fn steady_random_loss_does_not_collapse_the_rate() {
-    let objs = objects(18, &[100_000; 20]);
+    // Long enough (about a second of data) for the master to judge its trial cuts.
+    let objs = objects(18, &[100_000; 300]);
     let mut sim = session(18, 3, objs, Link::lossy(0.10), Link::clean());
     let initial = sim.senders[0].tx.current_rate();
     run_to_finish(&mut sim, 2_000_000);
