@@ -5,7 +5,7 @@
 #
 #   bench/multicast.sh [--tools "udpcast udpcast-zstd imgcast"] [--clients "1 4 8"]
 #                      [--loss "0 2 10"] [--size-mib 512] [--rate 1gbit]
-#                      [--timeout 900] [--reps 1]
+#                      [--timeout 900] [--reps 1] [--disk mixed|random]
 #
 # Tools: udpcast (udp-sender/udp-receiver on the raw disk), udpcast-zstd (the
 # same with --pipe "zstd -1 -T0" on the sender and --pipe "zstd -d" on the
@@ -17,8 +17,9 @@
 # link (both directions) limited to RATE with tbf; every client drops LOSS% of
 # the UDP it receives (nftables, random). The disk is SIZE MiB made of 1 MiB
 # blocks in a repeating pattern random, random, zeros, text (half random, a
-# quarter zeros, a quarter compressible log text), built once under
-# $WORK (default /work/benchwork/multicast) and kept for later runs.
+# quarter zeros, a quarter compressible log text), or with `--disk random`
+# incompressible (all random: no tool gains from compression, the line is the
+# limit), built once under $WORK (default /work/benchwork/multicast) and kept.
 # Clients write to $OUTDIR (default: a tmpfs inside the lab namespace, so disk
 # speed doesn't enter; set OUTDIR to a real directory to include it).
 #
@@ -26,7 +27,10 @@
 # process exits (udp-receiver lingers 0.5 s, its default --exit-wait, to guard
 # the final ACK); the master's own elapsed seconds; total CPU seconds (user+sys, from /usr/bin/time) of the
 # master and all clients; every client's output hash (b2sum) against the disk.
-# Then ratios imgcast/udpcast for wall time and CPU.
+# Then ratios imgcast/udpcast for wall time and CPU. Also per run: the host's
+# CPU share (cpu_s over wall_s × CPUs: near 100% the lab itself is the limit,
+# not the network) and, for imgcast, line% = the bytes the master sent (its
+# --json bytes_sent) over what the link carries in the wall time.
 #
 # udpcast: udp-sender --min-receivers N --rexmit-hello-interval 200 (without
 # it a client that loses the one HELLO never joins) --mcast-rdv-address (the
@@ -53,6 +57,7 @@ SIZE_MIB=512
 RATE=1gbit
 CASE_TIMEOUT=900
 REPS=1
+DISK_KIND=mixed
 ARGS=("$@")
 while [ $# -gt 0 ]; do
     case $1 in
@@ -63,6 +68,7 @@ while [ $# -gt 0 ]; do
         --rate) RATE=$2; shift 2 ;;
         --timeout) CASE_TIMEOUT=$2; shift 2 ;;
         --reps) REPS=$2; shift 2 ;;
+        --disk) DISK_KIND=$2; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -71,7 +77,11 @@ done
 WORK=${WORK:-/work/benchwork/multicast}
 IMG=${IMG:-$repo/target/release/img}
 IMG_BEFORE=${IMG_BEFORE:-}
-DISK=$WORK/disk-${SIZE_MIB}m.raw
+case $DISK_KIND in
+    mixed) DISK=$WORK/disk-${SIZE_MIB}m.raw ;;
+    random) DISK=$WORK/disk-${SIZE_MIB}m-random.raw ;;
+    *) echo "--disk is mixed or random" >&2; exit 2 ;;
+esac
 TIME=/usr/bin/time # Debian package `time`; installed below if missing
 
 # ---- outside the lab: prerequisites and the disk (no network needed) ----
@@ -84,6 +94,12 @@ if [ -z "${LAB_INSIDE:-}" ]; then
         command -v $t >/dev/null || { echo "missing $t (apt-get install udpcast coreutils openssl nftables iproute2)" >&2; exit 1; }
     done
     mkdir -p "$WORK"
+    if [ "$DISK_KIND" = random ] && { [ ! -s "$DISK" ] || [ "$(stat -c %s "$DISK")" != $((SIZE_MIB << 20)) ]; }; then
+        echo "building $DISK ($SIZE_MIB MiB of random bytes)" >&2
+        { openssl enc -aes-128-ctr -pass pass:imgcast-bench-random -nosalt -pbkdf2 </dev/zero 2>/dev/null || true; } |
+            head -c $((SIZE_MIB << 20)) >"$DISK.tmp"
+        mv "$DISK.tmp" "$DISK"
+    fi
     if [ ! -s "$DISK" ] || [ "$(stat -c %s "$DISK")" != $((SIZE_MIB << 20)) ]; then
         echo "building $DISK ($SIZE_MIB MiB: 1 MiB blocks random,random,zeros,text)" >&2
         text=$WORK/text.tmp rnd=$WORK/rnd.tmp
@@ -199,7 +215,7 @@ run_case() {
     *)
         lab_spawn h0 "$LOGS/h0.log" timeout "$CASE_TIMEOUT" $TIME -o "$LOGS/h0.time" -f '%e %U %S' \
             "$(img_of "$tool")" -session bench -master -clients="$n" -disk="$DISK" -interface=eth0 \
-            $(key_of "$tool") >/dev/null
+            --json $(key_of "$tool") >/dev/null
         ;;
     esac
     mpid=$LAB_LAST_PID
@@ -223,12 +239,16 @@ run_case() {
     lab_down
     # (a process killed by the case timeout leaves no figures: master_s is "-")
     master=$(awk 'NF == 3 && $1 ~ /^[0-9.]+$/ { print $1 }' "$LOGS/h0.time" 2>/dev/null || true)
-    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') ${master:--} $(cpu_sum "$LOGS"/*.time) $ok"
+    sent=$(grep -o '"bytes_sent":[0-9]*' "$LOGS/h0.log" 2>/dev/null | head -n 1 | cut -d: -f2 || true)
+    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') ${master:--} $(cpu_sum "$LOGS"/*.time) $ok ${sent:--}"
 }
 
 echo "multicast bench: disk $SIZE_MIB MiB ($DISK), links $RATE, $(nproc) CPUs, outputs in $OUTDIR"
-printf '%-8s %7s %5s %8s %8s %8s %7s %8s\n' tool clients loss wall_s master_s cpu_s ok MB/s
-printf 'tool\tclients\tloss\twall_s\tmaster_s\tcpu_s\tok\n' >"$RESULTS"
+printf '%-8s %7s %5s %8s %8s %8s %7s %8s %5s %6s\n' tool clients loss wall_s master_s cpu_s ok MB/s cpu% line%
+printf 'tool\tclients\tloss\twall_s\tmaster_s\tcpu_s\tok\tsent_bytes\n' >"$RESULTS"
+rate_bps() { awk -v r="$1" 'BEGIN { v = r + 0; u = tolower(r); sub(/^[0-9.]+/, "", u)
+    m = (u == "gbit") ? 1e9 : (u == "mbit") ? 1e6 : (u == "kbit") ? 1e3 : 1; printf "%.0f", v * m }'; }
+LINK_BPS=$(rate_bps "$RATE")
 median() { tr ' ' '\n' | { grep . || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b; else printf "-" }'; }
 declare -A WALL CPU OK FAILED
@@ -238,7 +258,7 @@ for n in $CLIENTS; do
         for ((rep = 1; rep <= REPS; rep++)); do
             for tool in $TOOLS; do
                 [ -n "${HAVE[$tool]:-}" ] || continue
-                read -r wall master cpu ok < <(run_case "$tool" "$n" "$loss")
+                read -r wall master cpu ok sent < <(run_case "$tool" "$n" "$loss")
                 k=$tool/$n/$loss
                 OK[$k]=$((${OK[$k]:-0} + ok)) FAILED[$k]=${FAILED[$k]:-0}
                 if [ "$ok" = "$n" ]; then
@@ -246,9 +266,11 @@ for n in $CLIENTS; do
                 else
                     FAILED[$k]=$((FAILED[$k] + 1))
                 fi
-                printf '%-8s %7s %4s%% %8s %8s %8s %4s/%-2s %8.1f\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" "$n" \
-                    "$(awk -v w="$wall" -v s="$SIZE_MIB" 'BEGIN { print (w > 0) ? s * 1.048576 / w : 0 }')"
-                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" >>"$RESULTS"
+                printf '%-8s %7s %4s%% %8s %8s %8s %4s/%-2s %8.1f %4.0f%% %6s\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" "$n" \
+                    "$(awk -v w="$wall" -v s="$SIZE_MIB" 'BEGIN { print (w > 0) ? s * 1.048576 / w : 0 }')" \
+                    "$(awk -v w="$wall" -v c="$cpu" -v p="$(nproc)" 'BEGIN { print (w > 0) ? 100 * c / (w * p) : 0 }')" \
+                    "$(awk -v w="$wall" -v b="$sent" -v l="$LINK_BPS" 'BEGIN { if (b == "-" || w <= 0) print "-"; else printf "%.0f%%", 100 * b * 8 / (w * l) }')"
+                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" "$sent" >>"$RESULTS"
             done
         done
     done
@@ -279,4 +301,12 @@ for n in $CLIENTS; do
         pair imgcast imgcast-before
     done
 done
+# Growth with the room: imgcast's wall time with the most clients over the fewest, per loss.
+first=${CLIENTS%% *} last=${CLIENTS##* }
+if [ "$first" != "$last" ]; then
+    for loss in $LOSSES; do
+        a=$(median <<<"${WALL[imgcast/$last/$loss]:-}") b=$(median <<<"${WALL[imgcast/$first/$loss]:-}")
+        [ -n "$a" ] && [ -n "$b" ] && echo "imgcast wall, $last over $first clients at $loss% loss: $(ratio "$a" "$b")"
+    done
+fi
 echo "results: $RESULTS"

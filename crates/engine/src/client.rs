@@ -322,6 +322,36 @@ pub struct ClientCore {
     started_at: Option<Instant>,
     last_progress: Option<Instant>,
     auth_warned: bool,
+    /// RaptorQ decodes, off the protocol thread (started at the first job).
+    fec: Option<FecPool>,
+}
+
+/// Threads that run the receiver's RaptorQ decodes: a decode costs milliseconds per MiB, which
+/// the loop that reads the socket cannot spend at line rate. They end when the pool is dropped.
+struct FecPool {
+    work: Sender<proto::DecodeJob>,
+    done: Receiver<proto::Decoded>,
+}
+
+impl FecPool {
+    fn start(threads: usize) -> Result<Self, EngineError> {
+        let (work, jobs) = crossbeam_channel::unbounded::<proto::DecodeJob>();
+        let (results, done) = crossbeam_channel::unbounded();
+        for i in 0..threads.max(1) {
+            let (jobs, results) = (jobs.clone(), results.clone());
+            std::thread::Builder::new()
+                .name(format!("imgcast-fec-{i}"))
+                .spawn(move || {
+                    for job in jobs {
+                        if results.send(job.run()).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| EngineError::io("starting a RaptorQ decode thread", e))?;
+        }
+        Ok(Self { work, done })
+    }
 }
 
 impl ClientCore {
@@ -347,6 +377,7 @@ impl ClientCore {
             started_at: None,
             last_progress: None,
             auth_warned: false,
+            fec: None,
         }
     }
 
@@ -398,6 +429,19 @@ impl ClientCore {
     ) -> Result<Option<ClientReport>, EngineError> {
         use proto::ReceiverEvent as E;
         match ev {
+            E::Decode(job) => {
+                if self.threads == 0 {
+                    rx.decode_done(now, job.run());
+                } else {
+                    if self.fec.is_none() {
+                        self.fec = Some(FecPool::start(self.threads.min(4))?);
+                    }
+                    if let Some(pool) = &self.fec {
+                        // The workers live as long as the pool: a send cannot fail before.
+                        let _ = pool.work.send(job);
+                    }
+                }
+            }
             E::Announced {
                 master,
                 session_info,
@@ -559,6 +603,11 @@ impl ClientCore {
         rx: &mut proto::Receiver,
         on_event: &mut dyn FnMut(SessionEvent),
     ) -> Result<(), EngineError> {
+        if let Some(pool) = &self.fec {
+            while let Ok(d) = pool.done.try_recv() {
+                rx.decode_done(now, d);
+            }
+        }
         let Some(r) = self.restore.as_mut() else {
             return Ok(());
         };
@@ -704,6 +753,7 @@ fn run(
     let mut rc = proto::ReceiverConfig::new(name.clone(), client_id, &hostname());
     rc.key = key;
     rc.master_timeout = cfg.net.peer_timeout;
+    rc.offload_decode = true;
     let mut receiver = proto::Receiver::new(rc);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut core = ClientCore::new(cfg.target.clone(), threads)

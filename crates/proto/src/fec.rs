@@ -60,6 +60,61 @@ pub(crate) struct Assembly {
     sources: u32,
     repairs: Vec<(u32, Vec<u8>)>,
     extra: u32,
+    /// A decode of what it holds runs elsewhere ([`DecodeJob`]); symbols are still kept.
+    decoding: bool,
+}
+
+/// A RaptorQ decode to run off the protocol thread: the symbols of one object (copied), enough
+/// to try. The engine runs [`DecodeJob::run`] on a worker and hands the [`Decoded`] result to
+/// `Receiver::decode_done`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeJob {
+    pub(crate) session: u64,
+    pub(crate) object: u32,
+    len: u32,
+    k: u32,
+    t: u16,
+    packets: Vec<(u32, Vec<u8>)>,
+}
+
+/// The outcome of a [`DecodeJob`].
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub(crate) session: u64,
+    pub(crate) object: u32,
+    pub(crate) len: u32,
+    /// The object, or `None` when RaptorQ needs a symbol more.
+    pub(crate) bytes: Option<Vec<u8>>,
+}
+
+impl DecodeJob {
+    /// The object it decodes.
+    pub fn object(&self) -> u32 {
+        self.object
+    }
+
+    /// Decodes (the expensive part: milliseconds per MiB).
+    pub fn run(self) -> Decoded {
+        let packets = self
+            .packets
+            .into_iter()
+            .map(|(e, d)| EncodingPacket::new(PayloadId::new(0, e), d));
+        let mut dec = SourceBlockDecoder::new(
+            0,
+            &oti(self.k, self.t),
+            u64::from(self.k) * u64::from(self.t),
+        );
+        let bytes = dec.decode(packets).map(|mut out| {
+            out.truncate(self.len as usize);
+            out
+        });
+        Decoded {
+            session: self.session,
+            object: self.object,
+            len: self.len,
+            bytes,
+        }
+    }
 }
 
 /// What adding a symbol did.
@@ -71,6 +126,8 @@ pub(crate) enum Added {
     Stored,
     /// The object is complete.
     Complete(Vec<u8>),
+    /// Enough symbols to try a decode: run it elsewhere (only with `offload`).
+    Decode(DecodeJob),
 }
 
 impl Assembly {
@@ -86,6 +143,7 @@ impl Assembly {
             sources: 0,
             repairs: Vec::new(),
             extra: 0,
+            decoding: false,
         }
     }
 
@@ -99,8 +157,9 @@ impl Assembly {
         (self.k + self.extra).saturating_sub(self.sources + self.repairs.len() as u32)
     }
 
-    /// Adds symbol `esi` (exactly `t` bytes).
-    pub(crate) fn add(&mut self, esi: u32, symbol: &[u8]) -> Added {
+    /// Adds symbol `esi` (exactly `t` bytes). With `offload` (the session id of the job), a
+    /// decode is handed out as a job instead of run here.
+    pub(crate) fn add(&mut self, esi: u32, symbol: &[u8], offload: Option<u64>) -> Added {
         let t = usize::from(self.t);
         if esi < self.k {
             let i = esi as usize;
@@ -121,42 +180,58 @@ impl Assembly {
             }
             self.repairs.push((esi, symbol.to_vec()));
         }
-        if self.need() > 0 {
+        self.try_decode(offload)
+    }
+
+    /// Decodes (or hands out the job) once enough symbols are held and none is running.
+    fn try_decode(&mut self, offload: Option<u64>) -> Added {
+        if self.need() > 0 || self.decoding {
             return Added::Stored;
         }
-        match self.decode() {
+        let job = self.job(offload.unwrap_or(0));
+        if offload.is_some() {
+            self.decoding = true;
+            return Added::Decode(job);
+        }
+        match job.run().bytes {
             Some(out) => Added::Complete(out),
             None => {
-                // RaptorQ occasionally needs a symbol or two beyond K: ask for one more.
-                self.extra = (self.extra + 1).min(MAX_EXTRA);
+                self.decode_failed();
                 Added::Stored
             }
         }
     }
 
-    fn decode(&self) -> Option<Vec<u8>> {
+    /// A decode needed more: RaptorQ occasionally needs a symbol or two beyond K, so ask for one
+    /// more; with `offload`, try again at once if more arrived meanwhile.
+    pub(crate) fn decode_failed_then(&mut self, offload: Option<u64>) -> Added {
+        self.decode_failed();
+        self.try_decode(offload)
+    }
+
+    fn decode_failed(&mut self) {
+        self.decoding = false;
+        self.extra = (self.extra + 1).min(MAX_EXTRA);
+    }
+
+    fn job(&self, session: u64) -> DecodeJob {
         let t = usize::from(self.t);
         let packets = self
             .have
             .iter()
             .enumerate()
             .filter(|(_, h)| **h)
-            .map(|(i, _)| {
-                EncodingPacket::new(
-                    PayloadId::new(0, i as u32),
-                    self.buf[i * t..(i + 1) * t].to_vec(),
-                )
-            })
-            .chain(
-                self.repairs
-                    .iter()
-                    .map(|(e, d)| EncodingPacket::new(PayloadId::new(0, *e), d.clone())),
-            );
-        let mut dec =
-            SourceBlockDecoder::new(0, &oti(self.k, self.t), u64::from(self.k) * self.t as u64);
-        let mut out = dec.decode(packets)?;
-        out.truncate(self.len as usize);
-        Some(out)
+            .map(|(i, _)| (i as u32, self.buf[i * t..(i + 1) * t].to_vec()))
+            .chain(self.repairs.iter().cloned())
+            .collect();
+        DecodeJob {
+            session,
+            object: 0,
+            len: self.len,
+            k: self.k,
+            t: self.t,
+            packets,
+        }
     }
 }
 
@@ -178,7 +253,7 @@ mod tests {
             let mut a = Assembly::new(len as u32, t);
             let mut done = None;
             for esi in 0..k {
-                if let Added::Complete(v) = a.add(esi, &source_symbol(&d, esi, t)) {
+                if let Added::Complete(v) = a.add(esi, &source_symbol(&d, esi, t), None) {
                     done = Some(v);
                 }
             }
@@ -187,15 +262,15 @@ mod tests {
             let enc = encoder(&d, t);
             let mut a = Assembly::new(len as u32, t);
             for esi in (0..k).filter(|e| e % 3 != 0) {
-                assert_eq!(a.add(esi, &source_symbol(&d, esi, t)), Added::Stored);
+                assert_eq!(a.add(esi, &source_symbol(&d, esi, t), None), Added::Stored);
             }
             if k > 1 {
-                assert_eq!(a.add(1, &source_symbol(&d, 1, t)), Added::Duplicate);
+                assert_eq!(a.add(1, &source_symbol(&d, 1, t), None), Added::Duplicate);
             }
             let mut got = None;
             for (esi, sym) in repair(&enc, 0, a.need() + 4) {
                 assert!(esi >= k);
-                if let Added::Complete(v) = a.add(esi, &sym) {
+                if let Added::Complete(v) = a.add(esi, &sym, None) {
                     got = Some(v);
                     break;
                 }

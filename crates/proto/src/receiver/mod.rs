@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::fec::{self, MAX_K};
+use crate::fec::{self, DecodeJob, Decoded, MAX_K};
 use crate::feedback;
 use crate::key::SessionKey;
 use crate::name::SessionName;
@@ -65,6 +65,10 @@ pub struct ReceiverConfig {
     pub register_patience: Duration,
     /// Times one object may fail the engine's check before the client gives up (default 4).
     pub max_object_failures: u32,
+    /// Hand RaptorQ decodes out as [`ReceiverEvent::Decode`] jobs instead of running them in
+    /// `handle` (default off): a decode costs milliseconds per MiB, which the thread reading the
+    /// socket cannot spare at line rate.
+    pub offload_decode: bool,
 }
 
 impl ReceiverConfig {
@@ -80,6 +84,7 @@ impl ReceiverConfig {
             master_timeout: Duration::from_secs(15),
             register_patience: Duration::from_secs(3),
             max_object_failures: 4,
+            offload_decode: false,
         }
     }
 }
@@ -159,6 +164,10 @@ pub enum ReceiverEvent {
     Queued,
     /// The master dropped us (silent or too slow); we wait for the next run of this name.
     Dropped,
+    /// Enough symbols of an object to try a RaptorQ decode (only with
+    /// `ReceiverConfig::offload_decode`): run [`DecodeJob::run`] on a worker and give the result
+    /// to [`Receiver::decode_done`].
+    Decode(DecodeJob),
     /// The master moved us to its follow-up run (we held the group back, or lost far more than
     /// the rest): we wait for the next run of this name, which it serves right after this one.
     Moved,
@@ -848,24 +857,56 @@ impl Receiver {
             self.stats.dropped_invalid_data += 1;
             return;
         }
-        match self
-            .objects
-            .offer(d.object, d.object_len, d.esi, &d.symbol, symbol_size)
-        {
+        let offload = self.offload();
+        let offer = self.objects.offer(
+            d.object,
+            d.object_len,
+            d.esi,
+            &d.symbol,
+            symbol_size,
+            offload,
+        );
+        self.on_offer(now, d.object, offer);
+    }
+
+    /// The session id decode jobs carry, when decodes are offloaded.
+    fn offload(&self) -> Option<u64> {
+        self.cfg.offload_decode.then(|| self.session_id()).flatten()
+    }
+
+    fn on_offer(&mut self, now: Instant, object: u32, offer: Offer) {
+        match offer {
             Offer::Duplicate => self.stats.duplicates += 1,
             Offer::Stored => {}
+            Offer::Decode(job) => self.events.push_back(ReceiverEvent::Decode(job)),
             Offer::Complete(bytes) if self.state == State::Registering => {
                 // Not ours to hand out yet: the engine opens its target only at the start.
-                self.held.push((d.object, bytes));
+                self.held.push((object, bytes));
             }
             Offer::Complete(bytes) => {
                 self.events.push_back(ReceiverEvent::Object {
-                    index: d.object,
+                    index: object,
                     bytes,
                 });
                 self.check_complete(now);
             }
         }
+    }
+
+    /// The result of a [`ReceiverEvent::Decode`] job. A result of another run, or of an object
+    /// decoded meanwhile, is ignored.
+    pub fn decode_done(&mut self, now: Instant, done: Decoded) {
+        if Some(done.session) != self.session_id()
+            || !matches!(self.state, State::Registering | State::Running)
+        {
+            return;
+        }
+        let offload = self.offload();
+        let object = done.object;
+        let offer = self
+            .objects
+            .decode_done(object, done.len, done.bytes, offload);
+        self.on_offer(now, object, offer);
     }
 
     fn check_complete(&mut self, now: Instant) {

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::fec::{Added, Assembly};
+use crate::fec::{Added, Assembly, DecodeJob};
 use crate::wire::{Need, MAX_NEEDS, NEED_ALL};
 
 /// Candidate assemblies (distinct object lengths) kept per object.
@@ -61,6 +61,8 @@ pub(crate) enum Offer {
     Stored,
     /// The object decoded: hand these bytes to the engine.
     Complete(Vec<u8>),
+    /// Enough symbols for a decode, which runs elsewhere (offloaded).
+    Decode(DecodeJob),
 }
 
 /// The objects of one run.
@@ -92,6 +94,7 @@ impl Objects {
         esi: u32,
         symbol: &[u8],
         symbol_size: u16,
+        offload: Option<u64>,
     ) -> Offer {
         if self.decoded.contains(object) {
             return Offer::Duplicate;
@@ -113,17 +116,57 @@ impl Objects {
                 candidates.len() - 1
             }
         };
-        match candidates[pos].add(esi, symbol) {
+        let added = candidates[pos].add(esi, symbol, offload);
+        self.settle(object, pos, len, added)
+    }
+
+    fn settle(&mut self, object: u32, pos: usize, len: u32, added: Added) -> Offer {
+        match added {
             Added::Duplicate => Offer::Duplicate,
             Added::Stored => Offer::Stored,
+            Added::Decode(mut job) => {
+                job.object = object;
+                Offer::Decode(job)
+            }
             Added::Complete(bytes) => {
                 // The finished candidate is spent; rivals stay in case the engine rejects it.
-                candidates.swap_remove(pos);
+                if let Some(c) = self.partial.get_mut(&object) {
+                    c.swap_remove(pos);
+                }
                 self.decoded.insert(object);
                 self.lens.insert(object, len);
                 Offer::Complete(bytes)
             }
         }
+    }
+
+    /// An offloaded decode of `object` at length `len` ended: `bytes` when it worked.
+    pub(crate) fn decode_done(
+        &mut self,
+        object: u32,
+        len: u32,
+        bytes: Option<Vec<u8>>,
+        offload: Option<u64>,
+    ) -> Offer {
+        if self.decoded.contains(object) {
+            return Offer::Duplicate;
+        }
+        let Some(pos) = self
+            .partial
+            .get(&object)
+            .and_then(|c| c.iter().position(|a| a.len == len))
+        else {
+            // Evicted or thrown away meanwhile.
+            return Offer::Duplicate;
+        };
+        let added = match bytes {
+            Some(b) => Added::Complete(b),
+            None => match self.partial.get_mut(&object) {
+                Some(c) => c[pos].decode_failed_then(offload),
+                None => Added::Stored,
+            },
+        };
+        self.settle(object, pos, len, added)
     }
 
     /// The engine wrote `object`. Returns whether that was news.
@@ -218,25 +261,34 @@ mod tests {
         let data = vec![9u8; 300];
         let mut o = Objects::default();
         // A stray symbol claiming another length arrives first.
-        assert_eq!(o.offer(0, 64, 0, &[1; 64], T), Offer::Complete(vec![1; 64]));
+        assert_eq!(
+            o.offer(0, 64, 0, &[1; 64], T, None),
+            Offer::Complete(vec![1; 64])
+        );
         // The engine rejects what it decoded from it ...
         assert_eq!(o.reject(0), Some(1));
         // ... a rival length failing does not count ...
-        assert_eq!(o.offer(0, 300, 0, &symbols(&data)[0], T), Offer::Stored);
-        assert_eq!(o.offer(0, 10, 0, &[2; 64], T), Offer::Complete(vec![2; 10]));
+        assert_eq!(
+            o.offer(0, 300, 0, &symbols(&data)[0], T, None),
+            Offer::Stored
+        );
+        assert_eq!(
+            o.offer(0, 10, 0, &[2; 64], T, None),
+            Offer::Complete(vec![2; 10])
+        );
         assert_eq!(o.reject(0), Some(1), "a rival's failure is only dropped");
         // ... and the real symbols decode the real object.
         let syms = symbols(&data);
         let mut out = None;
         for (e, s) in syms.iter().enumerate().skip(1) {
-            if let Offer::Complete(b) = o.offer(0, 300, e as u32, s, T) {
+            if let Offer::Complete(b) = o.offer(0, 300, e as u32, s, T, None) {
                 out = Some(b);
             }
         }
         assert_eq!(out, Some(data.clone()));
         assert!(o.confirm(0));
         assert_eq!((o.objects_done, o.bytes_done, o.rejected), (1, 300, 2));
-        assert_eq!(o.offer(0, 300, 0, &syms[0], T), Offer::Duplicate);
+        assert_eq!(o.offer(0, 300, 0, &syms[0], T, None), Offer::Duplicate);
     }
 
     #[test]
@@ -245,16 +297,16 @@ mod tests {
         let syms = symbols(&data);
         let mut o = Objects::default();
         for (e, s) in syms.iter().enumerate().take(6) {
-            assert_eq!(o.offer(3, 640, e as u32, s, T), Offer::Stored);
+            assert_eq!(o.offer(3, 640, e as u32, s, T, None), Offer::Stored);
         }
         // Strays with many lengths: each evicts the other stray, never the real candidate.
         for len in 1000..1100u32 {
-            o.offer(3, len, 1, &[0; 64], T);
+            o.offer(3, len, 1, &[0; 64], T, None);
             assert!(o.partial[&3].len() <= MAX_CANDIDATES);
         }
         let mut done = None;
         for (e, s) in syms.iter().enumerate().skip(6) {
-            if let Offer::Complete(b) = o.offer(3, 640, e as u32, s, T) {
+            if let Offer::Complete(b) = o.offer(3, 640, e as u32, s, T, None) {
                 done = Some(b);
             }
         }
@@ -266,9 +318,9 @@ mod tests {
         let mut o = Objects::default();
         let a = vec![1u8; 200]; // K = 4
         for (e, s) in symbols(&a).iter().enumerate().take(3) {
-            o.offer(1, 200, e as u32, s, T);
+            o.offer(1, 200, e as u32, s, T, None);
         }
-        o.offer(0, 10, 0, &symbols(&[2u8; 10])[0], T);
+        o.offer(0, 10, 0, &symbols(&[2u8; 10])[0], T, None);
         assert_eq!(
             o.needs(4),
             vec![
@@ -296,5 +348,54 @@ mod tests {
         );
         assert_eq!(o.reject(0), None, "not decoded again yet");
         assert_eq!(o.reject(7), None);
+    }
+
+    #[test]
+    fn an_offloaded_decode_hands_out_a_job_and_its_result_completes_the_object() {
+        let data: Vec<u8> = (0..640u32).map(|i| (i * 13) as u8).collect(); // K = 10
+        let syms = symbols(&data);
+        let enc = fec::encoder(&data, T);
+        let mut o = Objects::default();
+        for (e, sym) in syms.iter().enumerate().skip(2) {
+            assert_eq!(o.offer(5, 640, e as u32, sym, T, Some(9)), Offer::Stored);
+        }
+        let mut job = None;
+        for (esi, sym) in fec::repair(&enc, 0, 4) {
+            match o.offer(5, 640, esi, &sym, T, Some(9)) {
+                Offer::Decode(j) => {
+                    assert!(job.is_none(), "one job at a time");
+                    job = Some(j);
+                }
+                Offer::Stored => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        let job = job.expect("a decode job once K symbols are held");
+        assert_eq!(job.object(), 5);
+        let done = job.run();
+        assert_eq!(done.session, 9);
+        assert_eq!(
+            o.decode_done(5, 640, done.bytes, Some(9)),
+            Offer::Complete(data.clone())
+        );
+        assert!(o.decoded.contains(5));
+        // A late result of the same object, or of an object not held, changes nothing.
+        assert_eq!(o.decode_done(5, 640, None, Some(9)), Offer::Duplicate);
+        assert_eq!(o.decode_done(6, 640, None, Some(9)), Offer::Duplicate);
+        // A failed decode asks for one symbol more, then tries again.
+        let mut o = Objects::default();
+        for (e, sym) in syms.iter().enumerate().skip(1) {
+            o.offer(1, 640, e as u32, sym, T, Some(9));
+        }
+        let r = fec::repair(&enc, 0, 2);
+        assert!(matches!(
+            o.offer(1, 640, r[0].0, &r[0].1, T, Some(9)),
+            Offer::Decode(_)
+        ));
+        assert_eq!(o.decode_done(1, 640, None, Some(9)), Offer::Stored);
+        assert!(matches!(
+            o.offer(1, 640, r[1].0, &r[1].1, T, Some(9)),
+            Offer::Decode(_)
+        ));
     }
 }

@@ -201,6 +201,8 @@ pub(crate) struct Clients {
     map: BTreeMap<u64, Client>,
     /// The lower median of the live clients' smoothed loss, as of the last sweep.
     group_loss: Option<f64>,
+    /// Live clients, counted whenever a state changes (asked for every packet sent).
+    live: usize,
     queued_seen: BTreeSet<u64>,
     max: usize,
 }
@@ -210,6 +212,7 @@ impl Clients {
         Self {
             map: BTreeMap::new(),
             group_loss: None,
+            live: 0,
             queued_seen: BTreeSet::new(),
             max,
         }
@@ -267,6 +270,7 @@ impl Clients {
                 window,
             },
         );
+        self.live += 1;
         Registration::New
     }
 
@@ -293,10 +297,16 @@ impl Clients {
     }
 
     pub(crate) fn live(&self) -> usize {
-        self.map
+        self.live
+    }
+
+    /// Counts the live clients again: after any client's state changed.
+    pub(crate) fn recount(&mut self) {
+        self.live = self
+            .map
             .values()
             .filter(|c| c.state == ClientState::Live)
-            .count()
+            .count();
     }
 
     /// The lowest `low` of the live clients: objects below it can be released.
@@ -401,6 +411,7 @@ impl Clients {
             c.dropped_for = Some(reason);
             dropped.push((*id, c.addr, reason));
         }
+        self.recount();
         dropped
     }
 }

@@ -736,6 +736,7 @@ impl Sender {
                     SenderEvent::ClientFailed { client_id, reason }
                 };
                 self.event(e);
+                self.clients.recount();
                 self.advance_window();
                 AckKind::Report
             }
