@@ -1,6 +1,6 @@
 //! Deterministic end-to-end tests of the protocol on a simulated network.
 //!
-//! The scale run at 1,000 receivers is `#[ignore]`d (a quarter of an hour, up to 16 GB); run it with
+//! The scale run at 1,000 receivers is `#[ignore]`d (about 22 min of one core, up to 16 GB); run it with
 //! `cargo test -p imgcast-proto --test sim scale_1000_receivers -- --ignored --nocapture`.
 //! `scale_200_receivers` runs with the rest.
 
@@ -1156,7 +1156,7 @@ fn scale_200_receivers() {
 }
 
 #[test]
-#[ignore = "a quarter of an hour and up to 16 GB: run with --ignored (see the top of this file)"]
+#[ignore = "about 22 min of one core and up to 16 GB: run with --ignored (see the top of this file)"]
 fn scale_1000_receivers() {
     let r = scale_run(1000, 0.01, 1000);
     print_scale(&r);
