@@ -20,6 +20,11 @@ pub(crate) const MAX_INTERVAL: Duration = Duration::from_secs(10);
 const MIN_BEAT: Duration = Duration::from_secs(1);
 /// Beats a receiver may miss before the master calls it silent.
 const BEATS_BEFORE_SILENT: u32 = 4;
+/// A receiver looks this often for needs the master does not know...
+pub(crate) const NEED_CHECK: Duration = Duration::from_millis(20);
+/// ...and reports one after a back-off of at most this (a few LAN round trips plus the master's
+/// 5 ms advertisement delay), so the first report's advertisement silences the rest.
+pub(crate) const NEED_BACKOFF: Duration = Duration::from_millis(40);
 
 /// The feedback interval for `clients` live receivers of a master sending `data_pps` data packets
 /// per second.
@@ -46,6 +51,15 @@ pub(crate) fn silent_after(interval: Duration, drop_after: Duration) -> Duration
 /// [0, 1), so receivers that started together drift apart.
 pub(crate) fn jittered(interval: Duration, u: f64) -> Duration {
     interval.mul_f64(0.5 + u.clamp(0.0, 1.0))
+}
+
+/// NORM's back-off (RFC 5740 §5.5.1): a truncated exponential over [0, `max`] that puts most
+/// receivers of a group of `group` near `max` and few near 0, so one report is usually heard before
+/// the others are due. `u` is uniform in [0, 1).
+pub(crate) fn backoff(max: Duration, group: u32, u: f64) -> Duration {
+    let lambda = f64::from(group.max(1)).ln() + 1.0;
+    let t = (1.0 + u.clamp(0.0, 1.0) * (lambda.exp() - 1.0)).ln() / lambda;
+    max.mul_f64(t.clamp(0.0, 1.0))
 }
 
 #[cfg(test)]
@@ -84,5 +98,16 @@ mod tests {
             jittered(Duration::from_millis(100), 0.0),
             Duration::from_millis(50)
         );
+    }
+
+    #[test]
+    fn the_back_off_is_bounded_and_few_receivers_answer_early() {
+        let max = Duration::from_millis(40);
+        assert_eq!(backoff(max, 200, 0.0), Duration::ZERO);
+        assert_eq!(backoff(max, 200, 1.0), max);
+        let early = (0..1000)
+            .filter(|i| backoff(max, 200, f64::from(*i) / 1000.0) < max / 2)
+            .count();
+        assert!(early < 60, "{early} of 1000 before half the back-off");
     }
 }

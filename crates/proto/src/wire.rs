@@ -353,6 +353,9 @@ pub struct Advert {
     pub interval_ms: u16,
     /// Every live client has every object below this one (the window's base).
     pub base: u32,
+    /// Objects pushed so far: with `base`, how full the window is (receivers report their
+    /// progress only when the master needs it to move on).
+    pub pushed: u32,
     /// Repair symbols the master will still send per object, oldest first (at most
     /// [`MAX_NEEDS`]).
     pub owed: Vec<Need>,
@@ -469,6 +472,7 @@ impl Body {
                 out.extend_from_slice(&a.clients.to_be_bytes());
                 out.extend_from_slice(&a.interval_ms.to_be_bytes());
                 out.extend_from_slice(&a.base.to_be_bytes());
+                out.extend_from_slice(&a.pushed.to_be_bytes());
                 put_needs(out, &a.owed);
             }
             Self::End { trailer } => put_bytes16(out, trailer, MAX_TRAILER),
@@ -575,6 +579,7 @@ impl Body {
                 clients: r.u32("clients")?,
                 interval_ms: r.u16("interval")?,
                 base: r.u32("base")?,
+                pushed: r.u32("pushed")?,
                 owed: read_needs(r)?,
             }),
             other => return Err(DecodeError::UnknownType(other)),
@@ -812,6 +817,7 @@ mod tests {
                 clients: 40,
                 interval_ms: 120,
                 base: 9,
+                pushed: 40,
                 owed: vec![Need {
                     object: 9,
                     count: 12,

@@ -230,7 +230,9 @@ impl State {
 #[derive(Debug, Clone)]
 struct AdvertSeen {
     interval: Duration,
+    clients: u32,
     base: u32,
+    pushed: u32,
     owed: Vec<Need>,
 }
 
@@ -294,8 +296,9 @@ pub struct Receiver {
     last_status: Option<Instant>,
     /// The `low` of our latest Status: what the master knows of our progress.
     reported_low: u32,
-    /// The Status that says we have everything went out.
-    complete_told: bool,
+    /// Next look for needs the master does not know, and the report of them after its back-off.
+    next_need_check: Option<Instant>,
+    need_report_at: Option<Instant>,
     next_register: Option<Instant>,
     register_since: Option<Instant>,
     nonce: u64,
@@ -336,7 +339,8 @@ impl Receiver {
             advert: None,
             last_status: None,
             reported_low: 0,
-            complete_told: false,
+            next_need_check: None,
+            need_report_at: None,
             next_register: None,
             register_since: None,
             nonce: 0,
@@ -432,7 +436,6 @@ impl Receiver {
             // engine that reports on a Trailer event reports only with every object verified.
             self.state = State::Running;
             self.trailers_emitted = 0;
-            self.complete_told = false;
         }
         if attempts >= self.cfg.max_object_failures {
             Rejection::GiveUp { attempts }
@@ -609,7 +612,9 @@ impl Receiver {
                     .clamp(feedback::MIN_INTERVAL, feedback::MAX_INTERVAL);
                 self.advert = Some(AdvertSeen {
                     interval,
+                    clients: a.clients,
                     base: a.base,
+                    pushed: a.pushed,
                     owed: a.owed,
                 });
             }
@@ -755,7 +760,8 @@ impl Receiver {
         self.advert = None;
         self.last_status = None;
         self.reported_low = 0;
-        self.complete_told = false;
+        self.next_need_check = None;
+        self.need_report_at = None;
         self.next_register = None;
         self.register_since = None;
     }
@@ -952,11 +958,9 @@ impl Receiver {
     }
 
     /// Whether a Status now tells the master something: needs its advertisement does not cover,
-    /// progress it does not know and waits for, that we have everything, or our liveness beat.
+    /// progress it does not know and waits for, or our liveness beat. (That we have everything,
+    /// the Report says.)
     fn worth_a_status(&self, now: Instant, needs: &[Need]) -> bool {
-        if self.state == State::Complete && !self.complete_told {
-            return true;
-        }
         let interval = self.feedback_interval();
         if self
             .last_status
@@ -971,13 +975,27 @@ impl Receiver {
             return true;
         }
         let low = self.objects.confirmed.low;
-        let quarter = self.session.as_ref().map_or(1, |s| (s.window / 4).max(1));
-        low > self.reported_low
-            && (self
-                .advert
-                .as_ref()
-                .is_none_or(|a| self.reported_low <= a.base)
-                || low - self.reported_low >= quarter)
+        let half = self.session.as_ref().map_or(1, |s| (s.window / 2).max(1));
+        // Progress matters when the master's window fills and our last word may be what holds it.
+        let pressed = self
+            .advert
+            .as_ref()
+            .is_none_or(|a| a.pushed.saturating_sub(a.base) >= half && self.reported_low <= a.base);
+        low > self.reported_low && (pressed || low - self.reported_low >= half)
+    }
+
+    /// Needs the latest advertisement does not cover.
+    fn uncovered(&self, needs: &[Need]) -> bool {
+        needs
+            .iter()
+            .any(|n| self.advert.as_ref().is_none_or(|a| !a.covers(n)))
+    }
+
+    fn send_status(&mut self, now: Instant, needs: Vec<Need>) {
+        let st = self.status(now, needs);
+        self.reported_low = st.low;
+        self.last_status = Some(now);
+        self.send(Body::Status(st));
     }
 
     fn status(&mut self, now: Instant, needs: Vec<Need>) -> Status {
@@ -1055,11 +1073,29 @@ impl Receiver {
             self.next_status = Some(now + next);
             let needs = self.needs();
             if self.worth_a_status(now, &needs) {
-                let st = self.status(now, needs);
-                self.reported_low = st.low;
-                self.last_status = Some(now);
-                self.complete_told |= self.state == State::Complete;
-                self.send(Body::Status(st));
+                self.send_status(now, needs);
+            }
+        }
+        // Needs do not wait for the interval: a back-off, then a report unless an advertisement
+        // covered them meanwhile (NORM's suppression).
+        if self.state == State::Running {
+            if self.need_report_at.is_some_and(|t| now >= t) {
+                self.need_report_at = None;
+                let needs = self.needs();
+                if self.uncovered(&needs) {
+                    self.send_status(now, needs);
+                }
+            }
+            if self.next_need_check.is_none_or(|t| now >= t) {
+                self.next_need_check = Some(now + feedback::NEED_CHECK);
+                let recent = self
+                    .last_status
+                    .is_some_and(|t| now.saturating_duration_since(t) < feedback::NEED_CHECK);
+                if self.need_report_at.is_none() && !recent && self.uncovered(&self.needs()) {
+                    let group = self.advert.as_ref().map_or(1, |a| a.clients);
+                    let wait = feedback::backoff(feedback::NEED_BACKOFF, group, self.rng.unit());
+                    self.need_report_at = Some(now + wait);
+                }
             }
         }
         if self.state == State::Reporting && self.next_report.is_some_and(|t| now >= t) {
@@ -1090,7 +1126,12 @@ impl Receiver {
                 at(self.next_register);
                 at(self.register_since.map(|s| s + self.cfg.register_patience));
             }
-            State::Running | State::Complete => at(self.next_status),
+            State::Running => {
+                at(self.next_status);
+                at(self.next_need_check);
+                at(self.need_report_at);
+            }
+            State::Complete => at(self.next_status),
             State::Reporting => at(self.next_report),
             _ => return None,
         }

@@ -661,7 +661,8 @@ impl Sender {
         // A loss outlier's needs do not set the repair for everyone, nor its bottleneck the rate:
         // it gets its own in the follow-up run.
         let moving = self.cfg.slow == SlowPolicy::Move;
-        let counts_for_repair = !(moving && c.outlier);
+        // (`steers`: in line with the group's loss as of the last sweep, this report included.)
+        let counts_for_repair = !moving || (!c.outlier && steers);
         let highest = s.highest_seq.min(seq_now);
         c.highest_seq = c.highest_seq.max(highest);
         if let Some(t) = sent_at {
@@ -844,6 +845,7 @@ impl Sender {
             clients: u32::try_from(self.clients.live()).unwrap_or(u32::MAX),
             interval_ms,
             base: self.window.base,
+            pushed: self.window.pushed,
             owed: self.window.owed_list(MAX_NEEDS),
         });
         self.queue(now, Dest::Group, body);
