@@ -1,0 +1,216 @@
+//! The boot media in real virtual machines: `img boot build` makes them once
+//! per test run, then qemu (TCG: KVM guests hang on these machines) boots
+//! them with a virtio disk file and a virtio NIC on a tap device on the
+//! lab's bridge, inside the test's own private namespaces. A DHCP server
+//! (busybox udhcpd) runs in lab host h0. Every VM is bounded by `timeout`
+//! and killed with the lab; nothing leaves the machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use imgcast_testlab::{same, Lab};
+
+/// DIR of `img boot build --out DIR`, built once for all tests of this run.
+fn media() -> &'static Path {
+    static MEDIA: OnceLock<PathBuf> = OnceLock::new();
+    MEDIA.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boot-media");
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new("nice")
+            .args([
+                "-n",
+                "10",
+                env!("CARGO_BIN_EXE_img"),
+                "boot",
+                "build",
+                "--out",
+            ])
+            .arg(&dir)
+            .output()
+            .expect("run img boot build");
+        assert!(
+            out.status.success(),
+            "img boot build failed (bash scripts/setup.sh installs what it needs):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+fn lab() -> Lab {
+    Lab::new(env!("CARGO_BIN_EXE_img")).time_limit(Duration::from_secs(420))
+}
+
+/// Shell functions for the scripts: `dhcp` starts udhcpd in h0; `vm NAME
+/// SECS QEMU-ARGS...` starts qemu in the background (TCG, no default devices,
+/// bounded by `timeout`, killed by lab_down) and sets VM_PID; `nic NAME`
+/// makes tap lab-NAME and sets NIC to the qemu arguments of a virtio NIC on
+/// it; `serial_file NAME` / `serial_sock NAME` set SERIAL to a serial console
+/// logged to $DIR/NAME.serial, or on socket $DIR/NAME.sock for `drive`;
+/// `kernel APPEND` sets KERNEL to direct-boot the media with APPEND.
+fn prelude(media: &Path) -> String {
+    format!(
+        r#"
+BOOT={media}
+cat >"$DIR/drive.py" <<'PYEOF'
+{drive}
+PYEOF
+dhcp() {{
+  cat >"$DIR/udhcpd.conf" <<EOF
+start 10.77.0.100
+end 10.77.0.150
+interface eth0
+lease_file $DIR/udhcpd.leases
+pidfile $DIR/udhcpd.pid
+max_leases 50
+option subnet 255.255.255.0
+option lease 3600
+EOF
+  : >"$DIR/udhcpd.leases"
+  lab_spawn h0 "$DIR/udhcpd.log" busybox udhcpd -f "$DIR/udhcpd.conf" >/dev/null
+}}
+vmn=0
+nic() {{
+  vmn=$((vmn + 1))
+  lab_tap "$1"
+  NIC="-netdev tap,id=n0,ifname=lab-$1,script=no,downscript=no -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:0$vmn"
+}}
+serial_file() {{ SERIAL="-serial file:$DIR/$1.serial"; }}
+serial_sock() {{ SERIAL="-chardev socket,id=s0,path=$DIR/$1.sock,server=on,wait=on -serial chardev:s0"; }}
+kernel() {{ KERNEL="-kernel $BOOT/vmlinuz -initrd $BOOT/initrd.img"; APPEND="console=ttyS0 quiet $1"; }}
+vm() {{
+  local name=$1 secs=$2
+  shift 2
+  nice -n 10 timeout -k 5 "$secs" qemu-system-x86_64 -nodefaults -display none -no-reboot \
+    -m 512 -smp 1 "$@" >"$DIR/$name.qemu" 2>&1 &
+  VM_PID=$!
+  lab_track $VM_PID
+}}
+drive() {{ timeout -k 2 "$2" python3 "$DIR/drive.py" "$DIR/$1.sock" "$DIR/$1.serial" "$2" "${{@:3}}"; }}
+"#,
+        media = media.display(),
+        drive = DRIVE_PY,
+    )
+}
+
+/// Writes a `mib` MiB sample disk (whole sectors: a VM disk) and returns its path.
+fn disk(lab: &Lab, name: &str, mib: usize, seed: u64) -> PathBuf {
+    let p = lab.sample(name, mib, seed);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .expect("open");
+    f.set_len((mib as u64) << 20).expect("truncate");
+    p
+}
+
+#[test]
+fn two_vms_image_themselves_unattended_and_power_off() {
+    let media = media();
+    let lab = lab();
+    disk(&lab, "src.raw", 16, 41);
+    disk(&lab, "vm1.raw", 16, 42);
+    disk(&lab, "vm2.raw", 16, 43);
+    let script = format!(
+        r#"{prelude}
+lab_up 1
+dhcp
+lab_spawn h0 "$DIR/master.log" "$IMG" -session vmtest -master -clients=2 -timeout=5m -disk="$DIR/src.raw" >/dev/null; m=$LAB_LAST_PID
+t0=$SECONDS
+orders="img.session=vmtest img.role=client img.disk=/dev/vda img.after=poweroff"
+kernel "$orders"
+for v in vm1 vm2; do
+  nic $v; serial_file $v
+  vm $v 300 $KERNEL -append "$APPEND" $NIC $SERIAL -drive file="$DIR/$v.raw",format=raw,if=virtio
+  pids="${{pids:-}} $VM_PID"
+done
+set -- $pids; v1=$1 v2=$2
+lab_wait 300 $m; echo "master exit $?"
+lab_wait 60 $v1; echo "vm1 exit $?"
+lab_wait 60 $v2; echo "vm2 exit $?"
+echo "took $((SECONDS - t0)) s"
+lab_down
+"#,
+        prelude = prelude(media)
+    );
+    let out = lab.run(&script);
+    let text = lab.show(
+        &out,
+        &[
+            "master.log",
+            "vm1.serial",
+            "vm2.serial",
+            "vm1.qemu",
+            "udhcpd.log",
+        ],
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(text.contains("master exit 0"), "{text}");
+    assert!(
+        text.contains("vm1 exit 0") && text.contains("vm2 exit 0"),
+        "{text}"
+    );
+    for vm in ["vm1", "vm2"] {
+        assert!(
+            lab.log(&format!("{vm}.serial"))
+                .contains("imgcast: poweroff"),
+            "{text}"
+        );
+        assert!(
+            same(&lab.path("src.raw"), &lab.path(&format!("{vm}.raw"))),
+            "{vm} differs\n{text}"
+        );
+    }
+}
+
+/// A serial console driver: connects to qemu's socket, logs every byte to
+/// LOG and works through STEPS in order — `expect:TEXT` waits (at most
+/// the step's share of the time limit) until TEXT was printed since the last
+/// expect, `send:TEXT` types TEXT (`\r`, `\x1b[B` escapes allowed). Exits 0
+/// when all steps passed, 1 on a timeout, printing where it stood.
+const DRIVE_PY: &str = r#"
+import socket, sys, time
+sock_path, log_path, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+steps = sys.argv[4:]
+deadline = time.time() + limit
+s = None
+while time.time() < deadline:
+    try:
+        s = socket.socket(socket.AF_UNIX); s.connect(sock_path); break
+    except OSError:
+        s = None; time.sleep(0.1)
+if s is None:
+    print("drive: no socket", sock_path); sys.exit(1)
+s.settimeout(0.2)
+log = open(log_path, "wb")
+seen = b""
+def pump():
+    global seen
+    try:
+        d = s.recv(65536)
+    except socket.timeout:
+        return True
+    if not d:
+        return False
+    log.write(d); log.flush(); seen += d
+    return True
+for st in steps:
+    kind, _, text = st.partition(":")
+    text = text.encode().decode("unicode_escape").encode("latin-1")
+    if kind == "send":
+        for b in text:
+            s.sendall(bytes([b])); time.sleep(0.02)
+        continue
+    while text not in seen:
+        if time.time() > deadline or not pump():
+            print("drive: timed out waiting for", repr(text)); sys.exit(1)
+    seen = seen[seen.index(text) + len(text):]
+    print("drive: saw", repr(text), flush=True)
+end = time.time() + 1
+while time.time() < end and pump():
+    pass
+sys.exit(0)
+"#;
