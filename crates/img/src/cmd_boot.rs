@@ -127,7 +127,7 @@ const TOOL_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
 /// How long `img boot run` waits for `img.disk` to appear (controllers,
 /// USB disks probe after the init loaded their drivers).
-const DISK_WAIT: Duration = Duration::from_secs(20);
+const DISK_WAIT: Duration = Duration::from_secs(10);
 
 /// `img boot …`.
 pub(crate) fn boot(a: &BootArgs) -> Result<()> {

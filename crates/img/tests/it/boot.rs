@@ -214,3 +214,36 @@ while time.time() < end and pump():
     pass
 sys.exit(0)
 "#;
+
+/// Bad orders: an unknown role at boot, then (typed at the shell the machine
+/// waits at) a missing disk and a disk that does not exist. Each is shown with
+/// the usage, and the disk file is untouched.
+#[test]
+fn bad_orders_show_the_usage_and_wait_at_a_shell() {
+    let media = media();
+    let lab = lab();
+    disk(&lab, "vm.raw", 4, 51);
+    std::fs::copy(lab.path("vm.raw"), lab.path("before.raw")).expect("copy");
+    let script = format!(
+        r#"{prelude}
+kernel "img.session=bad img.role=boss img.disk=/dev/vda"
+serial_sock vm
+vm vm 150 $KERNEL -append "$APPEND" $SERIAL -drive file="$DIR/vm.raw",format=raw,if=virtio; v=$VM_PID
+drive vm 140 \
+  'expect:bad boot orders: img.role=boss' 'expect:img.role=client|master' 'expect:imgcast: a shell' 'expect:# ' \
+  'send:echo img.session=bad img.role=client >/tmp/c; img boot run --cmdline /tmp/c; echo "rc=$?"\r' \
+  'expect:img.disk is missing' 'expect:img.disk=/dev/DISK' 'expect:rc=2' \
+  'send:echo img.session=bad img.role=client img.disk=/dev/sdz >/tmp/c; img boot run --cmdline /tmp/c; echo "rc=$?"\r' \
+  'expect:img.disk=/dev/sdz: no such disk' 'expect:disks: /dev/vda' 'expect:rc=2' \
+  'send:poweroff -f\r'
+echo "drive exit $?"
+lab_wait 30 $v; echo "vm exit $?"
+"#,
+        prelude = prelude(media)
+    );
+    let out = lab.run(&script);
+    let text = lab.show(&out, &["vm.serial", "vm.qemu"]);
+    assert!(text.contains("drive exit 0"), "{text}");
+    assert!(text.contains("vm exit 0"), "{text}");
+    assert!(same(&lab.path("vm.raw"), &lab.path("before.raw")), "{text}");
+}
