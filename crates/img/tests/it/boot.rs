@@ -247,3 +247,38 @@ lab_wait 30 $v; echo "vm exit $?"
     assert!(text.contains("vm exit 0"), "{text}");
     assert!(same(&lab.path("vm.raw"), &lab.path("before.raw")), "{text}");
 }
+
+/// One VM as the master: it sends its own disk to two clients in namespaces.
+#[test]
+fn a_vm_master_images_two_clients_in_namespaces() {
+    let media = media();
+    let lab = lab();
+    disk(&lab, "vm.raw", 16, 61);
+    let script = format!(
+        r#"{prelude}
+lab_up 3
+dhcp
+for i in 1 2; do
+  lab_spawn h$i "$DIR/c$i.log" "$IMG" -session vmm -client -wait=4m -disk="$DIR/c$i.raw" >/dev/null
+  pids="${{pids:-}} $LAB_LAST_PID"
+done
+kernel "img.session=vmm img.role=master img.disk=/dev/vda img.clients=2 img.after=poweroff"
+nic vm; serial_file vm
+vm vm 300 $KERNEL -append "$APPEND" $NIC $SERIAL -drive file="$DIR/vm.raw",format=raw,if=virtio; v=$VM_PID
+lab_wait 300 $v; echo "vm exit $?"
+set -- $pids
+lab_wait 30 $1; echo "c1 exit $?"
+lab_wait 30 $2; echo "c2 exit $?"
+lab_down
+"#,
+        prelude = prelude(media)
+    );
+    let out = lab.run(&script);
+    let text = lab.show(&out, &["vm.serial", "c1.log", "c2.log", "vm.qemu"]);
+    assert!(text.contains("vm exit 0"), "{text}");
+    assert!(text.contains("c1 exit 0") && text.contains("c2 exit 0"), "{text}");
+    assert!(lab.log("vm.serial").contains("succeeded"), "{text}");
+    for c in ["c1.raw", "c2.raw"] {
+        assert!(same(&lab.path("vm.raw"), &lab.path(c)), "{c} differs\n{text}");
+    }
+}
