@@ -474,7 +474,7 @@ fn grub_cfg() -> String {
          \x20 linux /imgcast/vmlinuz console=ttyS0,115200n8 console=tty0 quiet\n\
          \x20 initrd /imgcast/initrd.img\n\
          }}\n\
-         menuentry 'imgcast (menu on the serial port ttyS0)' {{\n\
+         menuentry 'imgcast (menu on the serial port ttyS0; key s)' --hotkey=s {{\n\
          \x20 linux /imgcast/vmlinuz console=tty0 console=ttyS0,115200n8 quiet\n\
          \x20 initrd /imgcast/initrd.img\n\
          }}\n"

@@ -64,12 +64,13 @@ else
 fi
 
 # The menu and a shell need a terminal size; a serial line has none.
-if stty size 2>/dev/null | grep -q '^0 0'; then
+case $(stty size 2>/dev/null) in
+'' | '0 '* | *' 0')
     stty rows 24 cols 80
     export TERM=vt100
-else
-    export TERM=linux
-fi
+    ;;
+*) export TERM=linux ;;
+esac
 
 setsid cttyhack img boot run
 echo "imgcast: a shell. 'img boot run' carries out the orders again; 'poweroff -f' ends."

@@ -170,7 +170,7 @@ lab_down
 /// LOG and works through STEPS in order — `expect:TEXT` waits (at most
 /// the step's share of the time limit) until TEXT was printed since the last
 /// expect, `send:TEXT` types TEXT (`\r`, `\x1b[B` escapes allowed). Exits 0
-/// when all steps passed, 1 on a timeout, printing where it stood.
+/// when all steps passed; `sleep:SECS` pauses, 1 on a timeout, printing where it stood.
 const DRIVE_PY: &str = r#"
 import socket, sys, time
 sock_path, log_path, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -200,6 +200,8 @@ def pump():
 for st in steps:
     kind, _, text = st.partition(":")
     text = text.encode().decode("unicode_escape").encode("latin-1")
+    if kind == "sleep":
+        time.sleep(float(text)); continue
     if kind == "send":
         for b in text:
             s.sendall(bytes([b])); time.sleep(0.02)
@@ -281,4 +283,49 @@ lab_down
     for c in ["c1.raw", "c2.raw"] {
         assert!(same(&lab.path("vm.raw"), &lab.path(c)), "{c} differs\n{text}");
     }
+}
+
+/// Boots DIR/imgcast.iso from a CD under `firmware` (qemu arguments), takes
+/// GRUB's serial entry (key s) and drives the menu on the serial console: the
+/// first screen, Enter, the role screen, `c`, the client's form, then back
+/// out with Esc and `q` to the shell, where `poweroff -f` ends the VM. The
+/// words expected are ones the screen writes whole (ratatui skips the cells
+/// that do not change, so a phrase may arrive in pieces).
+fn iso_boots_to_the_menu(firmware: &str, limit: u32) {
+    let media = media();
+    let lab = lab();
+    let script = format!(
+        r#"{prelude}
+serial_sock vm
+vm vm {limit} {firmware} -cdrom "$BOOT/imgcast.iso" $SERIAL; v=$VM_PID
+drive vm {drive_limit} 'expect:key s' 'send:s' \
+  'expect:multicast.' 'sleep:1' 'send:\r' \
+  'expect:receive' 'sleep:1' 'send:c' \
+  'expect:F2' 'sleep:1' 'send:\x1b' 'sleep:1' 'send:\x1b' 'sleep:1' 'send:q' \
+  'expect:imgcast: a shell' 'expect:# ' 'send:poweroff -f\r'
+echo "drive exit $?"
+lab_wait 30 $v; echo "vm exit $?"
+"#,
+        prelude = prelude(media),
+        drive_limit = limit - 10,
+    );
+    let out = lab.run(&script);
+    let text = lab.show(&out, &["vm.serial", "vm.qemu"]);
+    assert!(text.contains("drive exit 0"), "{text}");
+    assert!(text.contains("vm exit 0"), "{text}");
+}
+
+#[test]
+fn iso_boots_to_the_menu_with_bios() {
+    iso_boots_to_the_menu("", 150);
+}
+
+/// Debian's OVMF (UEFI), with a copy of its variable store.
+#[test]
+fn iso_boots_to_the_menu_with_uefi() {
+    iso_boots_to_the_menu(
+        "-machine q35 -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+         -drive if=pflash,format=raw,unit=1,file=$(cp /usr/share/OVMF/OVMF_VARS_4M.fd \"$DIR/vars.fd\" && echo \"$DIR/vars.fd\")",
+        240,
+    );
 }
