@@ -248,7 +248,7 @@ fn newest_kernel() -> Result<String> {
         })
         .filter(|v| Path::new("/lib/modules").join(v).is_dir())
         .collect();
-    found.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    found.sort_by_key(|v| version_key(v));
     found.pop().context(
         "no kernel in /boot with modules in /lib/modules (install linux-image-amd64; bash scripts/setup.sh does)",
     )
@@ -462,24 +462,20 @@ fn module_name(path: &str) -> String {
 
 /// The GRUB menu of the ISO: the menu on the screen (the default), or on the
 /// first serial port; both consoles get the kernel's messages.
-fn grub_cfg() -> String {
-    format!(
-        "# imgcast boot media (img boot build)\n\
+const GRUB_CFG: &str = "# imgcast boot media (img boot build)\n\
          serial --unit=0 --speed=115200\n\
          terminal_input console serial\n\
          terminal_output console serial\n\
          set timeout=5\n\
          set default=0\n\
-         menuentry 'imgcast (menu on the screen)' {{\n\
+         menuentry 'imgcast (menu on the screen)' {\n\
          \x20 linux /imgcast/vmlinuz console=ttyS0,115200n8 console=tty0 quiet\n\
          \x20 initrd /imgcast/initrd.img\n\
-         }}\n\
-         menuentry 'imgcast (menu on the serial port ttyS0; key s)' --hotkey=s {{\n\
+         }\n\
+         menuentry 'imgcast (menu on the serial port ttyS0; key s)' --hotkey=s {\n\
          \x20 linux /imgcast/vmlinuz console=tty0 console=ttyS0,115200n8 quiet\n\
          \x20 initrd /imgcast/initrd.img\n\
-         }}\n"
-    )
-}
+         }\n";
 
 /// DIR/imgcast.iso with grub-mkrescue: a hybrid image (El Torito BIOS and
 /// EFI, and an MBR so that `dd` to a USB stick boots too).
@@ -488,7 +484,7 @@ fn make_iso(out: &Path, iso: &Path) -> Result<()> {
     let root = stage.path();
     std::fs::create_dir_all(root.join("boot/grub"))?;
     std::fs::create_dir_all(root.join("imgcast"))?;
-    std::fs::write(root.join("boot/grub/grub.cfg"), grub_cfg())?;
+    std::fs::write(root.join("boot/grub/grub.cfg"), GRUB_CFG)?;
     for f in ["vmlinuz", "initrd.img"] {
         std::fs::copy(out.join(f), root.join("imgcast").join(f))
             .with_context(|| format!("copying {f} into the ISO"))?;

@@ -58,8 +58,7 @@ impl Tree {
 
     /// Writes the tree as a newc archive to `out`.
     pub(super) fn write_cpio(&self, out: &mut impl Write) -> Result<()> {
-        let mut ino = 1;
-        for (path, node) in &self.nodes {
+        for (ino, (path, node)) in (1..).zip(&self.nodes) {
             let (mode, data, rdev) = match node {
                 Node::Dir => (0o040_755, Vec::new(), (0, 0)),
                 Node::Copy { from, mode } => (
@@ -72,7 +71,6 @@ impl Tree {
                 Node::CharDev(major, minor) => (0o020_600, Vec::new(), (*major, *minor)),
             };
             entry(out, ino, mode, path, &data, rdev)?;
-            ino += 1;
         }
         entry(out, 0, 0, "TRAILER!!!", &[], (0, 0))?;
         Ok(())

@@ -278,10 +278,16 @@ lab_down
     let out = lab.run(&script);
     let text = lab.show(&out, &["vm.serial", "c1.log", "c2.log", "vm.qemu"]);
     assert!(text.contains("vm exit 0"), "{text}");
-    assert!(text.contains("c1 exit 0") && text.contains("c2 exit 0"), "{text}");
+    assert!(
+        text.contains("c1 exit 0") && text.contains("c2 exit 0"),
+        "{text}"
+    );
     assert!(lab.log("vm.serial").contains("succeeded"), "{text}");
     for c in ["c1.raw", "c2.raw"] {
-        assert!(same(&lab.path("vm.raw"), &lab.path(c)), "{c} differs\n{text}");
+        assert!(
+            same(&lab.path("vm.raw"), &lab.path(c)),
+            "{c} differs\n{text}"
+        );
     }
 }
 
