@@ -118,9 +118,21 @@ fn two_vms_image_themselves_unattended_and_power_off() {
         r#"{prelude}
 lab_up 1
 dhcp
+# The imaging server's report endpoint, as img.report sees it: POST bodies kept in reports.jsonl.
+cat >"$DIR/report.py" <<'REPORTPY'
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(sys.argv[1], "ab") as f:
+            f.write(body + b"\n")
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+http.server.HTTPServer(("10.77.0.10", 8470), H).serve_forever()
+REPORTPY
+lab_spawn h0 "$DIR/report.log" python3 "$DIR/report.py" "$DIR/reports.jsonl" >/dev/null
 lab_spawn h0 "$DIR/master.log" "$IMG" -session vmtest -master -clients=2 -timeout=5m -disk="$DIR/src.raw" >/dev/null; m=$LAB_LAST_PID
 t0=$SECONDS
-orders="img.session=vmtest img.role=client img.disk=/dev/vda img.after=poweroff"
+orders="img.session=vmtest img.role=client img.disk=/dev/vda img.after=poweroff img.report=http://10.77.0.10:8470/api/boot/report"
 kernel "$orders"
 for v in vm1 vm2; do
   nic $v; serial_file $v
