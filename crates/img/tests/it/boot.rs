@@ -262,7 +262,8 @@ lab_wait 30 $v; echo "vm exit $?"
     assert!(same(&lab.path("vm.raw"), &lab.path("before.raw")), "{text}");
 }
 
-/// One VM as the master: it sends its own disk to two clients in namespaces.
+/// One VM as the master: it sends its own disk to two clients in namespaces,
+/// with a passphrase it fetches over HTTP (`img.keyfile=URL`) from a lab host.
 #[test]
 fn a_vm_master_images_two_clients_in_namespaces() {
     let media = media();
@@ -272,11 +273,13 @@ fn a_vm_master_images_two_clients_in_namespaces() {
         r#"{prelude}
 lab_up 3
 dhcp
+mkdir -p "$DIR/keys" && echo "boot media passphrase" >"$DIR/keys/k"
+lab_spawn h0 "$DIR/http.log" python3 -m http.server --bind 10.77.0.10 --directory "$DIR/keys" 8000 >/dev/null
 for i in 1 2; do
-  lab_spawn h$i "$DIR/c$i.log" "$IMG" -session vmm -client -wait=4m -disk="$DIR/c$i.raw" >/dev/null
+  lab_spawn h$i "$DIR/c$i.log" "$IMG" -session vmm -client -wait=4m -keyfile="$DIR/keys/k" -disk="$DIR/c$i.raw" >/dev/null
   pids="${{pids:-}} $LAB_LAST_PID"
 done
-kernel "img.session=vmm img.role=master img.disk=/dev/vda img.clients=2 img.after=poweroff"
+kernel "img.session=vmm img.role=master img.disk=/dev/vda img.clients=2 img.keyfile=http://10.77.0.10:8000/k img.after=poweroff"
 nic vm; serial_file vm
 vm vm 300 $KERNEL -append "$APPEND" $NIC $SERIAL -drive file="$DIR/vm.raw",format=raw,if=virtio; v=$VM_PID
 lab_wait 300 $v; echo "vm exit $?"
@@ -288,7 +291,10 @@ lab_down
         prelude = prelude(media)
     );
     let out = lab.run(&script);
-    let text = lab.show(&out, &["vm.serial", "c1.log", "c2.log", "vm.qemu"]);
+    let text = lab.show(
+        &out,
+        &["vm.serial", "c1.log", "c2.log", "vm.qemu", "http.log"],
+    );
     assert!(text.contains("vm exit 0"), "{text}");
     assert!(
         text.contains("c1 exit 0") && text.contains("c2 exit 0"),
