@@ -63,8 +63,14 @@
 #                       pass and 1 Gbit/s is reached; queue = 20 ms. A UDP
 #                       sender behind `out` is throttled by its socket buffer,
 #                       not dropped. RATE `off` removes the limit.
-#   lab_down            Kill what lab_spawn started, delete the hosts, veths
-#                       and bridge. (All of it dies with the namespace anyway.)
+#   lab_tap NAME        Create tap device lab-NAME on the bridge, for a qemu
+#                       VM on the LAN: `-netdev tap,id=n,ifname=lab-NAME,
+#                       script=no,downscript=no`. The VM is a host of the lab
+#                       like the others (its address comes from the VM, e.g.
+#                       by DHCP from a server a test spawns in a host).
+#   lab_track PID...    Have lab_down kill PIDs (e.g. a qemu started with &).
+#   lab_down            Kill what lab_spawn started, delete the hosts, veths,
+#                       taps and bridge. (All of it dies with the namespace anyway.)
 #
 # Variables (set before lab_up to change): LAB_BRIDGE (labbr0), LAB_NET
 # (10.77.0), LAB_BASE (10: host i gets .(LAB_BASE+i)), LAB_STATE (/run/lab),
@@ -328,6 +334,20 @@ table inet lab_loss {
 EOF
 }
 
+lab_tap() {
+    local t=lab-${1:?lab_tap NAME}
+    lab__private_netns || { lab__err "lab_tap: not in a private network namespace; refusing"; return 1; }
+    ip link show "$LAB_BRIDGE" >/dev/null 2>&1 || { lab__err "lab_tap: no bridge (lab_up first)"; return 1; }
+    ip tuntap add dev "$t" mode tap || return 1
+    ip link set "$t" master "$LAB_BRIDGE" up || return 1
+    echo "$t" >>"$LAB_STATE/taps"
+}
+
+lab_track() {
+    local p
+    for p in "$@"; do echo "$p" >>"$LAB_STATE/pids"; done
+}
+
 lab_down() {
     local p h pids=()
     if [ -f "$LAB_STATE/pids" ]; then
@@ -341,6 +361,12 @@ lab_down() {
         ip link del "lab-$h" 2>/dev/null || true
         ip netns del "$h" 2>/dev/null || true
     done
+    if [ -f "$LAB_STATE/taps" ]; then
+        while read -r p; do
+            [ -n "$p" ] && ip link del "$p" 2>/dev/null
+        done <"$LAB_STATE/taps"
+        rm -f "$LAB_STATE/taps"
+    fi
     ip link del "$LAB_BRIDGE" 2>/dev/null || true
     rm -f "$LAB_STATE/exec_mode"
     return 0

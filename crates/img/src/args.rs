@@ -209,6 +209,8 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Run the imaging server: image store, sessions, HTTP API and web dashboard.
     Server(ServerArgs),
+    /// Boot media that image machines unattended: build them, or (on them) carry out the boot orders.
+    Boot(BootArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(CompletionsArgs),
     /// Print the man page img(1), in roff, on stdout.
@@ -221,6 +223,54 @@ pub(crate) struct CompletionsArgs {
     /// The shell to complete for.
     #[arg(value_name = "SHELL")]
     pub(crate) shell: clap_complete::Shell,
+}
+
+/// `img boot`.
+#[derive(Debug, Args)]
+pub(crate) struct BootArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: BootCommand,
+}
+
+/// `img boot build` and `img boot run`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum BootCommand {
+    /// Build DIR/vmlinuz, DIR/initrd.img, DIR/imgcast.iso and DIR/pxe/ from this machine's
+    /// Debian kernel, busybox-static and this img (see docs/BOOT.md).
+    Build(BootBuildArgs),
+    /// On the boot media (its init runs it): carry out the img.* orders of the kernel command
+    /// line, or open the menu when there are none.
+    Run(BootRunArgs),
+}
+
+/// `img boot build`.
+#[derive(Debug, Args)]
+pub(crate) struct BootBuildArgs {
+    /// Directory to write the boot files into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// Kernel version from /boot and /lib/modules (default: the newest installed).
+    #[arg(long, value_name = "VERSION")]
+    pub(crate) kernel_version: Option<String>,
+    /// HTTP URL of the boot files, written into DIR/pxe/boot.ipxe.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://imgcast-server:8470/boot"
+    )]
+    pub(crate) base_url: String,
+    /// Do not make DIR/imgcast.iso (no grub-mkrescue needed).
+    #[arg(long)]
+    pub(crate) no_iso: bool,
+}
+
+/// `img boot run`.
+#[derive(Debug, Args)]
+pub(crate) struct BootRunArgs {
+    /// Where the kernel command line is read from.
+    #[arg(long, value_name = "PATH", default_value = "/proc/cmdline")]
+    pub(crate) cmdline: PathBuf,
 }
 
 /// `img server`.

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod cmd_boot;
 mod cmd_image;
 mod cmd_session;
 mod demo;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         Some(Command::Info(a)) => cmd_image::info(&a),
         Some(Command::Session(a)) => cmd_session::session(&a),
         Some(Command::Demo(a)) => demo::demo(&a),
+        Some(Command::Boot(a)) => cmd_boot::boot(&a),
         Some(Command::Completions(a)) => completions(a.shell),
         Some(Command::Man) => man_page(),
         Some(Command::Server(a)) => imgcast_server::run(&imgcast_server::ServerOptions {

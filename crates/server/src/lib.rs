@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod api;
+pub mod boot;
 mod catalog;
 pub mod client;
 mod dashboard;

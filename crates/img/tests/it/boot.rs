@@ -1,0 +1,355 @@
+//! The boot media in real virtual machines: `img boot build` makes them once
+//! per test run, then qemu (TCG: KVM guests hang on these machines) boots
+//! them with a virtio disk file and a virtio NIC on a tap device on the
+//! lab's bridge, inside the test's own private namespaces. A DHCP server
+//! (busybox udhcpd) runs in lab host h0. Every VM is bounded by `timeout`
+//! and killed with the lab; nothing leaves the machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use imgcast_testlab::{same, Lab};
+
+/// DIR of `img boot build --out DIR`, built once for all tests of this run.
+fn media() -> &'static Path {
+    static MEDIA: OnceLock<PathBuf> = OnceLock::new();
+    MEDIA.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boot-media");
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new("nice")
+            .args([
+                "-n",
+                "10",
+                env!("CARGO_BIN_EXE_img"),
+                "boot",
+                "build",
+                "--out",
+            ])
+            .arg(&dir)
+            .output()
+            .expect("run img boot build");
+        assert!(
+            out.status.success(),
+            "img boot build failed (bash scripts/setup.sh installs what it needs):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+fn lab() -> Lab {
+    Lab::new(env!("CARGO_BIN_EXE_img")).time_limit(Duration::from_secs(420))
+}
+
+/// Shell functions for the scripts: `dhcp` starts udhcpd in h0; `vm NAME
+/// SECS QEMU-ARGS...` starts qemu in the background (TCG, no default devices,
+/// bounded by `timeout`, killed by lab_down) and sets VM_PID; `nic NAME`
+/// makes tap lab-NAME and sets NIC to the qemu arguments of a virtio NIC on
+/// it; `serial_file NAME` / `serial_sock NAME` set SERIAL to a serial console
+/// logged to $DIR/NAME.serial, or on socket $DIR/NAME.sock for `drive`;
+/// `kernel APPEND` sets KERNEL to direct-boot the media with APPEND.
+fn prelude(media: &Path) -> String {
+    format!(
+        r#"
+BOOT={media}
+cat >"$DIR/drive.py" <<'PYEOF'
+{drive}
+PYEOF
+dhcp() {{
+  cat >"$DIR/udhcpd.conf" <<EOF
+start 10.77.0.100
+end 10.77.0.150
+interface eth0
+lease_file $DIR/udhcpd.leases
+pidfile $DIR/udhcpd.pid
+max_leases 50
+option subnet 255.255.255.0
+option lease 3600
+EOF
+  : >"$DIR/udhcpd.leases"
+  lab_spawn h0 "$DIR/udhcpd.log" busybox udhcpd -f "$DIR/udhcpd.conf" >/dev/null
+}}
+vmn=0
+nic() {{
+  vmn=$((vmn + 1))
+  lab_tap "$1"
+  NIC="-netdev tap,id=n0,ifname=lab-$1,script=no,downscript=no -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:0$vmn"
+}}
+serial_file() {{ SERIAL="-serial file:$DIR/$1.serial"; }}
+serial_sock() {{ SERIAL="-chardev socket,id=s0,path=$DIR/$1.sock,server=on,wait=on -serial chardev:s0"; }}
+kernel() {{ KERNEL="-kernel $BOOT/vmlinuz -initrd $BOOT/initrd.img"; APPEND="console=ttyS0 quiet $1"; }}
+vm() {{
+  local name=$1 secs=$2
+  shift 2
+  nice -n 10 timeout -k 5 "$secs" qemu-system-x86_64 -nodefaults -display none -no-reboot \
+    -m 512 -smp 1 "$@" >"$DIR/$name.qemu" 2>&1 &
+  VM_PID=$!
+  lab_track $VM_PID
+}}
+drive() {{ timeout -k 2 "$2" python3 "$DIR/drive.py" "$DIR/$1.sock" "$DIR/$1.serial" "$2" "${{@:3}}"; }}
+"#,
+        media = media.display(),
+        drive = DRIVE_PY,
+    )
+}
+
+/// Writes a `mib` MiB sample disk (whole sectors: a VM disk) and returns its path.
+fn disk(lab: &Lab, name: &str, mib: usize, seed: u64) -> PathBuf {
+    let p = lab.sample(name, mib, seed);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .expect("open");
+    f.set_len((mib as u64) << 20).expect("truncate");
+    p
+}
+
+#[test]
+fn two_vms_image_themselves_unattended_and_power_off() {
+    let media = media();
+    let lab = lab();
+    disk(&lab, "src.raw", 16, 41);
+    disk(&lab, "vm1.raw", 16, 42);
+    disk(&lab, "vm2.raw", 16, 43);
+    let script = format!(
+        r#"{prelude}
+lab_up 1
+dhcp
+# The imaging server's report endpoint, as img.report sees it: POST bodies kept in reports.jsonl.
+cat >"$DIR/report.py" <<'REPORTPY'
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(sys.argv[1], "ab") as f:
+            f.write(body + b"\n")
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+http.server.HTTPServer(("10.77.0.10", 8470), H).serve_forever()
+REPORTPY
+lab_spawn h0 "$DIR/report.log" python3 "$DIR/report.py" "$DIR/reports.jsonl" >/dev/null
+lab_spawn h0 "$DIR/master.log" "$IMG" -session vmtest -master -clients=2 -timeout=5m -disk="$DIR/src.raw" >/dev/null; m=$LAB_LAST_PID
+t0=$SECONDS
+orders="img.session=vmtest img.role=client img.disk=/dev/vda img.after=poweroff img.report=http://10.77.0.10:8470/api/boot/report"
+kernel "$orders"
+for v in vm1 vm2; do
+  nic $v; serial_file $v
+  vm $v 300 $KERNEL -append "$APPEND" $NIC $SERIAL -drive file="$DIR/$v.raw",format=raw,if=virtio
+  pids="${{pids:-}} $VM_PID"
+done
+set -- $pids; v1=$1 v2=$2
+lab_wait 300 $m; echo "master exit $?"
+lab_wait 60 $v1; echo "vm1 exit $?"
+lab_wait 60 $v2; echo "vm2 exit $?"
+echo "took $((SECONDS - t0)) s"
+lab_down
+"#,
+        prelude = prelude(media)
+    );
+    let out = lab.run(&script);
+    let text = lab.show(
+        &out,
+        &[
+            "master.log",
+            "vm1.serial",
+            "vm2.serial",
+            "vm1.qemu",
+            "udhcpd.log",
+        ],
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(text.contains("master exit 0"), "{text}");
+    assert!(
+        text.contains("vm1 exit 0") && text.contains("vm2 exit 0"),
+        "{text}"
+    );
+    for vm in ["vm1", "vm2"] {
+        assert!(
+            lab.log(&format!("{vm}.serial"))
+                .contains("imgcast: poweroff"),
+            "{text}"
+        );
+        assert!(
+            same(&lab.path("src.raw"), &lab.path(&format!("{vm}.raw"))),
+            "{vm} differs\n{text}"
+        );
+    }
+}
+
+/// A serial console driver: connects to qemu's socket, logs every byte to
+/// LOG and works through STEPS in order — `expect:TEXT` waits (at most
+/// the step's share of the time limit) until TEXT was printed since the last
+/// expect, `send:TEXT` types TEXT (`\r`, `\x1b[B` escapes allowed). Exits 0
+/// when all steps passed; `sleep:SECS` pauses, 1 on a timeout, printing where it stood.
+const DRIVE_PY: &str = r#"
+import socket, sys, time
+sock_path, log_path, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+steps = sys.argv[4:]
+deadline = time.time() + limit
+s = None
+while time.time() < deadline:
+    try:
+        s = socket.socket(socket.AF_UNIX); s.connect(sock_path); break
+    except OSError:
+        s = None; time.sleep(0.1)
+if s is None:
+    print("drive: no socket", sock_path); sys.exit(1)
+s.settimeout(0.2)
+log = open(log_path, "wb")
+seen = b""
+def pump():
+    global seen
+    try:
+        d = s.recv(65536)
+    except socket.timeout:
+        return True
+    if not d:
+        return False
+    log.write(d); log.flush(); seen += d
+    return True
+for st in steps:
+    kind, _, text = st.partition(":")
+    text = text.encode().decode("unicode_escape").encode("latin-1")
+    if kind == "sleep":
+        time.sleep(float(text)); continue
+    if kind == "send":
+        for b in text:
+            s.sendall(bytes([b])); time.sleep(0.02)
+        continue
+    while text not in seen:
+        if time.time() > deadline or not pump():
+            print("drive: timed out waiting for", repr(text)); sys.exit(1)
+    seen = seen[seen.index(text) + len(text):]
+    print("drive: saw", repr(text), flush=True)
+end = time.time() + 1
+while time.time() < end and pump():
+    pass
+sys.exit(0)
+"#;
+
+/// Bad orders: an unknown role at boot, then (typed at the shell the machine
+/// waits at) a missing disk and a disk that does not exist. Each is shown with
+/// the usage, and the disk file is untouched.
+#[test]
+fn bad_orders_show_the_usage_and_wait_at_a_shell() {
+    let media = media();
+    let lab = lab();
+    disk(&lab, "vm.raw", 4, 51);
+    std::fs::copy(lab.path("vm.raw"), lab.path("before.raw")).expect("copy");
+    let script = format!(
+        r#"{prelude}
+kernel "img.session=bad img.role=boss img.disk=/dev/vda"
+serial_sock vm
+vm vm 150 $KERNEL -append "$APPEND" $SERIAL -drive file="$DIR/vm.raw",format=raw,if=virtio; v=$VM_PID
+drive vm 140 \
+  'expect:bad boot orders: img.role=boss' 'expect:img.role=client|master' 'expect:imgcast: a shell' 'expect:# ' \
+  'send:echo img.session=bad img.role=client >/tmp/c; img boot run --cmdline /tmp/c; echo "rc=$?"\r' \
+  'expect:img.disk is missing' 'expect:img.disk=/dev/DISK' 'expect:rc=2' \
+  'send:echo img.session=bad img.role=client img.disk=/dev/sdz >/tmp/c; img boot run --cmdline /tmp/c; echo "rc=$?"\r' \
+  'expect:img.disk=/dev/sdz: no such disk' 'expect:disks: /dev/vda' 'expect:rc=2' \
+  'send:poweroff -f\r'
+echo "drive exit $?"
+lab_wait 30 $v; echo "vm exit $?"
+"#,
+        prelude = prelude(media)
+    );
+    let out = lab.run(&script);
+    let text = lab.show(&out, &["vm.serial", "vm.qemu"]);
+    assert!(text.contains("drive exit 0"), "{text}");
+    assert!(text.contains("vm exit 0"), "{text}");
+    assert!(same(&lab.path("vm.raw"), &lab.path("before.raw")), "{text}");
+}
+
+/// One VM as the master: it sends its own disk to two clients in namespaces,
+/// with a passphrase it fetches over HTTP (`img.keyfile=URL`) from a lab host.
+#[test]
+fn a_vm_master_images_two_clients_in_namespaces() {
+    let media = media();
+    let lab = lab();
+    disk(&lab, "vm.raw", 16, 61);
+    let script = format!(
+        r#"{prelude}
+lab_up 3
+dhcp
+mkdir -p "$DIR/keys" && echo "boot media passphrase" >"$DIR/keys/k"
+lab_spawn h0 "$DIR/http.log" python3 -m http.server --bind 10.77.0.10 --directory "$DIR/keys" 8000 >/dev/null
+for i in 1 2; do
+  lab_spawn h$i "$DIR/c$i.log" "$IMG" -session vmm -client -wait=4m -keyfile="$DIR/keys/k" -disk="$DIR/c$i.raw" >/dev/null
+  pids="${{pids:-}} $LAB_LAST_PID"
+done
+kernel "img.session=vmm img.role=master img.disk=/dev/vda img.clients=2 img.keyfile=http://10.77.0.10:8000/k img.after=poweroff"
+nic vm; serial_file vm
+vm vm 300 $KERNEL -append "$APPEND" $NIC $SERIAL -drive file="$DIR/vm.raw",format=raw,if=virtio; v=$VM_PID
+lab_wait 300 $v; echo "vm exit $?"
+set -- $pids
+lab_wait 30 $1; echo "c1 exit $?"
+lab_wait 30 $2; echo "c2 exit $?"
+lab_down
+"#,
+        prelude = prelude(media)
+    );
+    let out = lab.run(&script);
+    let text = lab.show(
+        &out,
+        &["vm.serial", "c1.log", "c2.log", "vm.qemu", "http.log"],
+    );
+    assert!(text.contains("vm exit 0"), "{text}");
+    assert!(
+        text.contains("c1 exit 0") && text.contains("c2 exit 0"),
+        "{text}"
+    );
+    assert!(lab.log("vm.serial").contains("succeeded"), "{text}");
+    for c in ["c1.raw", "c2.raw"] {
+        assert!(
+            same(&lab.path("vm.raw"), &lab.path(c)),
+            "{c} differs\n{text}"
+        );
+    }
+}
+
+/// Boots DIR/imgcast.iso from a CD under `firmware` (qemu arguments), takes
+/// GRUB's serial entry (key s) and drives the menu on the serial console: the
+/// first screen, Enter, the role screen, `c`, the client's form, then back
+/// out with Esc and `q` to the shell, where `poweroff -f` ends the VM. The
+/// words expected are ones the screen writes whole (ratatui skips the cells
+/// that do not change, so a phrase may arrive in pieces).
+fn iso_boots_to_the_menu(firmware: &str, limit: u32) {
+    let media = media();
+    let lab = lab();
+    let script = format!(
+        r#"{prelude}
+serial_sock vm
+vm vm {limit} {firmware} -cdrom "$BOOT/imgcast.iso" $SERIAL; v=$VM_PID
+drive vm {drive_limit} 'expect:key s' 'send:s' \
+  'expect:multicast.' 'sleep:1' 'send:\r' \
+  'expect:receive' 'sleep:1' 'send:c' \
+  'expect:F2' 'sleep:1' 'send:\x1b' 'sleep:1' 'send:\x1b' 'sleep:1' 'send:q' \
+  'expect:imgcast: a shell' 'expect:# ' 'send:poweroff -f\r'
+echo "drive exit $?"
+lab_wait 30 $v; echo "vm exit $?"
+"#,
+        prelude = prelude(media),
+        drive_limit = limit - 10,
+    );
+    let out = lab.run(&script);
+    let text = lab.show(&out, &["vm.serial", "vm.qemu"]);
+    assert!(text.contains("drive exit 0"), "{text}");
+    assert!(text.contains("vm exit 0"), "{text}");
+}
+
+#[test]
+fn iso_boots_to_the_menu_with_bios() {
+    iso_boots_to_the_menu("", 150);
+}
+
+/// Debian's OVMF (UEFI), with a copy of its variable store.
+#[test]
+fn iso_boots_to_the_menu_with_uefi() {
+    iso_boots_to_the_menu(
+        "-machine q35 -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+         -drive if=pflash,format=raw,unit=1,file=$(cp /usr/share/OVMF/OVMF_VARS_4M.fd \"$DIR/vars.fd\" && echo \"$DIR/vars.fd\")",
+        240,
+    );
+}
