@@ -1493,3 +1493,32 @@ fn a_receiver_at_30_percent_loss_does_not_raise_the_repair_of_the_others() {
         "the outlier is moved to the follow-up run (or finished on what the others' repair gave it)"
     );
 }
+
+#[test]
+fn offloaded_decodes_give_the_same_copies() {
+    let objs = objects(63, &mixed_sizes(40));
+    let mut sim = Sim::new(63);
+    let mut cfg = sender_cfg("lab3", 0x0FF, &objs);
+    cfg.min_clients = Some(3);
+    sim.add_sender(cfg, objs, b"root".to_vec());
+    for i in 0..3 {
+        let mut rc = receiver_cfg("lab3", 100 + i);
+        rc.offload_decode = true;
+        sim.add_receiver(rc, Link::lossy(0.10), Link::lossy(0.05), 0);
+    }
+    run_to_finish(&mut sim, 2_000_000);
+    let jobs: usize = (0..3)
+        .map(|r| {
+            sim.assert_exact(0, r);
+            sim.receivers[r]
+                .events
+                .iter()
+                .filter(|(_, e)| matches!(e, ReceiverEvent::Decode(_)))
+                .count()
+        })
+        .sum();
+    assert!(
+        jobs > 0,
+        "10% loss needs RaptorQ decodes, handed out as jobs"
+    );
+}

@@ -736,6 +736,8 @@ impl Sim {
                 }
             }
             ReceiverEvent::Completed => n.completed_at = Some(now),
+            // The engine's decode threads, here at once.
+            ReceiverEvent::Decode(job) => n.rx.decode_done(now, job.clone().run()),
             _ => {}
         }
     }
