@@ -377,6 +377,8 @@ impl Menu {
             throttle: opt(&v[THROTTLE])
                 .and_then(|t| parse_throttle(&t).ok())
                 .filter(|_| master),
+            ttl: imgcast_engine::DEFAULT_TTL,
+            querier: false,
             comp: parse_level(&v[COMP]).unwrap_or(1),
             disk: Some(PathBuf::from(v[DISK].trim())),
             wait: None,
