@@ -19,7 +19,7 @@ use imgcast_image::{self as image, DiskTarget, EncodedChunk, Geometry, RootHashe
 use imgcast_proto::{self as proto, Rejection, SessionKey, SessionName};
 
 use crate::info::SessionInfo;
-use crate::io::Net;
+use crate::io::{Net, Role};
 use crate::net::choose_interface;
 use crate::session::{ClientConfig, ClientReport, Control, SessionEvent};
 use crate::EngineError;
@@ -736,7 +736,7 @@ fn run(
         None => None,
     };
     let iface = choose_interface(cfg.net.interface.as_deref(), group)?;
-    let mut net = Net::open(iface.clone(), group, cfg.net.port)?;
+    let mut net = Net::open(iface.clone(), group, &cfg.net, Role::Client)?;
     on_event(SessionEvent::Listening {
         name: name.as_str().to_string(),
         group,
@@ -768,6 +768,9 @@ fn run(
             for d in batch {
                 receiver.handle(d.at, d.from, &d.data);
             }
+        }
+        while let Some(n) = net.take_note() {
+            on_event(SessionEvent::Note(n));
         }
         if control.aborted() {
             let _ = receiver.report_failed(now, "aborted by the user on the client".into());

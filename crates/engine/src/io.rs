@@ -1,7 +1,15 @@
 //! The socket side of a session: receive threads feeding one channel, and the
 //! send path, so the protocol loop waits on a single queue with a deadline.
+//!
+//! Receiving is batched: each receive thread reads with `recvmmsg` into a
+//! [`Slab`] (one buffer of fixed-size slots, taken from a pool) and hands the
+//! filled slab to the protocol loop as one [`Batch`], one wake-up for many
+//! datagrams. The datagrams of a batch borrow their bytes from it
+//! ([`Payload`]); when the last of them is dropped, the slab goes back to its
+//! pool, so the receive path allocates nothing per datagram.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::ops::Deref;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,28 +18,175 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrIn};
 
 use crate::net::{self, Interface};
-use crate::EngineError;
+use crate::session::NetConfig;
+use crate::{igmp, EngineError};
 
 /// A datagram as it arrived.
 pub(crate) struct Datagram {
     pub(crate) at: Instant,
     pub(crate) from: SocketAddr,
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: Payload,
+}
+
+/// A datagram's bytes, borrowed from the slab it was received into.
+pub(crate) struct Payload {
+    filled: Arc<Filled>,
+    start: usize,
+    len: usize,
+}
+
+impl Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.filled.slab.buf[self.start..self.start + self.len]
+    }
+}
+
+/// The datagrams of one receive, in one slab; iterate it for [`Datagram`]s.
+#[derive(Default)]
+pub(crate) struct Batch(Option<Arc<Filled>>);
+
+impl IntoIterator for Batch {
+    type Item = Datagram;
+    type IntoIter = BatchIter;
+    fn into_iter(self) -> BatchIter {
+        BatchIter {
+            filled: self.0,
+            next: 0,
+        }
+    }
+}
+
+/// The datagrams of a [`Batch`], in arrival order.
+pub(crate) struct BatchIter {
+    filled: Option<Arc<Filled>>,
+    next: usize,
+}
+
+impl Iterator for BatchIter {
+    type Item = Datagram;
+    fn next(&mut self) -> Option<Datagram> {
+        let filled = self.filled.as_ref()?;
+        let m = filled.slab.meta.get(self.next)?;
+        self.next += 1;
+        Some(Datagram {
+            at: m.at,
+            from: m.from,
+            data: Payload {
+                filled: filled.clone(),
+                start: m.start,
+                len: m.len,
+            },
+        })
+    }
+}
+
+/// Where a datagram lies in its slab, and when and whence it came.
+struct Meta {
+    at: Instant,
+    from: SocketAddr,
+    start: usize,
+    len: usize,
+}
+
+/// A receive buffer of `slots` slots of `slot_len` bytes, and what was read into it.
+#[derive(Default)]
+struct Slab {
+    buf: Vec<u8>,
+    slot_len: usize,
+    meta: Vec<Meta>,
+}
+
+/// A slab on its way to the protocol loop; it goes home to its pool when dropped.
+struct Filled {
+    slab: Slab,
+    home: Sender<Slab>,
+}
+
+impl Drop for Filled {
+    fn drop(&mut self) {
+        let mut slab = std::mem::take(&mut self.slab);
+        slab.meta.clear();
+        // The pool's channel holds every slab it made: this never blocks, and
+        // fails only when the receive thread has ended.
+        let _ = self.home.try_send(slab);
+    }
+}
+
+/// The slabs of one receive thread: made on demand up to `max`, reused after.
+struct Pool {
+    free: Receiver<Slab>,
+    home: Sender<Slab>,
+    made: usize,
+    max: usize,
+    slots: usize,
+    slot_len: usize,
+}
+
+impl Pool {
+    fn new(slots: usize, slot_len: usize, max_bytes: usize) -> Self {
+        let max = (max_bytes / (slots * slot_len)).clamp(4, 256);
+        let (home, free) = bounded(max);
+        Self {
+            free,
+            home,
+            made: 0,
+            max,
+            slots,
+            slot_len,
+        }
+    }
+
+    /// A free slab. When all are out (the protocol loop is behind), waits for
+    /// one: meanwhile the socket's own buffer queues, and drops, as it would.
+    fn take(&mut self, stop: &AtomicBool) -> Option<Slab> {
+        if let Ok(s) = self.free.try_recv() {
+            return Some(s);
+        }
+        if self.made < self.max {
+            self.made += 1;
+            return Some(Slab {
+                buf: vec![0; self.slots * self.slot_len],
+                slot_len: self.slot_len,
+                meta: Vec::with_capacity(self.slots),
+            });
+        }
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(s) = self.free.recv_timeout(Duration::from_millis(200)) {
+                return Some(s);
+            }
+        }
+        None
+    }
 }
 
 /// Both sockets of a device and their receive threads.
 pub(crate) struct Net {
     pub(crate) group: SocketAddr,
     unicast: UdpSocket,
-    incoming: Receiver<Vec<Datagram>>,
+    incoming: Receiver<Batch>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     /// Send failures that were not fatal (e.g. a transient ENOBUFS).
     pub(crate) send_errors: u64,
     /// Equal-sized group datagrams waiting to leave in one UDP GSO send.
     gso: GsoBatch,
+    /// Lines for the user from the sockets' side (buffer caps, IGMP).
+    notes: Receiver<String>,
+    /// The IGMP watch (and querier); stops with the sockets.
+    _igmp: Option<igmp::Watch>,
+}
+
+/// Which end of the session a [`Net`] serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Sends the group's data; does not need to hear it.
+    Master,
+    /// Receives the group's data.
+    Client,
 }
 
 /// Consecutive group datagrams of one size, sent with one `sendmsg` and a
@@ -51,44 +206,69 @@ const GSO_MAX_SEGMENTS: usize = 32;
 /// Bytes in one GSO send (an IP packet's limit, with room for headers).
 const GSO_MAX_BYTES: usize = 60 * 1024;
 
-/// Batches queued between the receive threads and the protocol loop.
+/// Batches queued between the receive threads and the protocol loop (the
+/// slab pools bound them first).
 const QUEUE: usize = 4096;
-/// Largest batch: what one wake-up of the protocol loop handles at most.
-const BATCH: usize = 256;
+/// Datagrams one `recvmmsg` on the group socket reads at most: one wake-up of
+/// the protocol loop.
+const GROUP_SLOTS: usize = 64;
+/// A group slot: the largest datagram an imgcast sender makes
+/// ([`Interface::max_payload`] is at most 8952 bytes), rounded up. A longer
+/// datagram is cut (`MSG_TRUNC`) and dropped; it is nobody's we expect.
+const GROUP_SLOT: usize = 9216;
+/// Unicast datagrams (registrations, status) are few; a slot takes any UDP payload.
+const UNICAST_SLOTS: usize = 8;
+const UNICAST_SLOT: usize = 65536;
+/// Memory one receive thread's slabs may take, beside the socket buffer.
+const POOL_BYTES: usize = 32 << 20;
+/// Lines the socket side may have waiting for the protocol loop.
+const NOTES: usize = 16;
 /// Shortest wait: the sender's pacing credit (1 ms) makes up for sleeping a
 /// little past a packet's time, and shorter waits only spin.
 const MIN_WAIT: Duration = Duration::from_micros(400);
 
-/// Reads the socket into batches, one channel message (one wake-up of the
-/// protocol loop) per batch rather than per packet. A non-blocking socket
-/// (`drain`) is emptied into each batch and waited on with `poll`; a blocking
-/// one (with a read timeout) gives batches of one.
-fn receive_loop(sock: &UdpSocket, drain: bool, tx: &Sender<Vec<Datagram>>, stop: &AtomicBool) {
-    let mut buf = vec![0u8; 65536];
-    let limit = if drain { BATCH } else { 1 };
+/// Reads the socket into slabs, one channel message (one wake-up of the
+/// protocol loop) per `recvmmsg`. A non-blocking socket (`drain`) is read for
+/// what is queued and waited on with `poll`; a blocking one (with a read
+/// timeout) waits in `recvmmsg` for its first datagram (`MSG_WAITFORONE`).
+fn receive_loop(
+    sock: &UdpSocket,
+    drain: bool,
+    mut pool: Pool,
+    tx: &Sender<Batch>,
+    stop: &AtomicBool,
+) {
+    let mut headers = MultiHeaders::<SockaddrIn>::preallocate(pool.slots, None);
+    let flags = if drain {
+        MsgFlags::MSG_DONTWAIT
+    } else {
+        MsgFlags::MSG_WAITFORONE
+    };
+    let mut spare: Option<Slab> = None;
     while !stop.load(Ordering::Relaxed) {
-        let mut batch = Vec::new();
-        while batch.len() < limit {
-            match sock.recv_from(&mut buf) {
-                Ok((n, from)) => batch.push(Datagram {
-                    at: Instant::now(),
-                    from,
-                    data: buf[..n].to_vec(),
-                }),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                // WouldBlock: drained. Anything else (ICMP errors of earlier
-                // sends) is not ours to act on.
-                Err(_) => break,
+        let Some(mut slab) = spare.take().or_else(|| pool.take(stop)) else {
+            return;
+        };
+        let result = read_into(sock, &mut headers, &mut slab, flags);
+        if slab.meta.is_empty() {
+            spare = Some(slab);
+            match result {
+                Err(nix::errno::Errno::EINTR) => {}
+                // Drained, or an error that is not ours to act on (ICMP errors
+                // of earlier sends): wait for more.
+                _ if drain => {
+                    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+                    let _ = poll(&mut fds, PollTimeout::from(200u16));
+                }
+                // The read timeout passed (or such an error): look at `stop`.
+                _ => {}
             }
-        }
-        if batch.is_empty() && drain {
-            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-            let _ = poll(&mut fds, PollTimeout::from(200u16));
             continue;
         }
-        if batch.is_empty() {
-            continue;
-        }
+        let batch = Batch(Some(Arc::new(Filled {
+            slab,
+            home: pool.home.clone(),
+        })));
         // A full queue drops the batch like a full socket buffer would;
         // repair heals it. Never block here.
         if let Err(TrySendError::Disconnected(_)) = tx.try_send(batch) {
@@ -97,10 +277,60 @@ fn receive_loop(sock: &UdpSocket, drain: bool, tx: &Sender<Vec<Datagram>>, stop:
     }
 }
 
+/// One `recvmmsg` into the slab's slots; records each datagram's place.
+fn read_into(
+    sock: &UdpSocket,
+    headers: &mut MultiHeaders<SockaddrIn>,
+    slab: &mut Slab,
+    flags: MsgFlags,
+) -> Result<(), nix::errno::Errno> {
+    let slot_len = slab.slot_len;
+    let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = slab
+        .buf
+        .chunks_mut(slot_len)
+        .map(|slot| [std::io::IoSliceMut::new(slot)])
+        .collect();
+    let got = recvmmsg(sock.as_raw_fd(), headers, iovs.iter_mut(), flags, None)?;
+    let at = Instant::now();
+    for (i, m) in got.enumerate() {
+        if m.flags.contains(MsgFlags::MSG_TRUNC) {
+            continue;
+        }
+        let Some(from) = m.address else {
+            continue;
+        };
+        slab.meta.push(Meta {
+            at,
+            from: SocketAddr::V4(SocketAddrV4::new(from.ip(), from.port())),
+            start: i * slot_len,
+            len: m.bytes,
+        });
+    }
+    Ok(())
+}
+
 impl Net {
-    pub(crate) fn open(iface: Interface, group: Ipv4Addr, port: u16) -> Result<Self, EngineError> {
+    /// Opens both sockets on `iface` and starts their receive threads, and the
+    /// IGMP watch (a querier too, when `cfg.querier` on a master).
+    pub(crate) fn open(
+        iface: Interface,
+        group: Ipv4Addr,
+        cfg: &NetConfig,
+        role: Role,
+    ) -> Result<Self, EngineError> {
+        let port = cfg.port;
         let group_sock = net::group_socket(&iface, group, port)?;
-        let unicast = net::unicast_socket(&iface, 1)?;
+        // Our own multicast is no use to a master: it would only receive and
+        // check it. Kept on a loopback interface, where a master and clients
+        // share one host (tests, a demo on `lo`) and must hear each other.
+        let multicast_loop = role == Role::Client || iface.is_loopback();
+        let unicast = net::unicast_socket(&iface, cfg.ttl, multicast_loop)?;
+        let (notes_tx, notes) = bounded(NOTES);
+        if role == Role::Client {
+            if let Some(n) = net::recv_buffer_shortfall(&group_sock) {
+                let _ = notes_tx.try_send(n);
+            }
+        }
         let (tx, rx) = bounded(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -113,18 +343,29 @@ impl Net {
         let unicast_rx = unicast
             .try_clone()
             .map_err(|e| EngineError::io("cloning the unicast socket", e))?;
-        for (name, sock, drain) in [
-            ("imgcast-recv-group", group_sock, true),
-            ("imgcast-recv-unicast", unicast_rx, false),
+        for (name, sock, drain, pool) in [
+            (
+                "imgcast-recv-group",
+                group_sock,
+                true,
+                Pool::new(GROUP_SLOTS, GROUP_SLOT, POOL_BYTES),
+            ),
+            (
+                "imgcast-recv-unicast",
+                unicast_rx,
+                false,
+                Pool::new(UNICAST_SLOTS, UNICAST_SLOT, POOL_BYTES / 4),
+            ),
         ] {
             let tx = tx.clone();
             let stop = stop.clone();
             let handle = std::thread::Builder::new()
                 .name(name.into())
-                .spawn(move || receive_loop(&sock, drain, &tx, &stop))
+                .spawn(move || receive_loop(&sock, drain, pool, &tx, &stop))
                 .map_err(|e| EngineError::io("starting a receive thread", e))?;
             threads.push(handle);
         }
+        let igmp = igmp::start(&iface, role == Role::Master && cfg.querier, &notes_tx);
         Ok(Self {
             group: SocketAddr::V4(SocketAddrV4::new(group, port)),
             unicast,
@@ -133,19 +374,23 @@ impl Net {
             threads,
             send_errors: 0,
             gso: GsoBatch::default(),
+            notes,
+            _igmp: igmp,
         })
     }
 
+    /// A line for the user from the socket side, if one is waiting (each is said once).
+    pub(crate) fn take_note(&self) -> Option<String> {
+        self.notes.try_recv().ok()
+    }
+
     /// A batch that has arrived, without waiting.
-    pub(crate) fn try_batch(&self) -> Option<Vec<Datagram>> {
+    pub(crate) fn try_batch(&self) -> Option<Batch> {
         self.incoming.try_recv().ok()
     }
 
     /// Waits for a batch until `deadline` (at least [`MIN_WAIT`]).
-    pub(crate) fn wait_batch(
-        &self,
-        deadline: Instant,
-    ) -> Result<Option<Vec<Datagram>>, EngineError> {
+    pub(crate) fn wait_batch(&self, deadline: Instant) -> Result<Option<Batch>, EngineError> {
         let deadline = deadline.max(Instant::now() + MIN_WAIT);
         match self.incoming.recv_deadline(deadline) {
             Ok(b) => Ok(Some(b)),
@@ -155,7 +400,6 @@ impl Net {
             }
         }
     }
-
     /// Sends what the protocol asked for, to the group or to one peer. Group
     /// datagrams of equal size are gathered for one GSO send: call
     /// [`Net::flush`] before waiting.
@@ -271,5 +515,83 @@ impl Drop for Net {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        tx.connect(rx.local_addr().unwrap()).unwrap();
+        (rx, tx)
+    }
+
+    #[test]
+    fn one_recvmmsg_reads_a_burst_and_the_slab_goes_home_when_dropped() {
+        let (rx, tx) = pair();
+        let sent: Vec<Vec<u8>> = (0..10u8)
+            .map(|i| vec![i; 1 + usize::from(i) * 300])
+            .collect();
+        for d in &sent {
+            tx.send(d).unwrap();
+        }
+        let mut pool = Pool::new(GROUP_SLOTS, GROUP_SLOT, POOL_BYTES);
+        let stop = AtomicBool::new(false);
+        let mut headers = MultiHeaders::<SockaddrIn>::preallocate(pool.slots, None);
+        let mut slab = pool.take(&stop).unwrap();
+        read_into(&rx, &mut headers, &mut slab, MsgFlags::MSG_DONTWAIT).unwrap();
+        assert_eq!(slab.meta.len(), sent.len());
+        let batch = Batch(Some(Arc::new(Filled {
+            slab,
+            home: pool.home.clone(),
+        })));
+        let got: Vec<Datagram> = batch.into_iter().collect();
+        for (d, want) in got.iter().zip(&sent) {
+            assert_eq!(&*d.data, &want[..]);
+            assert_eq!(d.from, tx.local_addr().unwrap());
+        }
+        // Still borrowed by the datagrams: not home yet.
+        assert!(pool.free.try_recv().is_err());
+        drop(got);
+        let back = pool.free.try_recv().expect("the slab came home");
+        assert!(back.meta.is_empty() && back.buf.len() == GROUP_SLOTS * GROUP_SLOT);
+        // Drained: the next read finds nothing and says so.
+        let mut slab = back;
+        assert_eq!(
+            read_into(&rx, &mut headers, &mut slab, MsgFlags::MSG_DONTWAIT),
+            Err(nix::errno::Errno::EAGAIN)
+        );
+    }
+
+    #[test]
+    fn a_datagram_longer_than_a_slot_is_dropped() {
+        let (rx, tx) = pair();
+        tx.send(&vec![7; GROUP_SLOT + 1]).unwrap();
+        tx.send(b"short").unwrap();
+        let mut pool = Pool::new(GROUP_SLOTS, GROUP_SLOT, POOL_BYTES);
+        let mut headers = MultiHeaders::<SockaddrIn>::preallocate(pool.slots, None);
+        let mut slab = pool.take(&AtomicBool::new(false)).unwrap();
+        read_into(&rx, &mut headers, &mut slab, MsgFlags::MSG_DONTWAIT).unwrap();
+        assert_eq!(slab.meta.len(), 1);
+        assert_eq!(slab.meta[0].len, 5);
+    }
+
+    #[test]
+    fn the_pool_is_bounded_and_waits_for_a_slab_to_come_home() {
+        let mut pool = Pool::new(UNICAST_SLOTS, UNICAST_SLOT, 0);
+        let stop = AtomicBool::new(false);
+        let out: Vec<Slab> = (0..pool.max).map(|_| pool.take(&stop).unwrap()).collect();
+        assert_eq!(pool.made, 4);
+        stop.store(true, Ordering::Relaxed);
+        assert!(pool.take(&stop).is_none());
+        drop(Filled {
+            slab: out.into_iter().next().unwrap(),
+            home: pool.home.clone(),
+        });
+        assert!(pool.take(&stop).is_some());
     }
 }

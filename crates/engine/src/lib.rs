@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod igmp;
 pub mod net;
 
 /// What went wrong in a session, with the context an admin needs.
@@ -59,5 +60,6 @@ pub use info::SessionInfo;
 pub use master::{run_master, MasterOutcome};
 pub use session::{
     ClientConfig, ClientReport, ClientResult, ClientRow, Control, MasterConfig, MasterReport,
-    MasterSource, NetConfig, SessionEvent, SlowPolicy, DEFAULT_PORT, FOLLOW_UP_DEADLINE,
+    MasterSource, NetConfig, SessionEvent, SlowPolicy, DEFAULT_PORT, DEFAULT_TTL,
+    FOLLOW_UP_DEADLINE,
 };

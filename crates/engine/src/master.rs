@@ -13,7 +13,7 @@ use imgcast_image::{self as image, Geometry, RootHasher};
 use imgcast_proto::{self as proto, SessionKey, SessionName};
 
 use crate::info::SessionInfo;
-use crate::io::Net;
+use crate::io::{Net, Role};
 use crate::net::choose_interface;
 use crate::session::{
     minutes_text, ClientResult, ClientRow, Control, MasterConfig, MasterReport, MasterSource,
@@ -114,7 +114,7 @@ fn run_once(
         thread: feeder,
     } = start_feeder(&cfg.source)?;
     let iface = choose_interface(cfg.net.interface.as_deref(), group)?;
-    let mut net = Net::open(iface.clone(), group, cfg.net.port)?;
+    let mut net = Net::open(iface.clone(), group, &cfg.net, Role::Master)?;
     on_event(SessionEvent::Listening {
         name: name.as_str().to_string(),
         group,
@@ -167,6 +167,9 @@ fn run_once(
             for d in batch {
                 sender.handle(d.at, d.from, &d.data);
             }
+        }
+        while let Some(n) = net.take_note() {
+            on_event(SessionEvent::Note(n));
         }
         if control.take_start() {
             sender.start_now(now);

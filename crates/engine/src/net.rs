@@ -31,6 +31,11 @@ impl Interface {
     pub fn max_payload(&self) -> usize {
         (self.mtu as usize).saturating_sub(52).clamp(512, 8952)
     }
+
+    /// A loopback interface (`lo`, 127.0.0.0/8): every process on it shares one host.
+    pub fn is_loopback(&self) -> bool {
+        self.addr.is_loopback()
+    }
 }
 
 /// Finds the interface to use: the named one, or the one of the route to the
@@ -155,7 +160,7 @@ fn ipv4_addresses() -> Result<Vec<(String, Ipv4Addr)>, EngineError> {
 
 /// Receive buffer asked for: a burst of a whole chunk's packets at line rate
 /// must fit while the receive thread is descheduled.
-const RECV_BUFFER: usize = 32 << 20;
+pub const RECV_BUFFER: usize = 32 << 20;
 
 /// The socket that receives the session's multicast.
 pub fn group_socket(
@@ -182,8 +187,35 @@ pub fn group_socket(
     Ok(s.into())
 }
 
-/// The socket everything is sent from; unicast replies arrive on it.
-pub fn unicast_socket(iface: &Interface, ttl: u32) -> Result<UdpSocket, EngineError> {
+/// When the group socket got less receive buffer than [`RECV_BUFFER`] (the
+/// kernel caps `SO_RCVBUF` at `net.core.rmem_max`), the line that tells the
+/// admin, with the sysctl that lifts the cap.
+pub fn recv_buffer_shortfall(sock: &UdpSocket) -> Option<String> {
+    // Linux reports twice what it granted (the doubling covers its bookkeeping).
+    let granted = socket2::SockRef::from(sock).recv_buffer_size().ok()? / 2;
+    if granted >= RECV_BUFFER {
+        return None;
+    }
+    let rmem_max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok());
+    let cap = rmem_max.map_or(String::new(), |m| format!(", net.core.rmem_max = {m}"));
+    Some(format!(
+        "the socket receive buffer is {} KiB{cap}, below the {} MiB that a burst at line rate \
+         needs: packets will be lost at high rates. As root: sysctl -w net.core.rmem_max={RECV_BUFFER}",
+        granted >> 10,
+        RECV_BUFFER >> 20
+    ))
+}
+
+/// The socket everything is sent from; unicast replies arrive on it. `ttl`
+/// bounds how many routers the group's datagrams cross; `multicast_loop`
+/// delivers them to this host's own sockets too.
+pub fn unicast_socket(
+    iface: &Interface,
+    ttl: u32,
+    multicast_loop: bool,
+) -> Result<UdpSocket, EngineError> {
     let ctx = |what: &str| format!("{what} (interface {} {})", iface.name, iface.addr);
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
         .map_err(|e| EngineError::io(ctx("opening the unicast socket"), e))?;
@@ -195,8 +227,7 @@ pub fn unicast_socket(iface: &Interface, ttl: u32) -> Result<UdpSocket, EngineEr
         .map_err(|e| EngineError::io(ctx("IP_MULTICAST_IF"), e))?;
     s.set_multicast_ttl_v4(ttl)
         .map_err(|e| EngineError::io(ctx("IP_MULTICAST_TTL"), e))?;
-    // Loop on: a master and clients on one host (tests, the demo on `lo`) must hear each other.
-    s.set_multicast_loop_v4(true)
+    s.set_multicast_loop_v4(multicast_loop)
         .map_err(|e| EngineError::io(ctx("IP_MULTICAST_LOOP"), e))?;
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(|e| EngineError::io(ctx("socket timeout"), e))?;

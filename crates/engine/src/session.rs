@@ -13,6 +13,8 @@ pub const DEFAULT_PORT: u16 = 8471;
 /// A follow-up run (for clients moved out of a run, or queued during it) ends when none of them
 /// has registered within this long.
 pub const FOLLOW_UP_DEADLINE: Duration = Duration::from_secs(60);
+/// Default multicast TTL: the group stays on the local segment.
+pub const DEFAULT_TTL: u32 = 1;
 
 /// Where the master's image comes from.
 #[derive(Clone, Debug)]
@@ -46,6 +48,11 @@ pub struct NetConfig {
     pub key: Option<String>,
     /// Silence after which a peer counts as dead.
     pub peer_timeout: Duration,
+    /// Multicast TTL of what this device sends to the group (`-ttl`, 1..=255);
+    /// only a master sends to the group.
+    pub ttl: u32,
+    /// A master acts as IGMP querier on its interface (`-querier`).
+    pub querier: bool,
 }
 
 impl NetConfig {
@@ -57,6 +64,8 @@ impl NetConfig {
             port: DEFAULT_PORT,
             key: None,
             peer_timeout: Duration::from_secs(15),
+            ttl: DEFAULT_TTL,
+            querier: false,
         }
     }
 }

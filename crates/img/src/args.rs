@@ -20,6 +20,8 @@ const SINGLE_DASH_LONG: &[&str] = &[
     "timeout",
     "throttle",
     "slow",
+    "ttl",
+    "querier",
     "wait",
     "comp",
     "disk",
@@ -439,6 +441,16 @@ pub(crate) struct SessionArgs {
     /// more than the rest): `move` it to a follow-up run served right after, or `wait` for it.
     #[arg(long, value_name = "move|wait", value_enum, default_value = "move")]
     pub(crate) slow: Slow,
+    /// Multicast TTL of the master's data, 1..255 (default 1: the group stays on the segment);
+    /// raise it for routed multicast. Master only: clients send no multicast.
+    #[arg(long, value_name = "N", default_value_t = imgcast_engine::DEFAULT_TTL,
+          value_parser = clap::value_parser!(u32).range(1..=255), conflicts_with = "client")]
+    pub(crate) ttl: u32,
+    /// The master acts as IGMP querier on its interface (General Query every 125 s; it steps back
+    /// for a querier with a lower address), for switches that snoop IGMP with no querier. Needs
+    /// root or CAP_NET_RAW. Master only.
+    #[arg(long, conflicts_with = "client")]
+    pub(crate) querier: bool,
     /// A client gives up when no session has started after this long (minutes, or `30s`, `2m`, `1h`);
     /// by default it waits as long as it takes. Its disk is never touched before a start.
     #[arg(long, value_name = "MINUTES", value_parser = parse_timeout, conflicts_with = "master")]
@@ -639,6 +651,9 @@ mod tests {
             &["-s", "a", "-m", "-timeout=abc"],
             &["-s", "a", "-m", "-comp=12"],
             &["-s", "a", "-m", "-throttle=x"],
+            &["-s", "a", "-m", "-ttl=0"],
+            &["-s", "a", "-m", "-ttl=256"],
+            &["-s", "a", "-c", "-querier"],
             &["-s", "a", "-m", "-c"],
             &["make", "x", "-disk=y", "-comp=10"],
             &["make", "x", "-disk=y", "-comp=x"],

@@ -89,6 +89,8 @@ pub(crate) fn run_session(a: &SessionArgs, from_menu: bool) -> Result<()> {
     let mut net = NetConfig::new(a.name.clone());
     net.interface = a.interface.clone();
     net.port = a.port;
+    net.ttl = a.ttl;
+    net.querier = a.querier;
     net.key = key;
 
     let live = tui::available();

@@ -378,6 +378,8 @@ impl Menu {
                 .and_then(|t| parse_throttle(&t).ok())
                 .filter(|_| master),
             slow: crate::args::Slow::Move,
+            ttl: imgcast_engine::DEFAULT_TTL,
+            querier: false,
             comp: parse_level(&v[COMP]).unwrap_or(1),
             disk: Some(PathBuf::from(v[DISK].trim())),
             wait: None,

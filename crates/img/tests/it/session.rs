@@ -983,3 +983,77 @@ done
     };
     assert!(mib < 8.0, "sent {sent}\n{text}");
 }
+
+/// Issue 12, point 5: a master with `-querier` puts valid IGMPv2 General Queries on its segment,
+/// where another device hears them (and so does not warn); with no querier left, a device warns
+/// once that none answers. The detection window is shortened with the test-only variable.
+#[test]
+fn a_querier_master_sends_general_queries_and_a_segment_without_one_is_warned_about() {
+    let lab = lab();
+    lab.sample("disk.raw", 4, 29);
+    let out = lab.run(
+        r#"
+lab_up 3
+# An independent reader of the wire: a raw IGMP socket on h2, for at most 10 s.
+cat >"$DIR/listen.py" <<'PY'
+import socket, struct, sys, time
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return s
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+s.settimeout(0.5)
+end = time.time() + 10
+while time.time() < end:
+    try:
+        p = s.recv(1500)
+    except socket.timeout:
+        continue
+    ihl = (p[0] & 15) * 4
+    if p[ihl] != 0x11:
+        continue
+    src = socket.inet_ntoa(p[12:16]); dst = socket.inet_ntoa(p[16:20])
+    igmp = p[ihl:struct.unpack("!H", p[2:4])[0]]
+    print("query from", src, "to", dst, "ttl", p[8], "ihl", ihl, "options", p[20:ihl].hex(),
+          "igmp", igmp.hex(), "ip sum ok", csum(p[:ihl]) == 0xffff, "igmp sum ok", csum(igmp) == 0xffff)
+    sys.exit(0)
+print("no query heard")
+sys.exit(1)
+PY
+lab_spawn h2 "$DIR/listen.log" python3 "$DIR/listen.py" >/dev/null; l=$LAB_LAST_PID
+# h1 watches with a 3 s window; the querier starts within it.
+lab_spawn h1 "$DIR/watch.log" env IMGCAST_TEST_QUERIER_WINDOW_MS=3000 "$IMG" -session igmpw -master -clients=1 -disk="$DIR/disk.raw" >/dev/null; w=$LAB_LAST_PID
+for _ in $(seq 1 50); do grep -q "group 231" "$DIR/watch.log" 2>/dev/null && break; sleep 0.1; done
+sleep 0.3
+lab_spawn h0 "$DIR/q.log" "$IMG" -session igmpq -master -querier -clients=1 -disk="$DIR/disk.raw" >/dev/null; q=$LAB_LAST_PID
+lab_wait 12 $l; echo "listener exit $?"
+sleep 4
+lab_kill $q $w
+# No querier on the segment now: a device warns within its window.
+lab_spawn h2 "$DIR/alone.log" env IMGCAST_TEST_QUERIER_WINDOW_MS=1500 "$IMG" -session igmpa -master -clients=1 -disk="$DIR/disk.raw" >/dev/null; a=$LAB_LAST_PID
+for _ in $(seq 1 100); do grep -q "no membership query" "$DIR/alone.log" 2>/dev/null && break; sleep 0.1; done
+lab_kill $a
+"#,
+    );
+    let text = lab.show(&out, &["listen.log", "q.log", "watch.log", "alone.log"]);
+    assert!(text.contains("listener exit 0"), "{text}");
+    let heard = lab.log("listen.log");
+    assert!(
+        heard.contains("query from 10.77.0.10 to 224.0.0.1 ttl 1 ihl 24 options 94040000"),
+        "{text}"
+    );
+    // Type 0x11, Max Response Time 10 s, checksum, group 0.0.0.0.
+    assert!(heard.contains("igmp 1164ee9b00000000"), "{text}");
+    assert!(heard.contains("ip sum ok True igmp sum ok True"), "{text}");
+    assert!(!lab.log("q.log").contains("querier:"), "{text}");
+    assert!(!lab.log("watch.log").contains("IGMP"), "{text}");
+    let alone = lab.log("alone.log");
+    assert_eq!(
+        alone.matches("no membership query heard on eth0").count(),
+        1,
+        "{text}"
+    );
+    assert!(alone.contains("-querier"), "{text}");
+}
