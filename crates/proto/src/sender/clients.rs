@@ -73,7 +73,8 @@ pub(crate) struct Sweep {
     /// The window is full and more objects wait: whoever is at its base holds everyone.
     pub(crate) window_full: bool,
     pub(crate) silent_after: Duration,
-    /// The receivers' liveness beat: one that holds the window and missed it is gone, not slow.
+    /// The receivers' liveness beat: one that holds the window and missed two is gone, not slow
+    /// (a beat goes out at the first wake-up after it is due, up to 1½ intervals late).
     pub(crate) beat: Duration,
     pub(crate) drop_after: Duration,
     pub(crate) move_slow: bool,
@@ -391,7 +392,7 @@ impl Clients {
             let quiet = now.saturating_duration_since(c.last_heard);
             let reason = if quiet >= w.silent_after {
                 DropReason::Silent
-            } else if w.move_slow && held_for >= SLOW_HOLD && quiet >= SLOW_HOLD.max(w.beat) {
+            } else if w.move_slow && held_for >= SLOW_HOLD && quiet >= SLOW_HOLD.max(w.beat * 2) {
                 // Holding everyone and not even beating: it is gone; no follow-up waits for it.
                 DropReason::Silent
             } else if w.move_slow && holds && lossy.is_some() {
