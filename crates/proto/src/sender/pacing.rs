@@ -38,11 +38,17 @@ const BUSY_GAP: Duration = Duration::from_millis(5);
 /// The target grows only while what was sent is at least its share of it.
 const KEEPING_UP: f64 = 1.0 / 0.8;
 /// After a loss cut, the loss at the lower rate is judged after this long.
-const JUDGE_AFTER: Duration = Duration::from_millis(150);
+const JUDGE_AFTER: Duration = Duration::from_millis(300);
+/// ...on at least this many samples (one sample of a bursty loss says little).
+const JUDGE_SAMPLES: u32 = 4;
 /// A loss that stays above this share of what it was after a cut did not come from the rate.
 const LOSS_KEPT: f64 = 0.7;
 /// Delay above the lowest seen by this much (or the lowest itself, if larger) is a queue sign.
 const LAG_SLACK: Duration = Duration::from_millis(25);
+/// Weight of a new loss sample in a receiver's smoothed loss.
+const LOSS_GAIN: f64 = 0.3;
+/// Loss above this is never accepted as the path's own.
+const MAX_ACCEPTED: f64 = 0.5;
 /// Weight of a new delay sample in a receiver's smoothed delay.
 const LAG_GAIN: f64 = 0.25;
 
@@ -52,6 +58,9 @@ struct Trial {
     loss: f64,
     rate_before: f64,
     at: Instant,
+    /// Loss samples since the cut: their mean is the loss at the lower rate.
+    sum: f64,
+    samples: u32,
 }
 
 /// Per-receiver congestion memory.
@@ -59,6 +68,8 @@ struct Trial {
 pub(crate) struct PeerRate {
     /// Loss accepted as the path's own (random loss repair absorbs).
     accepted: f64,
+    /// Smoothed loss: one sample is noisy (a lost burst of segments), a queue's loss persists.
+    loss: Option<f64>,
     trial: Option<Trial>,
     min_lag: Option<Duration>,
     lag: Option<Duration>,
@@ -178,24 +189,42 @@ impl Pacer {
         let mut cut: Option<f64> = None;
         if expected >= MIN_EXPECTED {
             let sample = f64::from(lost.min(expected)) / f64::from(expected);
-            if let Some(t) = peer.trial.take() {
-                if now.saturating_duration_since(t.at) < JUDGE_AFTER {
+            let smooth = peer
+                .loss
+                .map_or(sample, |l| l * (1.0 - LOSS_GAIN) + sample * LOSS_GAIN);
+            peer.loss = Some(smooth);
+            if let Some(mut t) = peer.trial.take() {
+                if t.at != now {
+                    t.sum += sample;
+                    t.samples += 1;
+                }
+                if now.saturating_duration_since(t.at) < JUDGE_AFTER || t.samples < JUDGE_SAMPLES {
                     peer.trial = Some(t);
-                } else if sample >= t.loss * LOSS_KEPT {
-                    // The loss stayed when the rate fell: the path's own. Accept it, undo the cut.
-                    peer.accepted = peer.accepted.max(sample.min(t.loss));
-                    self.rate = self.rate.max(t.rate_before).min(self.max);
+                } else {
+                    // What is lost at the lower rate is not the rate's doing: the path's own.
+                    let after = t.sum / f64::from(t.samples);
+                    peer.accepted = peer.accepted.max(after.min(MAX_ACCEPTED));
+                    peer.loss = Some(after);
+                    if after >= t.loss * LOSS_KEPT {
+                        // And it did not fall: the whole level is the path's; undo the cut.
+                        peer.accepted = peer.accepted.max(t.loss.min(MAX_ACCEPTED));
+                        self.rate = self.rate.max(t.rate_before).min(self.max);
+                    }
                 }
             }
-            let over = sample - peer.accepted;
-            if peer.trial.is_none() && over > LOSS_SLACK.max(peer.accepted * 0.5) {
+            // A queue's loss persists (the smoothed loss shows it); the cut follows the sample.
+            let persistent = smooth - peer.accepted > LOSS_SLACK.max(peer.accepted * 0.5);
+            let over = (sample - peer.accepted).max(0.0);
+            if peer.trial.is_none() && persistent && over > 0.0 {
                 let base = self.base();
                 let target = base * (1.0 - over).max(0.0) * DRAIN;
                 cut = Some(target.max(base * MAX_CUT));
                 peer.trial = Some(Trial {
-                    loss: sample,
+                    loss: smooth,
                     rate_before: self.rate,
                     at: now,
+                    sum: 0.0,
+                    samples: 0,
                 });
             }
         }
@@ -321,6 +350,39 @@ mod tests {
             p.rate(1448) <= 600_000_000,
             "target ran off: {}",
             p.rate(1448)
+        );
+    }
+
+    #[test]
+    fn bursty_random_loss_does_not_lower_the_rate() {
+        // 10% on average, but in bursts: samples of 0%, 20%, 5% and 15% in turn.
+        let t0 = Instant::now();
+        let mut p = Pacer::new(None, 200_000_000, 1_000_000, 1_000_000_000);
+        let mut peer = PeerRate::default();
+        let mut late = Vec::new();
+        for i in 0..200u32 {
+            let now = t0 + MS * 50 * i;
+            let rate = p.rate(1448) as f64;
+            p.on_sent((rate * 0.05 / 8.0) as usize);
+            busy_for_50ms(&mut p, now);
+            let expected = (rate * 0.05 / (1448.0 * 8.0)) as u32;
+            let share = [0.0, 0.20, 0.05, 0.15][i as usize % 4];
+            p.on_report(
+                &mut peer,
+                (f64::from(expected) * share) as u32,
+                expected,
+                MS,
+                now,
+            );
+            if i >= 100 {
+                late.push(p.rate(1448) as f64);
+            }
+        }
+        let mean = late.iter().sum::<f64>() / late.len() as f64;
+        assert!(
+            mean >= 0.9e9,
+            "bursty 10% loss held the rate at {:.0} Mbit/s",
+            mean / 1e6
         );
     }
 }
