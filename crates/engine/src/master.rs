@@ -163,7 +163,9 @@ pub fn run_master(
         while let Some(ev) = sender.poll_event() {
             match ev {
                 proto::SenderEvent::ClientRegistered {
-                    client_id, addr, ..
+                    client_id,
+                    addr,
+                    label,
                 } => {
                     clients.insert(
                         client_id,
@@ -181,6 +183,10 @@ pub fn run_master(
                         id: client_id,
                         addr,
                         count: clients.len(),
+                    });
+                    on_event(SessionEvent::ClientHost {
+                        id: client_id,
+                        host: label,
                     });
                 }
                 proto::SenderEvent::ClientQueued { addr, .. } => {
