@@ -109,6 +109,9 @@ pub(crate) struct SessionView {
     /// UDP port of the session.
     #[serde(default)]
     pub(crate) port: u16,
+    /// Seconds a follow-up run gathers before it starts with whoever came back.
+    #[serde(default)]
+    pub(crate) follow_up_deadline: Option<f64>,
     /// Clients of every run.
     pub(crate) clients: Vec<ClientView>,
     /// Addresses told to wait for the next run.
@@ -155,6 +158,9 @@ pub(crate) struct SessionRequest {
     pub(crate) interface: Option<String>,
     /// UDP port for this session (default: the engine's port).
     pub(crate) port: Option<u16>,
+    /// Seconds a follow-up run waits for its queued clients before it starts
+    /// with whoever came back, or ends if nobody did (default 60).
+    pub(crate) follow_up_deadline: Option<f64>,
 }
 
 /// A running session: its controls and live view.
@@ -205,6 +211,7 @@ pub(crate) fn spawn(
         timeout: req.timeout,
         interface: req.interface.clone().or_else(|| shared.interface.clone()),
         port: req.port.unwrap_or(shared.session_port),
+        follow_up_deadline: req.follow_up_deadline,
         clients: Vec::new(),
         queued: Vec::new(),
         disk_size,
@@ -297,6 +304,13 @@ pub(crate) fn create(shared: &Arc<Shared>, sr: &SessionRequest) -> Result<Value,
     }
     if sr.clients == Some(0) {
         return Err(ServerError::BadRequest("clients must be at least 1".into()));
+    }
+    if let Some(d) = sr.follow_up_deadline {
+        if !(1.0..=86400.0).contains(&d) {
+            return Err(ServerError::BadRequest(
+                "follow_up_deadline must be 1 to 86400 seconds".into(),
+            ));
+        }
     }
     if sr.port == Some(0) {
         return Err(ServerError::BadRequest("port must be 1 to 65535".into()));
@@ -459,12 +473,18 @@ fn run_session(shared: &Arc<Shared>, live: &Arc<Live>, mut cfg: MasterConfig) {
         // a short while after the last one, or at the deadline with whoever came.
         cfg.clients = Some(u32::try_from(follow_up).unwrap_or(u32::MAX));
         cfg.timeout = cfg.timeout.min(Duration::from_secs(30));
-        let run = live.view().run;
+        let (run, deadline) = {
+            let v = live.view();
+            let d = v
+                .follow_up_deadline
+                .map_or(FOLLOW_UP_DEADLINE, Duration::from_secs_f64);
+            (v.run, d)
+        };
         let note = format!(
             "follow-up run {run}: the deadline ({} s) passed; starting with whoever came back",
-            FOLLOW_UP_DEADLINE.as_secs()
+            deadline.as_secs_f64()
         );
-        if let Err(e) = start_when_still_gathering(live, run, FOLLOW_UP_DEADLINE, Some(note)) {
+        if let Err(e) = start_when_still_gathering(live, run, deadline, Some(note)) {
             shared.log(&format!(
                 "session {}: no deadline timer: {e}",
                 live.view().id

@@ -1521,3 +1521,123 @@ fn a_database_of_the_old_schema_upgrades_in_place() {
         .expect("version");
     assert_eq!(v, 2);
 }
+
+/// Scheduled-cast in the namespace LAN: a session asked to start 3 s after
+/// its creation, for more clients than come, starts at its time with the one
+/// that came (h1, named pc-h1); h2 joins too late, is queued, and goes away;
+/// the follow-up run finds nobody and ends at its deadline, so the session
+/// ends done and frees its name. The host inventory then knows pc-h1: its
+/// address, MAC and the image it received.
+#[test]
+fn lab_scheduled_session_hosts_and_empty_follow_up() {
+    let lab = Lab::new(img());
+    let images = lab.path("images");
+    std::fs::create_dir(&images).expect("mkdir");
+    make_image(lab.dir(), &images, "base.img", 4, 21);
+    let script = r#"
+lab_up 3
+lab_spawn h0 "$DIR/server.log" "$IMG" server --images "$DIR/images" --listen 10.77.0.10:8470 >/dev/null
+srv=$LAB_LAST_PID
+for i in $(seq 1 100); do grep -q listening "$DIR/server.log" 2>/dev/null && break; sleep 0.1; done
+TOKEN=$(cat "$DIR/images/.imgcast-token")
+api() { lab_exec h0 curl -sS -H "Authorization: Bearer $TOKEN" "$@"; }
+for i in $(seq 1 200); do
+  [ "$(api -o /dev/null -w '%{http_code}' http://10.77.0.10:8470/api/images/base.img)" = 200 ] && break
+  sleep 0.1
+done
+# A client with a host name of its own (a UTS namespace of its own).
+named() { h=$1; log=$2; shift 2; lab_spawn "$h" "$log" unshare -u sh -c 'echo "$0" >/proc/sys/kernel/hostname && shift && exec "$@"' "pc-$h" _ "$@"; }
+api -X POST -H 'Content-Type: application/json' \
+  -d '{"name":"sched","image":"base.img","clients":5,"timeout":600,"start_in":3,"throttle":2,"follow_up_deadline":2}' \
+  http://10.77.0.10:8470/api/sessions >"$DIR/created.json"
+id=$(grep -o '"id":[0-9]*' "$DIR/created.json" | head -1 | cut -d: -f2)
+named h1 "$DIR/c1.log" "$IMG" -session sched -client -disk="$DIR/c1.raw" >/dev/null
+c1=$LAB_LAST_PID
+n=0
+poll() { n=$((n + 1)); api "http://10.77.0.10:8470/api/sessions/$id" >"$DIR/poll-$n.json"; }
+for i in $(seq 1 200); do
+  poll
+  grep -q '"state":"\(running\|done\|failed\)"' "$DIR/poll-$n.json" && break
+  sleep 0.1
+done
+named h2 "$DIR/c2.log" "$IMG" -session sched -client -disk="$DIR/c2.raw" >/dev/null
+c2=$LAB_LAST_PID
+for i in $(seq 1 100); do
+  poll
+  grep -q '"queued":\["10.77.0.12' "$DIR/poll-$n.json" && break
+  sleep 0.1
+done
+lab_kill $c2
+echo "h2 gone at poll $n"
+for i in $(seq 1 400); do
+  poll
+  grep -q '"state":"\(done\|failed\)"' "$DIR/poll-$n.json" && break
+  sleep 0.1
+done
+lab_wait 30 $c1 >/dev/null 2>&1; echo "c1 exit $?"
+api http://10.77.0.10:8470/api/hosts >"$DIR/hosts.json"
+hid=$(grep -o '"id":[0-9]*' "$DIR/hosts.json" | head -1 | cut -d: -f2)
+api "http://10.77.0.10:8470/api/hosts/$hid" >"$DIR/host.json"
+api -o /dev/null -w 'second session %{http_code}\n' -X POST -H 'Content-Type: application/json' \
+  -d '{"name":"sched","image":"base.img","clients":1}' http://10.77.0.10:8470/api/sessions
+lab_kill $srv
+"#;
+    let out = lab.run(script);
+    let show = lab.show(&out, &["server.log", "c1.log", "c2.log"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("c1 exit 0"), "{show}");
+    assert!(stdout.contains("h2 gone"), "{show}");
+    assert!(
+        lab.log("c2.log").contains("queued for the next session"),
+        "{show}"
+    );
+    // The name was free again once the session ended.
+    assert!(stdout.contains("second session 201"), "{show}");
+    let polls = saved_polls(&lab);
+    let last = polls.last().expect("polls");
+    assert_eq!(last["state"], json!("done"), "{last:#}\n{show}");
+    assert_eq!(last["run"], json!(2), "{last:#}");
+    let (created, started) = (
+        last["created"].as_u64().expect("created"),
+        polls
+            .iter()
+            .find_map(|p| p["started"].as_u64())
+            .expect("started"),
+    );
+    assert!(
+        started >= created + 3,
+        "started at {started}, created at {created}: not at its time\n{show}"
+    );
+    assert_eq!(last["start_at"], json!(created + 3), "{last:#}");
+    let notes = last["notes"].as_array().expect("notes");
+    assert!(
+        notes.iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.contains("follow-up run 2: the deadline (2 s) passed"))),
+        "{last:#}"
+    );
+    let clients = last["clients"].as_array().expect("clients");
+    assert_eq!(clients.len(), 1, "{last:#}");
+    assert_eq!(clients[0]["host"], json!("pc-h1"), "{last:#}");
+    assert_eq!(clients[0]["result"], json!("done"), "{last:#}");
+
+    let hosts: Value = serde_json::from_str(&lab.log("hosts.json")).expect("hosts json");
+    let hosts = hosts.as_array().expect("hosts");
+    assert_eq!(hosts.len(), 1, "{hosts:#?}\n{show}");
+    let h = &hosts[0];
+    assert_eq!(h["name"], json!("pc-h1"), "{h:#}");
+    assert_eq!(h["addr"], json!("10.77.0.11"), "{h:#}");
+    assert_eq!(h["last_result"], json!("done"), "{h:#}");
+    let mac = h["mac"].as_str().expect("mac");
+    assert_eq!(mac.len(), 17, "{h:#}");
+    let host: Value = serde_json::from_str(&lab.log("host.json")).expect("host json");
+    let hist = &host["history"][0];
+    assert_eq!(hist["session_name"], json!("sched"), "{host:#}");
+    assert_eq!(hist["image"], json!("base.img"), "{host:#}");
+    assert_eq!(hist["result"], json!("done"), "{host:#}");
+    assert_eq!(
+        hist["root_hash"].as_str().map(str::len),
+        Some(64),
+        "{host:#}"
+    );
+}
