@@ -858,14 +858,13 @@ lab_kill $srv
     }
 }
 
-/// A WebDriver session with chromedriver (W3C JSON over HTTP).
+/// Chromium under chromedriver, driven with the `fantoccini` WebDriver
+/// client on a small tokio runtime (the tests themselves are synchronous).
 struct Browser {
     driver: Child,
-    addr: String,
-    session: String,
+    client: Option<fantoccini::Client>,
+    rt: tokio::runtime::Runtime,
 }
-
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Browser {
     fn start(profile: &Path) -> Self {
@@ -882,7 +881,7 @@ impl Browser {
             assert!(Instant::now() < end, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let caps = json!({"capabilities": {"alwaysMatch": {
+        let caps = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
@@ -891,73 +890,59 @@ impl Browser {
                          "--disable-dev-shm-usage", "--window-size=1280,900",
                          format!("--user-data-dir={}", profile.display())]
             }
-        }}});
-        let r = client::request(
-            &addr,
-            "POST",
-            "/session",
-            None,
-            Some(caps.to_string().as_bytes()),
-        )
-        .expect("new session");
-        let session = r.json()["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {}", r.text()))
-            .to_string();
+        });
+        let caps = caps.as_object().expect("capabilities").clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = rt
+            .block_on(
+                fantoccini::ClientBuilder::new(connector)
+                    .capabilities(caps)
+                    .connect(&format!("http://{addr}")),
+            )
+            .expect("a WebDriver session");
         Self {
             driver,
-            addr,
-            session,
+            client: Some(client),
+            rt,
         }
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let bytes = body.map(|b| b.to_string().into_bytes());
-        let r = client::request(
-            &self.addr,
-            method,
-            &format!("/session/{}{path}", self.session),
-            None,
-            bytes.as_deref(),
-        )
-        .expect("webdriver");
-        assert!(r.status < 300, "{method} {path}: {}", r.text());
-        r.json()["value"].clone()
+    fn c(&self) -> &fantoccini::Client {
+        self.client.as_ref().expect("browser open")
     }
 
     fn goto(&self, url: &str) {
-        self.call("POST", "/url", Some(json!({"url": url})));
+        self.rt.block_on(self.c().goto(url)).expect("goto");
     }
 
-    fn find(&self, css: &str) -> String {
-        let v = self.call(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": css})),
-        );
-        v[ELEMENT].as_str().expect("element id").to_string()
+    fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.rt
+            .block_on(self.c().find(fantoccini::Locator::Css(css)))
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
     }
 
     fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css);
-        self.call(
-            "POST",
-            &format!("/element/{e}/value"),
-            Some(json!({"text": text})),
-        );
+        self.rt
+            .block_on(e.send_keys(text))
+            .unwrap_or_else(|e| panic!("typing into {css}: {e}"));
     }
 
     fn click(&self, css: &str) {
         let e = self.find(css);
-        self.call("POST", &format!("/element/{e}/click"), Some(json!({})));
+        self.rt
+            .block_on(e.click())
+            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
     }
 
     fn js(&self, script: &str) -> Value {
-        self.call(
-            "POST",
-            "/execute/sync",
-            Some(json!({"script": script, "args": []})),
-        )
+        self.rt
+            .block_on(self.c().execute(script, Vec::new()))
+            .unwrap_or_else(|e| panic!("{script}: {e}"))
     }
 
     /// Evaluates `script` until it returns something other than null/false.
@@ -977,48 +962,19 @@ impl Browser {
     }
 
     fn screenshot(&self, path: &Path) {
-        let b64 = self.call("GET", "/screenshot", None);
-        let png = base64_decode(b64.as_str().expect("base64"));
+        let png = self.rt.block_on(self.c().screenshot()).expect("screenshot");
         std::fs::write(path, png).expect("write screenshot");
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = client::request(
-            &self.addr,
-            "DELETE",
-            &format!("/session/{}", self.session),
-            None,
-            None,
-        );
+        if let Some(c) = self.client.take() {
+            let _ = self.rt.block_on(c.close());
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for v in s.bytes().filter_map(val) {
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 /// The dashboard in real headless Chromium: log in with the token, start a
@@ -1058,6 +1014,30 @@ fn dashboard_in_headless_chromium() {
     b.wait_js(
         "return document.getElementById('conn').textContent === 'live'",
         10,
+    );
+
+    // Upload an image from the page: the progress bar fills, the image is listed.
+    let other = work.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    make_image(work.path(), &other, "up.img", 3, 8);
+    let size = std::fs::metadata(other.join("up.img"))
+        .expect("up.img")
+        .len();
+    b.type_into("#u-file", &other.join("up.img").display().to_string());
+    b.click("#u-submit");
+    b.wait_js(
+        "return document.getElementById('upload-msg').dataset.status === '201'",
+        30,
+    );
+    let bar = b.js("const p = document.getElementById('upload-progress'); return [p.value, p.max]");
+    assert_eq!(bar, json!([size, size]), "the progress bar did not fill");
+    b.wait_js(
+        "return document.querySelector('#images-body tr[data-image=\"up.img\"]') !== null",
+        10,
+    );
+    assert_eq!(
+        std::fs::read(dir.join("up.img")).expect("uploaded"),
+        std::fs::read(other.join("up.img")).expect("source")
     );
 
     // A client waits; the form starts a slow session for it.
@@ -1102,6 +1082,18 @@ fn dashboard_in_headless_chromium() {
         30,
     );
     b.screenshot(&shots.join("dashboard-aborted.png"));
+    // The hosts page: the client is a host now, with its history.
+    b.wait_js(
+        "return document.querySelector('#hosts-body .host-row') !== null",
+        10,
+    );
+    b.click("#hosts-body .host-link");
+    b.wait_js(
+        "const r = document.querySelector('#host-history .history-row'); \
+         return r && r.innerText.includes('web1') && r.innerText.includes('base.img')",
+        10,
+    );
+    b.screenshot(&shots.join("dashboard-host.png"));
     let list = srv.req("GET", "/api/sessions", None).json();
     assert_eq!(list[0]["state"], json!("failed"));
     assert_eq!(list[0]["error"], json!("aborted"));
