@@ -731,6 +731,102 @@ async fn events(State(shared): Shared_, headers: HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+    use tower::ServiceExt;
+
+    /// (METHOD, /path/{param}) of every operation in docs/openapi.yaml.
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc = include_str!("../../../docs/openapi.yaml");
+        let mut out = BTreeSet::new();
+        let mut in_paths = false;
+        let mut path = String::new();
+        for line in doc.lines() {
+            if line == "paths:" {
+                in_paths = true;
+                continue;
+            }
+            if in_paths && !line.starts_with(' ') && !line.is_empty() {
+                break;
+            }
+            if let Some(p) = line.strip_prefix("  /") {
+                path = format!("/{}", p.trim_end_matches(':'));
+            } else if let Some(m) = line.strip_prefix("    ") {
+                let m = m.trim_end_matches(':');
+                if ["get", "put", "post", "delete", "patch"].contains(&m) {
+                    out.insert((m.to_ascii_uppercase(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// (METHOD, /path/{param}) of every route in `router` above, read from
+    /// this file's source, pages and their assets left out.
+    fn routed() -> BTreeSet<(String, String)> {
+        let src = include_str!("api.rs");
+        let start = src.find("pub(crate) fn router(").expect("router");
+        let end = start + src[start..].find("\n}\n").expect("end of router");
+        let mut out = BTreeSet::new();
+        for line in src[start..end].lines() {
+            let Some(rest) = line.trim().strip_prefix(".route(\"") else {
+                continue;
+            };
+            let (path, handlers) = rest.split_once('"').expect("path");
+            if ["/", "/dashboard.js", "/dashboard.css"].contains(&path) {
+                continue;
+            }
+            for m in ["get", "put", "post", "delete", "patch"] {
+                if handlers.contains(&format!(" {m}(")) || handlers.contains(&format!(".{m}(")) {
+                    out.insert((m.to_ascii_uppercase(), path.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The OpenAPI document and the routes agree both ways, and every
+    /// documented operation is answered by its handler (not the 404 fallback,
+    /// not 405).
+    #[test]
+    fn openapi_matches_the_routes() {
+        let doc = documented();
+        let real = routed();
+        assert!(doc.len() > 10, "{doc:?}");
+        assert_eq!(doc, real, "docs/openapi.yaml and the router differ");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = "t".repeat(32);
+        let app = router(crate::test_shared(dir.path(), &token));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for (method, path) in &doc {
+            let uri = path.replace("{name}", "nope.img").replace("{id}", "999");
+            let req = Request::builder()
+                .method(method.as_str())
+                .uri(&uri)
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .expect("request");
+            let resp = rt.block_on(app.clone().oneshot(req)).expect("answer");
+            let status = resp.status();
+            if uri == "/api/events" {
+                // An endless stream: its headers are the answer.
+                assert_eq!(status, StatusCode::OK);
+                continue;
+            }
+            let body = rt
+                .block_on(axum::body::to_bytes(resp.into_body(), 1 << 16))
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body);
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+            assert!(
+                !text.contains("no such page or API endpoint"),
+                "{method} {uri}: {status} {text}"
+            );
+        }
+    }
 
     #[test]
     fn escapes_and_forms_decode() {

@@ -180,6 +180,24 @@ impl Shared {
     }
 }
 
+/// A server state on `dir` for unit tests (no listener, no scan thread).
+#[cfg(test)]
+pub(crate) fn test_shared(dir: &Path, token: &str) -> Arc<Shared> {
+    let store = Store::open(&dir.join("state.sqlite")).expect("store");
+    Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        store: Mutex::new(store),
+        token: token.to_string(),
+        live: Mutex::new(LiveMap::new()),
+        uploading: Mutex::new(Vec::new()),
+        events: Hub::new(),
+        metrics: metrics::Metrics::default(),
+        web: auth::WebSessions::default(),
+        interface: None,
+        session_port: imgcast_engine::DEFAULT_PORT,
+    })
+}
+
 /// Reads the token file, or creates it (mode 0600) with a new random token,
 /// printing the token once.
 fn load_token(path: &Path) -> Result<String, ServerError> {
