@@ -224,7 +224,9 @@ fn run_once(
         while let Some(ev) = sender.poll_event() {
             match ev {
                 proto::SenderEvent::ClientRegistered {
-                    client_id, addr, ..
+                    client_id,
+                    addr,
+                    label,
                 } => {
                     clients.insert(
                         client_id,
@@ -244,6 +246,10 @@ fn run_once(
                         id: client_id,
                         addr,
                         count: clients.len(),
+                    });
+                    on_event(SessionEvent::ClientHost {
+                        id: client_id,
+                        host: label,
                     });
                 }
                 proto::SenderEvent::ClientQueued { addr, .. } => {

@@ -187,6 +187,13 @@ pub enum SessionEvent {
         /// How many are registered now.
         count: usize,
     },
+    /// The host name a client registered with (follows its `ClientRegistered`).
+    ClientHost {
+        /// Client id.
+        id: u64,
+        /// Its host name, as it sent it (may be empty).
+        host: String,
+    },
     /// A latecomer was told to wait for the next run.
     ClientQueued {
         /// Its address.

@@ -8,169 +8,204 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-
-/// Long option names that also accept the ZENworks single-dash spelling
-/// (`-session`, `-clients=5`, `-comp=6`).
-const SINGLE_DASH_LONG: &[&str] = &[
-    "session",
-    "master",
-    "client",
-    "clients",
-    "timeout",
-    "throttle",
-    "slow",
-    "ttl",
-    "querier",
-    "wait",
-    "comp",
-    "disk",
-    "image",
-    "interface",
-    "port",
-    "key",
-    "keyfile",
-    "json",
-    "verify",
-    "raw",
-    "force",
-    "grow",
-    "discard",
-    "yes",
-    "help",
-    "version",
-    "token",
-];
-
-/// One-letter abbreviations of the original (`-s`, `-m`, `-c`) and `-t` for
-/// `-timeout`, as the older `t=20` form suggests.
-const ABBREVIATIONS: &[(&str, &str)] = &[
-    ("s", "session"),
-    ("m", "master"),
-    ("c", "client"),
-    ("t", "timeout"),
-];
-
-/// Bare words of the older form `img session NAME [master|client] [clients=N [t=MIN]]`.
-const OLD_FORM_WORDS: &[(&str, &str)] = &[
-    ("master", "master"),
-    ("client", "client"),
-    ("clients", "clients"),
-    ("t", "timeout"),
-    ("timeout", "timeout"),
-    ("throttle", "throttle"),
-    ("wait", "wait"),
-    ("comp", "comp"),
-    ("disk", "disk"),
-    ("image", "image"),
-];
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Rewrites the ZENworks spellings into the canonical form clap parses:
 /// `img session NAME [--master|--client] [--clients=N] ...`.
 ///
-/// Words after `--` are left alone. Values stay attached with `=` so that a
-/// negative number (`-clients=-1`) reaches the value parser and gets its
-/// error there instead of being mistaken for a flag.
+/// Which words are options comes from the clap definitions below, so there is
+/// no second list to forget an option in: a word in option position (not the
+/// value of the option before it) that is `-NAME` or `-NAME=V` for a long
+/// option `--NAME` of the command (any case), or `-X`/`-X=V` for its short
+/// option, becomes `--NAME`/`--NAME=V`. An option that takes a value and has
+/// none attached takes the next word as its value, untouched (`-key -m`
+/// keeps `-m` as the passphrase). Values stay attached with `=` so that a
+/// negative number (`-clients=-1`) or a value that begins with `-` reaches the
+/// value parser instead of being mistaken for a flag. Words after `--` are
+/// left alone.
+///
+/// The session subcommand is also entered as `-session NAME`, `-s NAME` or
+/// `--session NAME` anywhere on a line that no subcommand leads (its clap
+/// long and short flags), and in the older form `img session NAME master
+/// clients=5 t=20`, whose bare words are its options without dashes.
 pub(crate) fn canonicalize(raw: Vec<OsString>) -> Vec<OsString> {
-    let mut out: Vec<OsString> = Vec::with_capacity(raw.len() + 1);
+    let mut root = Cli::command();
+    root.build();
     let mut iter = raw.into_iter();
-    if let Some(program) = iter.next() {
-        out.push(program);
-    }
+    let mut out: Vec<OsString> = iter.next().into_iter().collect();
     let words: Vec<OsString> = iter.collect();
-    let old_form = words.first().and_then(|w| w.to_str()) == Some("session");
+    let first = words.first().and_then(|w| w.to_str()).unwrap_or("");
+    let session = root.find_subcommand("session");
+    let (cmd, lead) = match root.find_subcommand(first) {
+        Some(sub) if !first.starts_with('-') => (Some(sub), true),
+        // No subcommand leads: the session's options, entered by its flag.
+        _ => (session, false),
+    };
+    let old_form = lead && first == "session";
     let mut rest: Vec<OsString> = Vec::new();
-    let mut passthrough = false;
-    for (i, word) in words.into_iter().enumerate() {
+    let mut session_name: Option<OsString> = None;
+    let mut entered_session = false;
+    let mut i = usize::from(lead);
+    if lead {
+        rest.push(words[0].clone());
+    }
+    // The positional NAME of the old form comes right after `session`.
+    if old_form && words.len() > 1 {
+        rest.push(words[1].clone());
+        i = 2;
+    }
+    while i < words.len() {
+        let word = &words[i];
+        i += 1;
         let Some(text) = word.to_str() else {
-            rest.push(word);
+            rest.push(word.clone());
             continue;
         };
-        if passthrough {
-            rest.push(word);
-            continue;
-        }
         if text == "--" {
-            passthrough = true;
-            rest.push(word);
-            continue;
+            rest.extend(words[i - 1..].iter().cloned());
+            break;
         }
-        if let Some(rewritten) = rewrite_single_dash(text) {
-            rest.push(rewritten.into());
-            continue;
-        }
-        // Older form: bare `master`, `clients=5`, `t=20` after `session NAME`.
-        if old_form && i >= 2 {
-            if let Some(rewritten) = rewrite_old_word(text) {
-                rest.push(rewritten.into());
-                continue;
+        if !lead && !entered_session {
+            if let Some(sub) = session {
+                if let Some(name) = session_entry(sub, text) {
+                    entered_session = true;
+                    session_name = match name {
+                        Some(n) => Some(n.into()),
+                        None if i < words.len() => {
+                            i += 1;
+                            Some(words[i - 1].clone())
+                        }
+                        None => None,
+                    };
+                    continue;
+                }
             }
         }
-        rest.push(word);
+        let Some(cmd) = cmd else {
+            rest.push(word.clone());
+            continue;
+        };
+        let parsed = option_word(cmd, text)
+            .or_else(|| {
+                if !lead {
+                    option_word(&root, text)
+                } else {
+                    None
+                }
+            })
+            .or_else(|| old_form.then(|| old_word(cmd, text)).flatten());
+        match parsed {
+            Some((long, takes_value, value)) => match (takes_value, value) {
+                (_, Some(v)) => rest.push(format!("--{long}={v}").into()),
+                (true, None) if i < words.len() => {
+                    let mut w = OsString::from(format!("--{long}="));
+                    w.push(&words[i]);
+                    rest.push(w);
+                    i += 1;
+                }
+                _ => rest.push(format!("--{long}").into()),
+            },
+            None => {
+                rest.push(word.clone());
+                // A GNU `--opt VALUE` or `-o VALUE` the user wrote: its value stays as it is.
+                if let Some(arg) = gnu_option(cmd, text) {
+                    if arg.get_action().takes_values() && !text.contains('=') && i < words.len() {
+                        rest.push(words[i].clone());
+                        i += 1;
+                    }
+                }
+            }
+        }
     }
-    // `--session NAME` / `--session=NAME` anywhere (when no subcommand leads)
-    // becomes the `session NAME` subcommand.
-    if !old_form {
-        if let Some(pos) = rest.iter().position(|w| {
-            w == "--session" || w.to_str().is_some_and(|s| s.starts_with("--session="))
-        }) {
-            let word = rest.remove(pos);
-            let text = word.to_string_lossy().into_owned();
-            let name = if let Some(v) = text.strip_prefix("--session=") {
-                Some(OsString::from(v))
-            } else if pos < rest.len() {
-                Some(rest.remove(pos))
-            } else {
-                None
-            };
-            out.push("session".into());
-            if let Some(name) = name {
-                // `--` keeps a name that begins with '-' from being read as a flag.
-                out.push(name);
-            }
-            out.extend(rest);
-            return out;
-        }
+    if entered_session {
+        out.push("session".into());
+        out.extend(session_name);
     }
     out.extend(rest);
     out
 }
 
-fn rewrite_single_dash(text: &str) -> Option<String> {
+/// `-session`, `-s`, `--session` (with `=NAME` or not): the session's entry
+/// flags, as its clap definition names them. `Some(None)`: the name follows.
+fn session_entry(session: &clap::Command, text: &str) -> Option<Option<String>> {
+    let body = text.strip_prefix("--").or_else(|| text.strip_prefix('-'))?;
+    let (key, value) = match body.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_string())),
+        None => (body, None),
+    };
+    let long = session.get_long_flag().unwrap_or("session");
+    let short = session.get_short_flag();
+    let is_short = key.len() == 1 && key.chars().next() == short && !text.starts_with("--");
+    (key.eq_ignore_ascii_case(long) || is_short).then_some(value)
+}
+
+/// A single-dash option word of `cmd`: its long name, whether it takes a
+/// value, and the value attached with `=`.
+fn option_word(cmd: &clap::Command, text: &str) -> Option<(String, bool, Option<String>)> {
     let body = text.strip_prefix('-')?;
-    if body.starts_with('-') || body.is_empty() {
+    if body.is_empty() || body.starts_with('-') {
         return None;
     }
     let (key, value) = match body.split_once('=') {
-        Some((k, v)) => (k, Some(v)),
+        Some((k, v)) => (k, Some(v.to_string())),
         None => (body, None),
     };
-    let key_lower = key.to_ascii_lowercase();
-    let long = if SINGLE_DASH_LONG.contains(&key_lower.as_str()) {
-        key_lower
-    } else if let Some((_, long)) = ABBREVIATIONS.iter().find(|(short, _)| *short == key_lower) {
-        (*long).to_string()
-    } else {
+    let arg = find_arg(cmd, key)?;
+    Some((
+        arg.get_long()?.to_string(),
+        arg.get_action().takes_values(),
+        value,
+    ))
+}
+
+/// A bare word of the older form (`master`, `clients=5`, `t=20`): an option
+/// of `cmd` without its dash. A bare name of an option that takes a value
+/// needs its `=VALUE`, or it is a positional word.
+fn old_word(cmd: &clap::Command, text: &str) -> Option<(String, bool, Option<String>)> {
+    if text.starts_with('-') {
         return None;
+    }
+    let (key, value) = match text.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_string())),
+        None => (text, None),
     };
-    Some(match value {
-        Some(v) => format!("--{long}={v}"),
-        None => format!("--{long}"),
+    let arg = find_arg(cmd, key)?;
+    let takes = arg.get_action().takes_values();
+    if takes && value.is_none() {
+        return None;
+    }
+    Some((arg.get_long()?.to_string(), takes, value))
+}
+
+/// The option of `cmd` whose long name is `key` (any case) or whose short
+/// name is the one letter `key`.
+fn find_arg<'a>(cmd: &'a clap::Command, key: &str) -> Option<&'a clap::Arg> {
+    let mut chars = key.chars();
+    let one = match (chars.next(), chars.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    };
+    cmd.get_arguments().find(|a| {
+        !a.is_positional()
+            && (a.get_long().is_some_and(|l| l.eq_ignore_ascii_case(key))
+                || (one.is_some() && a.get_short() == one))
     })
 }
 
-fn rewrite_old_word(text: &str) -> Option<String> {
-    let (key, value) = match text.split_once('=') {
-        Some((k, v)) => (k, Some(v)),
-        None => (text, None),
-    };
-    let key_lower = key.to_ascii_lowercase();
-    let (_, long) = OLD_FORM_WORDS.iter().find(|(w, _)| *w == key_lower)?;
-    match (value, *long) {
-        (None, "master" | "client") => Some(format!("--{long}")),
-        (Some(v), _) => Some(format!("--{long}={v}")),
-        (None, _) => None,
+/// The option a GNU-form word (`--name`, `--name=V`, `-x`) names, if any.
+fn gnu_option<'a>(cmd: &'a clap::Command, text: &str) -> Option<&'a clap::Arg> {
+    if let Some(long) = text.strip_prefix("--") {
+        let key = long.split('=').next().unwrap_or(long);
+        return cmd.get_arguments().find(|a| a.get_long() == Some(key));
     }
+    let body = text.strip_prefix('-')?;
+    let mut chars = body.chars();
+    let c = chars.next()?;
+    // `-xVALUE` carries its value; only a lone `-x` takes the next word.
+    if chars.next().is_some() {
+        return None;
+    }
+    cmd.get_arguments().find(|a| a.get_short() == Some(c))
 }
 
 const AFTER_HELP: &str = "\
@@ -205,7 +240,7 @@ pub(crate) enum Command {
     /// Describe an image, or list this machine's block devices.
     Info(InfoArgs),
     /// Multicast session mode (also written `-session NAME`, `-s NAME`).
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = AFTER_HELP, short_flag = 's', long_flag = "session")]
     Session(SessionArgs),
     /// Run a real multicast session in a private network namespace on this machine.
     Demo(DemoArgs),
@@ -215,8 +250,20 @@ pub(crate) enum Command {
     Boot(BootArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(CompletionsArgs),
-    /// Print the man page img(1), in roff, on stdout.
-    Man,
+    /// Print a man page, in roff, on stdout: img(1), or img-SUBCOMMAND(1) of one subcommand;
+    /// or write every page to a directory.
+    Man(ManArgs),
+}
+
+/// `img man`.
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// The subcommand whose page to print (make, restore, info, session, demo, server, ...).
+    #[arg(value_name = "SUBCOMMAND")]
+    pub(crate) subcommand: Option<String>,
+    /// Write img.1 and one img-SUBCOMMAND.1 per subcommand into this directory instead.
+    #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+    pub(crate) dir: Option<PathBuf>,
 }
 
 /// `img completions SHELL`.
@@ -432,7 +479,7 @@ pub(crate) struct SessionArgs {
     #[arg(long, value_name = "COUNT")]
     pub(crate) clients: Option<u32>,
     /// Wait after the last registration before starting anyway: minutes (`20`, `0.5`) or with a unit (`30s`, `2m`, `1h`).
-    #[arg(long, value_name = "MINUTES", value_parser = parse_timeout, default_value = "5")]
+    #[arg(long, short = 't', value_name = "MINUTES", value_parser = parse_timeout, default_value = "5")]
     pub(crate) timeout: Duration,
     /// Milliseconds between the master's data packets (default: adaptive rate).
     #[arg(long, value_name = "MS", value_parser = parse_throttle)]
@@ -600,6 +647,60 @@ mod tests {
         );
         // Unknown single-dash words are left for clap to reject.
         assert_eq!(canon(&["-bogus"]), ["-bogus"]);
+    }
+
+    /// Regression (issue 13): values are never rewritten, and every option of
+    /// the clap definitions has its single-dash form, with no list to forget one in.
+    #[test]
+    fn only_words_in_option_position_are_rewritten() {
+        assert_eq!(
+            canon(&["-s", "lab", "-m", "-key", "-m"]),
+            ["session", "lab", "--master", "--key=-m"]
+        );
+        assert_eq!(
+            canon(&["-session", "lab", "-client", "-disk", "-comp", "-yes"]),
+            ["session", "lab", "--client", "--disk=-comp", "--yes"]
+        );
+        assert_eq!(
+            canon(&[
+                "server",
+                "-images",
+                "/srv",
+                "-listen=0.0.0.0:8470",
+                "-token-file",
+                "/t"
+            ]),
+            [
+                "server",
+                "--images=/srv",
+                "--listen=0.0.0.0:8470",
+                "--token-file=/t"
+            ]
+        );
+        // A GNU option's value stays as it is, too.
+        assert_eq!(
+            canon(&["--session", "lab", "--key", "-master", "-c"]),
+            ["session", "lab", "--key", "-master", "--client"]
+        );
+        assert_eq!(
+            canon(&["make", "x.img", "-DISK=/d", "-token-file=/t"]),
+            ["make", "x.img", "--disk=/d", "--token-file=/t"]
+        );
+        // Options before the session's flag, and words after `--`.
+        assert_eq!(
+            canon(&["-master", "-session=lab", "--", "-disk"]),
+            ["session", "lab", "--master", "--", "-disk"]
+        );
+        let raw = ["img", "-s", "lab", "-m", "-key", "-m"]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        let cli = Cli::try_parse_from(canonicalize(raw)).expect("parses");
+        let Some(Command::Session(s)) = cli.command else {
+            panic!("not a session");
+        };
+        assert!(s.master);
+        assert_eq!(s.key.as_deref(), Some("-m"));
     }
 
     #[test]

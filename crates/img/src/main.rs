@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Some(Command::Demo(a)) => demo::demo(&a),
         Some(Command::Boot(a)) => cmd_boot::boot(&a),
         Some(Command::Completions(a)) => completions(a.shell),
-        Some(Command::Man) => man_page(),
+        Some(Command::Man(a)) => man_page(&a),
         Some(Command::Server(a)) => imgcast_server::run(&imgcast_server::ServerOptions {
             images: a.images,
             listen: a.listen,
@@ -91,10 +91,33 @@ fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `img man`: the man page, from the same definitions as `--help`.
-fn man_page() -> anyhow::Result<()> {
+/// `img man [SUBCOMMAND]`: a man page, from the same definitions as
+/// `--help`: img(1), or img-SUBCOMMAND(1) with every option of that
+/// subcommand; `--dir` writes them all.
+fn man_page(a: &args::ManArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &a.dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        clap_mangen::generate_to(Cli::command(), dir)
+            .map_err(|e| anyhow::anyhow!("writing man pages to {}: {e}", dir.display()))?;
+        return Ok(());
+    }
+    let mut root = Cli::command().disable_help_subcommand(true);
+    root.build();
+    let page = match &a.subcommand {
+        None => root,
+        Some(name) => root.find_subcommand(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = root.get_subcommands().map(|s| s.get_name()).collect();
+            UsageError(format!(
+                "no subcommand '{name}'; man pages exist for: {}",
+                known.join(", ")
+            ))
+        })?,
+    };
     let mut out = std::io::stdout().lock();
-    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    clap_mangen::Man::new(page)
+        .source(format!("img {}", env!("CARGO_PKG_VERSION")))
+        .render(&mut out)?;
     std::io::Write::flush(&mut out)?;
     Ok(())
 }

@@ -1,88 +1,109 @@
-//! The HTTP side: the token check, the routes of the JSON API (documented in
-//! `docs/API.md`), the event stream, `/metrics` and the dashboard pages.
+//! The HTTP side: the routes of the JSON API (documented in `docs/API.md` and
+//! `docs/openapi.yaml`), each with its body limit and timeout, the
+//! authentication in front of them ([`crate::auth`]), the event stream,
+//! `/metrics` and the dashboard pages.
+//!
+//! ```text
+//!  security headers ─▶ auth (Bearer | cookie + same-origin JSON) ─┬─ small: 64 KiB bodies, 30 s
+//!                                                                 ├─ upload: free space, 60 s idle body
+//!                                                                 └─ events, verify: no total timeout
+//! ```
+//! Handlers touch SQLite and files, so their work runs on tokio's blocking
+//! threads, never on the threads that drive connections.
 
-use std::io::{Read, Write};
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
-use tiny_http::{Header, Method, Request, Response};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
+use crate::auth::{self, Caller};
 use crate::catalog;
 use crate::dashboard;
-use crate::sessions::{self, SessionRequest, SessionState};
+use crate::events::Catchup;
+use crate::sessions::{self, SessionRequest};
 use crate::{ServerError, Shared};
 
 /// Largest JSON body accepted.
-const MAX_JSON: u64 = 64 * 1024;
+pub(crate) const MAX_JSON: usize = 64 * 1024;
+/// Largest login form.
+const MAX_LOGIN: usize = 4096;
+/// Longest a request other than an upload, a verify or the event stream may take.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest an upload may send nothing.
+pub(crate) const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 /// Sessions listed by `GET /api/sessions` unless `?limit=` says otherwise.
 const DEFAULT_LIMIT: u32 = 100;
-/// Name of the dashboard's login cookie.
-const COOKIE: &str = "imgcast_token";
+/// The pages' Content-Security-Policy: our own script and style only, no
+/// framing by anyone, forms post only to us.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// A response ready to send.
-struct Reply {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
-    extra: Vec<(&'static str, String)>,
+type Shared_ = State<Arc<Shared>>;
+
+fn json_reply(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
-impl Reply {
-    fn json(status: u16, v: &Value) -> Self {
-        Self {
-            status,
-            content_type: "application/json",
-            body: v.to_string().into_bytes(),
-            extra: Vec::new(),
-        }
-    }
+fn error_reply(status: StatusCode, msg: &str) -> Response {
+    json_reply(status, &json!({ "error": msg }))
+}
 
-    fn error(status: u16, msg: &str) -> Self {
-        Self::json(status, &json!({ "error": msg }))
-    }
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
 
-    fn html(status: u16, body: String) -> Self {
-        Self {
-            status,
-            content_type: "text/html; charset=utf-8",
-            body: body.into_bytes(),
-            extra: Vec::new(),
-        }
-    }
-
-    fn from_error(e: &ServerError) -> Self {
-        let status = match e {
-            ServerError::BadRequest(_) => 400,
-            ServerError::NotFound(_) => 404,
-            ServerError::Conflict(_) => 409,
-            ServerError::BadImage { .. } => 422,
-            _ => 500,
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::BadImage { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::error(status, &e.to_string())
+        error_reply(status, &self.to_string())
     }
 }
 
-fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
-}
-
-fn send(req: Request, reply: Reply) {
-    let mut resp = Response::from_data(reply.body).with_status_code(reply.status);
-    let mut headers = vec![
-        ("Content-Type", reply.content_type.to_string()),
-        ("Cache-Control", "no-store".to_string()),
-        ("X-Content-Type-Options", "nosniff".to_string()),
-    ];
-    headers.extend(reply.extra);
-    for (n, v) in headers {
-        if let Some(h) = header(n, &v) {
-            resp.add_header(h);
-        }
+/// Runs `f` on a blocking thread (SQLite, files, verification).
+async fn blocking<F>(f: F) -> Response
+where
+    F: FnOnce() -> Result<Response, ServerError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => error_reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("the request's worker failed: {e}"),
+        ),
     }
-    // The client may have gone; nothing to do then.
-    let _ = req.respond(resp);
 }
 
 /// Decodes `%XX` escapes and `+` (in forms); `None` if not UTF-8 or malformed.
@@ -110,7 +131,7 @@ pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The value of `key` in a query string or form body.
+/// The value of `key` in a form body.
 fn form_value(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
@@ -118,211 +139,377 @@ fn form_value(query: &str, key: &str) -> Option<String> {
     })
 }
 
-/// Compares without stopping at the first difference.
-fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// The whole application: routes, their limits, authentication, headers.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let small = Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics))
+        .route("/api/images", get(list_images))
+        .route("/api/images/rescan", post(rescan))
+        .route("/api/images/{name}", get(get_image).delete(delete_image))
+        .route("/api/images/{name}/description", put(describe_image))
+        .route("/api/sessions", get(list_sessions).post(create_session))
+        .route("/api/sessions/{id}", get(get_session).delete(abort_session))
+        .route("/api/sessions/{id}/start", post(start_session))
+        .route("/api/hosts", get(list_hosts))
+        .route("/api/hosts/{id}", get(get_host))
+        .fallback(not_found)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(RequestBodyLimitLayer::new(MAX_JSON));
+    let long = Router::new()
+        .route("/api/images/{name}/verify", post(verify_image))
+        .route("/api/events", get(events))
+        .layer(RequestBodyLimitLayer::new(MAX_JSON));
+    // The upload's limit is the free space, checked in the handler.
+    let upload = Router::new()
+        .route("/api/images/{name}", put(upload))
+        .layer(RequestBodyTimeoutLayer::new(UPLOAD_IDLE));
+    let protected = small
+        .merge(long)
+        .merge(upload)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            authenticate,
+        ));
+    let public = Router::new()
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/dashboard.js", get(script))
+        .route("/dashboard.css", get(style))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(RequestBodyLimitLayer::new(MAX_LOGIN));
+    public
+        .merge(protected)
+        .layer(middleware::from_fn(security_headers))
+        .with_state(shared)
 }
 
-/// The token a request carries: `Authorization: Bearer T` or the dashboard's cookie.
-fn request_token(req: &Request) -> Option<String> {
-    for h in req.headers() {
-        if h.field.equiv("Authorization") {
-            if let Some(t) = h.value.as_str().strip_prefix("Bearer ") {
-                return Some(t.trim().to_string());
-            }
-        }
-        if h.field.equiv("Cookie") {
-            for part in h.value.as_str().split(';') {
-                if let Some(t) = part.trim().strip_prefix("imgcast_token=") {
-                    return Some(t.trim().to_string());
-                }
-            }
-        }
-    }
-    None
+/// Headers every answer carries: never cached, never sniffed, never framed.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    // Not `no-referrer`: under it, browsers send `Origin: null` on form posts,
+    // and the same-origin check would refuse our own login form.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    resp
 }
 
-/// Answers one request.
-pub(crate) fn handle(shared: &Arc<Shared>, mut req: Request) {
-    let method = req.method().clone();
-    let url = req.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-
-    if segments == ["login"] && method == Method::Post {
-        let reply = login(shared, &mut req);
-        return send(req, reply);
-    }
-    let authorized = request_token(&req).is_some_and(|t| same_token(&t, &shared.token));
-    if !authorized {
-        shared.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-        let reply = if segments.first() == Some(&"api") || path == "/metrics" {
-            let mut r = Reply::error(
-                401,
-                "missing or wrong token: send Authorization: Bearer TOKEN",
-            );
-            r.extra.push(("WWW-Authenticate", "Bearer".into()));
-            r
-        } else {
-            Reply::html(401, dashboard::login_page(None))
-        };
-        return send(req, reply);
-    }
-    if segments == ["api", "events"] && method == Method::Get {
-        return stream_events(shared, req);
-    }
-    let reply = match route(shared, &method, &segments, query, &mut req) {
-        Ok(r) => r,
-        Err(e) => Reply::from_error(&e),
+/// Lets a request through with the API token, or with a dashboard cookie
+/// on a read or on a same-origin JSON write; refuses it otherwise.
+async fn authenticate(State(shared): Shared_, mut req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let caller = if auth::bearer(headers).is_some_and(|t| auth::same_secret(t, &shared.token)) {
+        Some(Caller::Bearer)
+    } else if auth::session_cookie(headers).is_some_and(|id| shared.web.valid(id)) {
+        Some(Caller::Cookie)
+    } else {
+        None
     };
-    send(req, reply);
+    let path = req.uri().path().to_string();
+    match caller {
+        None => {
+            shared.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+            if path.starts_with("/api/") || path == "/metrics" {
+                let mut r = error_reply(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong token: send Authorization: Bearer TOKEN",
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            } else {
+                html(StatusCode::UNAUTHORIZED, dashboard::login_page(None))
+            }
+        }
+        Some(Caller::Cookie) => {
+            if let Some(why) = auth::cross_site_refusal(req.method(), &path, headers) {
+                shared
+                    .metrics
+                    .refused_cross_site
+                    .fetch_add(1, Ordering::Relaxed);
+                shared.log(&format!("refused {} {path}: {why}", req.method()));
+                return error_reply(StatusCode::FORBIDDEN, &why);
+            }
+            req.extensions_mut().insert(Caller::Cookie);
+            next.run(req).await
+        }
+        Some(Caller::Bearer) => {
+            req.extensions_mut().insert(Caller::Bearer);
+            next.run(req).await
+        }
+    }
 }
 
-fn login(shared: &Shared, req: &mut Request) -> Reply {
-    let mut body = String::new();
-    if req
-        .as_reader()
-        .take(4096)
-        .read_to_string(&mut body)
-        .is_err()
-    {
-        return Reply::error(400, "unreadable form");
+async fn not_found(method: Method) -> Response {
+    let _ = method;
+    ServerError::NotFound("no such page or API endpoint".into()).into_response()
+}
+
+async fn page() -> Response {
+    html(StatusCode::OK, dashboard::page())
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        dashboard::SCRIPT,
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        dashboard::STYLE,
+    )
+        .into_response()
+}
+
+/// `POST /login` (a form with the token): a new dashboard session.
+async fn login(State(shared): Shared_, headers: HeaderMap, body: Bytes) -> Response {
+    // A page elsewhere must not log a browser in (login CSRF).
+    if headers.contains_key(header::ORIGIN) {
+        if let Some(why) = auth::foreign_origin(&headers) {
+            shared.log(&format!("refused a login: {why}"));
+            return html(StatusCode::FORBIDDEN, dashboard::login_page(Some(&why)));
+        }
     }
-    match form_value(&body, "token") {
-        Some(t) if same_token(t.trim(), &shared.token) => {
-            let mut r = Reply::html(303, String::new());
-            r.extra.push(("Location", "/".into()));
-            r.extra.push((
-                "Set-Cookie",
-                format!(
-                    "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-                    shared.token
-                ),
-            ));
-            r
+    let form = String::from_utf8_lossy(&body);
+    match form_value(&form, "token") {
+        Some(t) if auth::same_secret(t.trim(), &shared.token) => {
+            let id = shared.web.create();
+            let tls = headers
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+            let cookie = auth::login_cookie(&id, tls);
+            (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::LOCATION, "/".to_string()),
+                    (header::SET_COOKIE, cookie),
+                ],
+            )
+                .into_response()
         }
         _ => {
             shared.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-            Reply::html(401, dashboard::login_page(Some("wrong token")))
+            html(
+                StatusCode::UNAUTHORIZED,
+                dashboard::login_page(Some("wrong token")),
+            )
         }
     }
 }
 
-fn route(
-    shared: &Arc<Shared>,
-    method: &Method,
-    segments: &[&str],
-    query: &str,
-    req: &mut Request,
-) -> Result<Reply, ServerError> {
-    use Method::{Delete, Get, Post, Put};
-    let name_at = |i: usize| -> Result<String, ServerError> {
-        let raw = segments.get(i).copied().unwrap_or_default();
-        let name = percent_decode(raw, false)
-            .ok_or_else(|| ServerError::BadRequest(format!("'{raw}' is not a valid escape")))?;
-        catalog::check_name(&name)?;
-        Ok(name)
-    };
-    let id_at = |i: usize| -> Result<i64, ServerError> {
-        let raw = segments.get(i).copied().unwrap_or_default();
-        raw.parse()
-            .map_err(|_| ServerError::NotFound(format!("no session with id '{raw}'")))
-    };
-    match (method, segments) {
-        (Get, [""]) => Ok(Reply::html(200, dashboard::page())),
-        (Get, ["metrics"]) => Ok(Reply {
-            status: 200,
-            content_type: "text/plain; version=0.0.4",
-            body: metrics(shared)?.into_bytes(),
-            extra: Vec::new(),
-        }),
-        (Get, ["api", "images"]) => {
-            let list = shared.store().images()?;
-            Ok(Reply::json(200, &json!(list)))
+/// `POST /logout`: ends the dashboard session of the cookie.
+async fn logout(State(shared): Shared_, headers: HeaderMap) -> Response {
+    if let Some(why) = auth::foreign_origin(&headers) {
+        return error_reply(StatusCode::FORBIDDEN, &why);
+    }
+    if let Some(id) = auth::session_cookie(&headers) {
+        shared.web.remove(id);
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/".to_string()),
+            (header::SET_COOKIE, auth::logout_cookie()),
+        ],
+    )
+        .into_response()
+}
+
+async fn metrics(State(shared): Shared_) -> Response {
+    blocking(move || {
+        let text = crate::metrics::render(&shared)?;
+        Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+    })
+    .await
+}
+
+async fn list_images(State(shared): Shared_) -> Response {
+    blocking(move || Ok(json_reply(StatusCode::OK, &json!(shared.store().images()?)))).await
+}
+
+/// `POST /api/images/rescan`: look at the directory again now.
+async fn rescan(State(shared): Shared_) -> Response {
+    blocking(move || {
+        crate::scan_images(&shared)?;
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({"ok": true, "images": shared.store().images()?}),
+        ))
+    })
+    .await
+}
+
+fn checked_name(raw: &str) -> Result<String, ServerError> {
+    catalog::check_name(raw)?;
+    Ok(raw.to_string())
+}
+
+async fn get_image(State(shared): Shared_, Path(name): Path<String>) -> Response {
+    blocking(move || {
+        let name = checked_name(&name)?;
+        let rec = shared
+            .store()
+            .image(&name)?
+            .ok_or_else(|| ServerError::NotFound(format!("no image named '{name}'")))?;
+        Ok(json_reply(StatusCode::OK, &json!(rec)))
+    })
+    .await
+}
+
+/// Longest image description.
+const MAX_DESCRIPTION: usize = 4096;
+
+/// `PUT /api/images/{name}/description` with `{"description": TEXT}`.
+async fn describe_image(State(shared): Shared_, Path(name): Path<String>, body: Bytes) -> Response {
+    blocking(move || {
+        let name = checked_name(&name)?;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Describe {
+            description: String,
         }
-        (Get, ["api", "images", _]) => {
-            let name = name_at(2)?;
-            let rec = shared
-                .store()
-                .image(&name)?
-                .ok_or_else(|| ServerError::NotFound(format!("no image named '{name}'")))?;
-            Ok(Reply::json(200, &json!(rec)))
+        let d: Describe = serde_json::from_slice(&body)
+            .map_err(|e| ServerError::BadRequest(format!("bad JSON: {e}")))?;
+        if d.description.len() > MAX_DESCRIPTION {
+            return Err(ServerError::BadRequest(format!(
+                "a description may be at most {MAX_DESCRIPTION} bytes"
+            )));
         }
-        (Put, ["api", "images", _]) => {
-            let name = name_at(2)?;
-            let replace = matches!(form_value(query, "replace").as_deref(), Some("true" | "1"));
-            upload(shared, &name, replace, req)
+        if !shared.store().describe_image(&name, &d.description)? {
+            return Err(ServerError::NotFound(format!("no image named '{name}'")));
         }
-        (Delete, ["api", "images", _]) => {
-            let name = name_at(2)?;
-            delete_image(shared, &name)
+        shared.events.publish("images", "{}");
+        let rec = shared.store().image(&name)?;
+        Ok(json_reply(StatusCode::OK, &json!(rec)))
+    })
+    .await
+}
+
+async fn verify_image(State(shared): Shared_, Path(name): Path<String>) -> Response {
+    blocking(move || {
+        let name = checked_name(&name)?;
+        if shared.store().image(&name)?.is_none() {
+            return Err(ServerError::NotFound(format!("no image named '{name}'")));
         }
-        (Post, ["api", "images", _, "verify"]) => {
-            let name = name_at(2)?;
-            if shared.store().image(&name)?.is_none() {
-                return Err(ServerError::NotFound(format!("no image named '{name}'")));
+        let path = shared.dir.join(&name);
+        Ok(match catalog::verify_file(&name, &path) {
+            Ok(rec) => {
+                shared.store().put_image(&rec)?;
+                shared.events.publish("images", "{}");
+                json_reply(StatusCode::OK, &json!({"ok": true, "image": rec}))
             }
-            let path = shared.dir.join(&name);
-            match catalog::verify_file(&name, &path) {
-                Ok(rec) => {
-                    shared.store().put_image(&rec)?;
-                    shared.events.publish("images", "{}");
-                    Ok(Reply::json(200, &json!({"ok": true, "image": rec})))
-                }
-                Err(e) => Ok(Reply::json(
-                    200,
-                    &json!({"ok": false, "error": e.to_string()}),
-                )),
+            Err(e) => json_reply(
+                StatusCode::OK,
+                &json!({"ok": false, "error": e.to_string()}),
+            ),
+        })
+    })
+    .await
+}
+
+/// Reads the body, failing once it passes `limit` bytes (the free space).
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    over: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        match self.left.checked_sub(n as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(n)
+            }
+            None => {
+                self.over.store(true, Ordering::Relaxed);
+                Err(io::Error::other("the upload is larger than the free space"))
             }
         }
-        (Get, ["api", "sessions"]) => {
-            let limit = match form_value(query, "limit") {
-                Some(l) => l
-                    .parse()
-                    .map_err(|_| ServerError::BadRequest(format!("limit '{l}' is not a number")))?,
-                None => DEFAULT_LIMIT,
-            };
-            Ok(Reply::json(
-                200,
-                &Value::Array(list_sessions(shared, limit)?),
-            ))
-        }
-        (Post, ["api", "sessions"]) => create_session(shared, req),
-        (Get, ["api", "sessions", _]) => {
-            let id = id_at(2)?;
-            Ok(Reply::json(200, &session_json(shared, id)?))
-        }
-        (Post, ["api", "sessions", _, "start"]) => {
-            let id = id_at(2)?;
-            let live = live_session(shared, id)?;
-            live.control.press_start();
-            Ok(Reply::json(202, &json!({"ok": true, "id": id})))
-        }
-        (Delete, ["api", "sessions", _]) => {
-            let id = id_at(2)?;
-            let live = live_session(shared, id)?;
-            live.control.press_abort();
-            Ok(Reply::json(202, &json!({"ok": true, "id": id})))
-        }
-        (_, ["" | "metrics"])
-        | (_, ["api", "images" | "sessions" | "events"])
-        | (_, ["api", "images" | "sessions", _])
-        | (_, ["api", "images", _, "verify"])
-        | (_, ["api", "sessions", _, "start"]) => Ok(Reply::error(405, "method not allowed here")),
-        _ => Err(ServerError::NotFound("no such page or API endpoint".into())),
     }
 }
 
-fn upload(
+/// `PUT /api/images/{name}`: the body is streamed to a temporary file,
+/// checked and verified (see [`catalog::receive_upload`]); it may not be
+/// larger than the image directory's free space.
+async fn upload(
+    State(shared): Shared_,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let name = match checked_name(&name) {
+        Ok(n) => n,
+        Err(e) => return e.into_response(),
+    };
+    let replace = matches!(q.get("replace").map(String::as_str), Some("true" | "1"));
+    let free = match catalog::free_space(&shared.dir) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > free) {
+        return ServerError::TooLarge(format!(
+            "the upload ({} bytes) is larger than the free space of the image directory ({free} bytes)",
+            declared.unwrap_or(0)
+        ))
+        .into_response();
+    }
+    let reader =
+        tokio_util::io::StreamReader::new(body.into_data_stream().map_err(io::Error::other));
+    let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    blocking(move || {
+        let over = Arc::new(AtomicBool::new(false));
+        let mut body = Capped {
+            inner: bridge,
+            left: free,
+            over: Arc::clone(&over),
+        };
+        match receive(&shared, &name, replace, &mut body) {
+            Err(_) if over.load(Ordering::Relaxed) => Err(ServerError::TooLarge(format!(
+                "the upload is larger than the free space of the image directory ({free} bytes)"
+            ))),
+            other => other,
+        }
+    })
+    .await
+}
+
+fn receive(
     shared: &Shared,
     name: &str,
     replace: bool,
-    req: &mut Request,
-) -> Result<Reply, ServerError> {
+    body: &mut dyn Read,
+) -> Result<Response, ServerError> {
     if let Some((id, sname)) = shared.session_using(name) {
         return Err(ServerError::Conflict(format!(
             "image '{name}' is being sent by session {id} ('{sname}'); it cannot be replaced now"
@@ -343,7 +530,7 @@ fn upload(
         }
         up.push(name.to_string());
     }
-    let res = catalog::receive_upload(name, &shared.dir, req.as_reader());
+    let res = catalog::receive_upload(name, &shared.dir, body);
     shared
         .uploading
         .lock()
@@ -354,27 +541,39 @@ fn upload(
     shared.metrics.uploads.fetch_add(1, Ordering::Relaxed);
     shared.log(&format!("image {name} uploaded and verified"));
     shared.events.publish("images", "{}");
-    Ok(Reply::json(201, &json!(rec)))
+    Ok(json_reply(StatusCode::CREATED, &json!(rec)))
 }
 
-fn delete_image(shared: &Shared, name: &str) -> Result<Reply, ServerError> {
-    if let Some((id, sname)) = shared.session_using(name) {
-        return Err(ServerError::Conflict(format!(
-            "image '{name}' is being sent by session {id} ('{sname}'); abort it first"
-        )));
-    }
-    if shared.store().image(name)?.is_none() {
-        return Err(ServerError::NotFound(format!("no image named '{name}'")));
-    }
-    let path = shared.dir.join(name);
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ServerError::io("deleting", &path, e)),
-    }
-    shared.store().delete_image(name)?;
-    shared.events.publish("images", "{}");
-    Ok(Reply::json(200, &json!({"ok": true, "deleted": name})))
+async fn delete_image(State(shared): Shared_, Path(name): Path<String>) -> Response {
+    blocking(move || {
+        let name = checked_name(&name)?;
+        if let Some((id, sname)) = shared.session_using(&name) {
+            return Err(ServerError::Conflict(format!(
+                "image '{name}' is being sent by session {id} ('{sname}'); abort it first"
+            )));
+        }
+        if shared.store().image(&name)?.is_none() {
+            return Err(ServerError::NotFound(format!("no image named '{name}'")));
+        }
+        let path = shared.dir.join(&name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ServerError::io("deleting", &path, e)),
+        }
+        shared.store().delete_image(&name)?;
+        shared.events.publish("images", "{}");
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({"ok": true, "deleted": name}),
+        ))
+    })
+    .await
+}
+
+fn parse_id(raw: &str) -> Result<i64, ServerError> {
+    raw.parse()
+        .map_err(|_| ServerError::NotFound(format!("no session with id '{raw}'")))
 }
 
 fn live_session(shared: &Shared, id: i64) -> Result<Arc<sessions::Live>, ServerError> {
@@ -387,221 +586,247 @@ fn live_session(shared: &Shared, id: i64) -> Result<Arc<sessions::Live>, ServerE
     Err(ServerError::NotFound(format!("no session with id {id}")))
 }
 
-fn session_json(shared: &Shared, id: i64) -> Result<Value, ServerError> {
-    if let Some(l) = shared.live().get(&id) {
-        return Ok(json!(*l.view()));
-    }
-    let json = shared
-        .store()
-        .session(id)?
-        .ok_or_else(|| ServerError::NotFound(format!("no session with id {id}")))?;
-    serde_json::from_str(&json)
-        .map_err(|e| ServerError::BadRequest(format!("session {id} has an unreadable record: {e}")))
+async fn get_session(State(shared): Shared_, Path(id): Path<String>) -> Response {
+    blocking(move || {
+        let id = parse_id(&id)?;
+        if let Some(l) = shared.live().get(&id) {
+            return Ok(json_reply(StatusCode::OK, &json!(*l.view())));
+        }
+        let json = shared
+            .store()
+            .session(id)?
+            .ok_or_else(|| ServerError::NotFound(format!("no session with id {id}")))?;
+        let v: Value = serde_json::from_str(&json).map_err(|e| {
+            ServerError::BadRequest(format!("session {id} has an unreadable record: {e}"))
+        })?;
+        Ok(json_reply(StatusCode::OK, &v))
+    })
+    .await
 }
 
-fn list_sessions(shared: &Shared, limit: u32) -> Result<Vec<Value>, ServerError> {
-    let rows = shared.store().sessions(limit)?;
-    let live = shared.live();
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, json)| match live.get(&id) {
-            Some(l) => Some(json!(*l.view())),
-            None => serde_json::from_str(&json).ok(),
-        })
-        .collect())
+async fn start_session(State(shared): Shared_, Path(id): Path<String>) -> Response {
+    blocking(move || {
+        let id = parse_id(&id)?;
+        live_session(&shared, id)?.control.press_start();
+        Ok(json_reply(
+            StatusCode::ACCEPTED,
+            &json!({"ok": true, "id": id}),
+        ))
+    })
+    .await
 }
 
-fn create_session(shared: &Arc<Shared>, req: &mut Request) -> Result<Reply, ServerError> {
-    let mut body = Vec::new();
-    req.as_reader()
-        .take(MAX_JSON + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ServerError::BadRequest(format!("reading the request body: {e}")))?;
-    if body.len() as u64 > MAX_JSON {
-        return Err(ServerError::BadRequest(
-            "the request body is too large".into(),
-        ));
-    }
-    let sr: SessionRequest = serde_json::from_slice(&body)
-        .map_err(|e| ServerError::BadRequest(format!("bad JSON: {e}")))?;
-    imgcast_proto::SessionName::new(&sr.name)
-        .map_err(|e| ServerError::BadRequest(format!("session name '{}': {e}", sr.name)))?;
-    catalog::check_name(&sr.image)?;
-    if let Some(t) = sr.timeout {
-        if !(0.0..=7.0 * 86400.0).contains(&t) {
-            return Err(ServerError::BadRequest(
-                "timeout must be 0 to 604800 seconds".into(),
-            ));
-        }
-    }
-    if let Some(t) = sr.throttle {
-        if !(0.0..=10_000.0).contains(&t) {
-            return Err(ServerError::BadRequest(
-                "throttle must be 0 to 10000 milliseconds".into(),
-            ));
-        }
-    }
-    if sr.clients == Some(0) {
-        return Err(ServerError::BadRequest("clients must be at least 1".into()));
-    }
-    let image = shared
-        .store()
-        .image(&sr.image)?
-        .ok_or_else(|| ServerError::NotFound(format!("no image named '{}'", sr.image)))?;
-    // Hold the map while checking and inserting, so two requests cannot both win a name.
-    let mut live = shared.live();
-    if let Some((id, _)) = live.iter().find(|(_, l)| {
-        let v = l.view();
-        v.name == sr.name && v.state.is_live()
-    }) {
-        return Err(ServerError::Conflict(format!(
-            "a session named '{}' is already running (id {id}); abort it or choose another name",
-            sr.name
-        )));
-    }
-    let id = shared
-        .store()
-        .new_session(&sr.name, &sr.image, crate::now_unix())?;
-    let l = sessions::spawn(shared, id, &sr, shared.dir.join(&sr.image), image.size)
-        .map_err(|e| ServerError::io("starting the session thread", &shared.dir, e))?;
-    let view = json!(*l.view());
-    live.insert(id, Arc::clone(&l));
-    drop(live);
-    sessions::persist(shared, &l);
-    shared
-        .metrics
-        .sessions_started
-        .fetch_add(1, Ordering::Relaxed);
-    shared.events.publish("session", &view.to_string());
-    shared.log(&format!(
-        "session {id} '{}' started from image {}",
-        sr.name, sr.image
-    ));
-    Ok(Reply::json(201, &view))
+async fn abort_session(State(shared): Shared_, Path(id): Path<String>) -> Response {
+    blocking(move || {
+        let id = parse_id(&id)?;
+        live_session(&shared, id)?.control.press_abort();
+        Ok(json_reply(
+            StatusCode::ACCEPTED,
+            &json!({"ok": true, "id": id}),
+        ))
+    })
+    .await
 }
 
-/// Writes the event stream by hand: headers, then one flushed frame per event.
-fn stream_events(shared: &Shared, req: Request) {
-    let rx = shared.events.subscribe();
-    let current: Vec<String> = shared
-        .live()
-        .values()
-        .map(|l| serde_json::to_string(&*l.view()).unwrap_or_default())
-        .collect();
-    let mut w = req.into_writer();
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nretry: 2000\n\n";
-    if w.write_all(head.as_bytes())
-        .and_then(|()| w.flush())
-        .is_err()
-    {
-        return;
-    }
-    for v in current {
-        if w.write_all(format!("event: session\ndata: {v}\n\n").as_bytes())
-            .is_err()
-        {
-            return;
-        }
-    }
-    loop {
-        let frame = match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(f) => f,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => ": keep-alive\n\n".to_string(),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+async fn list_sessions(
+    State(shared): Shared_,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    blocking(move || {
+        let limit = match q.get("limit") {
+            Some(l) => l
+                .parse()
+                .map_err(|_| ServerError::BadRequest(format!("limit '{l}' is not a number")))?,
+            None => DEFAULT_LIMIT,
         };
-        if w.write_all(frame.as_bytes())
-            .and_then(|()| w.flush())
-            .is_err()
-        {
-            return;
-        }
-    }
+        let rows = shared.store().sessions(limit)?;
+        let live = shared.live();
+        let list: Vec<Value> = rows
+            .into_iter()
+            .filter_map(|(id, json)| match live.get(&id) {
+                Some(l) => Some(json!(*l.view())),
+                None => serde_json::from_str(&json).ok(),
+            })
+            .collect();
+        Ok(json_reply(StatusCode::OK, &Value::Array(list)))
+    })
+    .await
 }
 
-fn metrics(shared: &Shared) -> Result<String, ServerError> {
-    let m = &shared.metrics;
-    let images = shared.store().images()?.len();
-    let (mut gathering, mut running, mut live_clients) = (0, 0, 0);
-    let mut ratios = String::new();
-    for l in shared.live().values() {
-        let v = l.view();
-        match v.state {
-            SessionState::Gathering => gathering += 1,
-            SessionState::Running => running += 1,
-            _ => {}
+async fn create_session(State(shared): Shared_, body: Bytes) -> Response {
+    blocking(move || {
+        let sr: SessionRequest = serde_json::from_slice(&body)
+            .map_err(|e| ServerError::BadRequest(format!("bad JSON: {e}")))?;
+        let view = sessions::create(&shared, &sr)?;
+        Ok(json_reply(StatusCode::CREATED, &view))
+    })
+    .await
+}
+
+async fn list_hosts(State(shared): Shared_) -> Response {
+    blocking(move || Ok(json_reply(StatusCode::OK, &json!(shared.store().hosts()?)))).await
+}
+
+async fn get_host(State(shared): Shared_, Path(id): Path<String>) -> Response {
+    blocking(move || {
+        let id: i64 = id
+            .parse()
+            .map_err(|_| ServerError::NotFound(format!("no host with id '{id}'")))?;
+        let host = shared
+            .store()
+            .host(id)?
+            .ok_or_else(|| ServerError::NotFound(format!("no host with id {id}")))?;
+        Ok(json_reply(StatusCode::OK, &host))
+    })
+    .await
+}
+
+/// `GET /api/events`: server-sent events. A reconnecting browser sends
+/// `Last-Event-ID` and gets what it missed, or `event: reload`.
+async fn events(State(shared): Shared_, headers: HeaderMap) -> Response {
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let (rx, catchup) = shared.events.subscribe(last);
+    let first: Vec<Event> = match catchup {
+        Catchup::Fresh(id) => {
+            let mut evs = vec![Event::default()
+                .event("hello")
+                .id(id.to_string())
+                .data("{}")
+                .retry(Duration::from_secs(2))];
+            evs.extend(shared.live().values().map(|l| {
+                Event::default()
+                    .event("session")
+                    .data(serde_json::to_string(&*l.view()).unwrap_or_default())
+            }));
+            evs
         }
-        live_clients += v
-            .clients
-            .iter()
-            .filter(|c| c.run == v.run && c.result.is_none())
-            .count();
-        ratios += &format!(
-            "imgcast_session_repair_ratio{{session=\"{}\"}} {}\n",
-            v.name, v.repair_ratio
-        );
-    }
-    let counter = |name: &str, help: &str, v: &std::sync::atomic::AtomicU64| {
-        format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-            v.load(Ordering::Relaxed)
-        )
+        Catchup::Replay(frames) => frames
+            .into_iter()
+            .map(|f| {
+                Event::default()
+                    .event(f.name)
+                    .id(f.id.to_string())
+                    .data(f.data)
+            })
+            .collect(),
+        Catchup::Reload => vec![Event::default().event("reload").data("{}")],
     };
-    let mut s = String::new();
-    s += "# HELP imgcast_sessions Sessions by state.\n# TYPE imgcast_sessions gauge\n";
-    s += &format!("imgcast_sessions{{state=\"gathering\"}} {gathering}\n");
-    s += &format!("imgcast_sessions{{state=\"running\"}} {running}\n");
-    s += "# HELP imgcast_clients_active Clients being served now.\n# TYPE imgcast_clients_active gauge\n";
-    s += &format!("imgcast_clients_active {live_clients}\n");
-    s += "# HELP imgcast_images Images in the catalogue.\n# TYPE imgcast_images gauge\n";
-    s += &format!("imgcast_images {images}\n");
-    s += "# HELP imgcast_session_repair_ratio Repair symbols over source symbols of a live session's last run.\n# TYPE imgcast_session_repair_ratio gauge\n";
-    s += &ratios;
-    s += &counter(
-        "imgcast_sessions_started_total",
-        "Sessions started.",
-        &m.sessions_started,
-    );
-    s += &counter(
-        "imgcast_clients_registered_total",
-        "Clients that registered.",
-        &m.clients_registered,
-    );
-    s += &counter(
-        "imgcast_clients_done_total",
-        "Clients that restored and verified the image.",
-        &m.clients_done,
-    );
-    s += &counter(
-        "imgcast_clients_failed_total",
-        "Clients that failed or were dropped.",
-        &m.clients_failed,
-    );
-    s += &counter(
-        "imgcast_bytes_sent_total",
-        "Bytes of data and repair put on the wire by ended runs.",
-        &m.bytes_sent,
-    );
-    s += &counter(
-        "imgcast_session_errors_total",
-        "Sessions the engine failed.",
-        &m.errors,
-    );
-    s += &counter(
-        "imgcast_uploads_total",
-        "Images uploaded and verified.",
-        &m.uploads,
-    );
-    s += &counter(
-        "imgcast_unauthorized_total",
-        "Requests refused for a missing or wrong token.",
-        &m.unauthorized,
-    );
-    Ok(s)
+    let live = stream::unfold(rx, |mut rx| async move {
+        let f = rx.recv().await?;
+        let ev = Event::default()
+            .event(f.name)
+            .id(f.id.to_string())
+            .data(f.data);
+        Some((ev, rx))
+    });
+    let all = stream::iter(first).chain(live).map(Ok::<Event, Infallible>);
+    Sse::new(all)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+    use tower::ServiceExt;
+
+    /// (METHOD, /path/{param}) of every operation in docs/openapi.yaml.
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc = include_str!("../../../docs/openapi.yaml");
+        let mut out = BTreeSet::new();
+        let mut in_paths = false;
+        let mut path = String::new();
+        for line in doc.lines() {
+            if line == "paths:" {
+                in_paths = true;
+                continue;
+            }
+            if in_paths && !line.starts_with(' ') && !line.is_empty() {
+                break;
+            }
+            if let Some(p) = line.strip_prefix("  /") {
+                path = format!("/{}", p.trim_end_matches(':'));
+            } else if let Some(m) = line.strip_prefix("    ") {
+                let m = m.trim_end_matches(':');
+                if ["get", "put", "post", "delete", "patch"].contains(&m) {
+                    out.insert((m.to_ascii_uppercase(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// (METHOD, /path/{param}) of every route in `router` above, read from
+    /// this file's source, pages and their assets left out.
+    fn routed() -> BTreeSet<(String, String)> {
+        let src = include_str!("api.rs");
+        let start = src.find("pub(crate) fn router(").expect("router");
+        let end = start + src[start..].find("\n}\n").expect("end of router");
+        let mut out = BTreeSet::new();
+        for line in src[start..end].lines() {
+            let Some(rest) = line.trim().strip_prefix(".route(\"") else {
+                continue;
+            };
+            let (path, handlers) = rest.split_once('"').expect("path");
+            if ["/", "/dashboard.js", "/dashboard.css"].contains(&path) {
+                continue;
+            }
+            for m in ["get", "put", "post", "delete", "patch"] {
+                if handlers.contains(&format!(" {m}(")) || handlers.contains(&format!(".{m}(")) {
+                    out.insert((m.to_ascii_uppercase(), path.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The OpenAPI document and the routes agree both ways, and every
+    /// documented operation is answered by its handler (not the 404 fallback,
+    /// not 405).
+    #[test]
+    fn openapi_matches_the_routes() {
+        let doc = documented();
+        let real = routed();
+        assert!(doc.len() > 10, "{doc:?}");
+        assert_eq!(doc, real, "docs/openapi.yaml and the router differ");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = "t".repeat(32);
+        let app = router(crate::test_shared(dir.path(), &token));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for (method, path) in &doc {
+            let uri = path.replace("{name}", "nope.img").replace("{id}", "999");
+            let req = Request::builder()
+                .method(method.as_str())
+                .uri(&uri)
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .expect("request");
+            let resp = rt.block_on(app.clone().oneshot(req)).expect("answer");
+            let status = resp.status();
+            if uri == "/api/events" {
+                // An endless stream: its headers are the answer.
+                assert_eq!(status, StatusCode::OK);
+                continue;
+            }
+            let body = rt
+                .block_on(axum::body::to_bytes(resp.into_body(), 1 << 16))
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body);
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+            assert!(
+                !text.contains("no such page or API endpoint"),
+                "{method} {uri}: {status} {text}"
+            );
+        }
+    }
 
     #[test]
     fn escapes_and_forms_decode() {
@@ -616,8 +841,5 @@ mod tests {
             form_value("a=1&token=x%20y", "token").as_deref(),
             Some("x y")
         );
-        assert!(same_token("abc", "abc"));
-        assert!(!same_token("abc", "abd"));
-        assert!(!same_token("abc", "ab"));
     }
 }

@@ -74,7 +74,16 @@ pub(crate) fn verify_file(name: &str, path: &Path) -> Result<ImageRecord, Server
         created: reader.header().created,
         verified: now_unix(),
         mtime: mtime(path),
+        description: String::new(),
     })
+}
+
+/// Bytes free for an unprivileged writer in the filesystem of `dir`.
+pub(crate) fn free_space(dir: &Path) -> Result<u64, ServerError> {
+    let st = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| ServerError::io("reading the free space of", dir, e.into()))?;
+    #[allow(clippy::useless_conversion)] // the field types differ between targets
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
 /// The image files of the directory: regular, non-hidden files with a valid name.

@@ -2,28 +2,34 @@
 //! from image files, an HTTP/JSON API for scripts and a live web dashboard.
 //!
 //! ```text
-//!  browser / curl / img make http://..
-//!        │ HTTP (token)                          clients: img -session NAME -client
-//!        ▼                                                   ▲ multicast
-//!  tiny_http ─▶ api ─┬─▶ catalog ─▶ image dir (+ verify)      │
-//!   thread per       ├─▶ sessions ─thread─▶ engine::run_master(image file)
-//!   request          ├─▶ store (SQLite: catalogue, session history)
-//!                    └─▶ events (SSE) ◀── session events
+//!  browser (cookie) / curl, img make http://.. (Bearer)    clients: img -session NAME -client
+//!        │ HTTP                                                      ▲ multicast
+//!        ▼                                                           │
+//!  http (hyper: connection cap, header limits, timeouts)             │
+//!   └▶ api (axum: auth, body limits) ─┬─▶ catalog ─▶ image dir (+ verify)
+//!                                     ├─▶ sessions ─thread─▶ engine::run_master(image file)
+//!                                     ├─▶ store (SQLite: catalogue, history, hosts, client rows)
+//!                                     ├─▶ metrics (Prometheus text, from the store)
+//!                                     └─▶ events (SSE, ids for reconnects) ◀── session events
 //! ```
 //!
-//! The HTTP stack is `tiny_http`: synchronous, a thread per request, a handful
-//! of small dependencies and no async runtime, so the workspace still builds
-//! quickly on two cores. Server-sent events are written straight to the
-//! connection, one flush per event.
+//! The HTTP stack is hyper (HTTP/1.1) with axum's routing on a small tokio
+//! runtime; the limits a server on an untrusted network needs are set in
+//! [`http`] (per connection) and [`api`] (per route). Sessions run the
+//! engine on threads of their own, as before; handlers that touch SQLite or
+//! files run on tokio's blocking threads.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod api;
+mod auth;
 pub mod boot;
 mod catalog;
 pub mod client;
 mod dashboard;
 mod events;
+mod http;
+mod metrics;
 mod sessions;
 mod store;
 
@@ -32,7 +38,6 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -88,6 +93,9 @@ pub enum ServerError {
     /// The request is malformed (400).
     #[error("{0}")]
     BadRequest(String),
+    /// The body is larger than allowed (413).
+    #[error("{0}")]
+    TooLarge(String),
     /// No such image or session (404).
     #[error("{0}")]
     NotFound(String),
@@ -121,37 +129,6 @@ pub(crate) fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub(crate) struct Metrics {
-    pub(crate) sessions_started: AtomicU64,
-    pub(crate) clients_registered: AtomicU64,
-    pub(crate) clients_done: AtomicU64,
-    pub(crate) clients_failed: AtomicU64,
-    pub(crate) bytes_sent: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) uploads: AtomicU64,
-    pub(crate) unauthorized: AtomicU64,
-}
-
-impl Metrics {
-    pub(crate) fn add_client(&self) {
-        self.clients_registered.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn add_client_done(&self) {
-        self.clients_done.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn add_client_failed(&self) {
-        self.clients_failed.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn add_bytes_sent(&self, n: u64) {
-        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
-    }
-    pub(crate) fn add_error(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// What every request handler and session thread shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -167,7 +144,9 @@ pub(crate) struct Shared {
     /// The event stream's subscribers.
     pub(crate) events: Hub,
     /// Counters.
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: metrics::Metrics,
+    /// The dashboard's logged-in browsers.
+    pub(crate) web: auth::WebSessions,
     /// Interface for sessions.
     pub(crate) interface: Option<String>,
     /// UDP port of sessions.
@@ -200,6 +179,24 @@ impl Shared {
     pub(crate) fn log(&self, line: &str) {
         eprintln!("imgcast-server: {line}");
     }
+}
+
+/// A server state on `dir` for unit tests (no listener, no scan thread).
+#[cfg(test)]
+pub(crate) fn test_shared(dir: &Path, token: &str) -> Arc<Shared> {
+    let store = Store::open(&dir.join("state.sqlite")).expect("store");
+    Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        store: Mutex::new(store),
+        token: token.to_string(),
+        live: Mutex::new(LiveMap::new()),
+        uploading: Mutex::new(Vec::new()),
+        events: Hub::new(),
+        metrics: metrics::Metrics::default(),
+        web: auth::WebSessions::default(),
+        interface: None,
+        session_port: imgcast_engine::DEFAULT_PORT,
+    })
 }
 
 /// Reads the token file, or creates it (mode 0600) with a new random token,
@@ -251,7 +248,7 @@ fn load_token(path: &Path) -> Result<String, ServerError> {
 
 /// Brings the catalogue in line with the directory: forgets images whose
 /// file is gone, and verifies files that are new or changed before listing them.
-fn scan_images(shared: &Shared) -> Result<(), ServerError> {
+pub(crate) fn scan_images(shared: &Shared) -> Result<(), ServerError> {
     let files = catalog::list_dir(&shared.dir)?;
     let known = shared.store().images()?;
     for rec in &known {
@@ -312,46 +309,85 @@ pub fn run(opts: &ServerOptions) -> Result<(), ServerError> {
     let token = load_token(&token_file)?;
     let store = Store::open(&state)?;
     close_unfinished(&store)?;
+    let metrics = metrics::Metrics::default();
+    metrics.seed(&store.session_views(u32::MAX)?);
     let shared = Arc::new(Shared {
         dir: dir.clone(),
         store: Mutex::new(store),
         token,
         live: Mutex::new(LiveMap::new()),
         uploading: Mutex::new(Vec::new()),
-        events: Hub::default(),
-        metrics: Metrics::default(),
+        events: Hub::new(),
+        metrics,
+        web: auth::WebSessions::default(),
         interface: opts.interface.clone(),
         session_port: imgcast_engine::DEFAULT_PORT,
     });
-    let server = tiny_http::Server::http(opts.listen).map_err(|e| ServerError::Listen {
-        addr: opts.listen,
-        why: e.to_string(),
-    })?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .map_or_else(|| opts.listen.to_string(), |a| a.to_string());
-    shared.log(&format!("listening on http://{addr}/"));
+    let listener = std::net::TcpListener::bind(opts.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| ServerError::Listen {
+            addr: opts.listen,
+            why: e.to_string(),
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| opts.listen.to_string(), |a| a.to_string());
     // Verifying can take long: the API answers meanwhile, new images appear when checked.
     {
         let s = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("scan".into())
-            .spawn(move || {
-                if let Err(e) = scan_images(&s) {
-                    s.log(&format!("scanning the image directory: {e}"));
-                }
-            })
+            .spawn(move || watch_images(&s))
             .map_err(|e| ServerError::io("starting the scan thread", dir, e))?;
     }
-    for request in server.incoming_requests() {
+    // Two workers drive every connection (the work itself runs on blocking threads).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("http")
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::io("starting the HTTP runtime", dir, e))?;
+    let app = api::router(Arc::clone(&shared));
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| ServerError::Listen {
+                addr: opts.listen,
+                why: e.to_string(),
+            })?;
+        shared.log(&format!("listening on http://{addr}/"));
         let s = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name("http".into())
-            .spawn(move || api::handle(&s, request));
-        if let Err(e) = spawned {
-            shared.log(&format!("cannot start a request thread: {e}"));
+        http::serve(listener, app, http::Limits::default(), move |l| s.log(l)).await;
+        Ok(())
+    })
+}
+
+/// How often the image directory is looked at for files that appeared,
+/// changed or went (`POST /api/images/rescan` looks at once).
+const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Scans the image directory at start, then whenever its listing changes.
+fn watch_images(shared: &Shared) {
+    let mut last: Option<Vec<(String, u64, u64)>> = None;
+    loop {
+        let now = listing(&shared.dir);
+        if last.as_ref() != Some(&now) {
+            if let Err(e) = scan_images(shared) {
+                shared.log(&format!("scanning the image directory: {e}"));
+            }
+            last = Some(now);
         }
+        std::thread::sleep(RESCAN_EVERY);
     }
-    Ok(())
+}
+
+/// Names, lengths and modification times of the image directory's files.
+fn listing(dir: &Path) -> Vec<(String, u64, u64)> {
+    catalog::list_dir(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, p)| {
+            let len = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            (n, len, catalog::mtime(&p))
+        })
+        .collect()
 }

@@ -17,8 +17,10 @@ use imgcast_engine::{
     SessionEvent,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::{now_unix, Shared};
+use crate::store::{ip_of, ClientRow};
+use crate::{catalog, now_unix, ServerError, Shared};
 
 /// Where a session is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +68,12 @@ pub(crate) struct ClientView {
     pub(crate) rate: f64,
     /// `null` while it runs; then `done`, `failed: WHY` or `dropped: WHY`.
     pub(crate) result: Option<String>,
+    /// Its host name, as it registered.
+    #[serde(default)]
+    pub(crate) host: String,
+    /// Its MAC address, from the server's neighbour table ("" if unknown).
+    #[serde(default)]
+    pub(crate) mac: String,
     /// What the client reported besides its result (where it kept its image-safe record), and
     /// the chunks it had to fetch again; empty when there is nothing to say.
     #[serde(default)]
@@ -89,6 +97,21 @@ pub(crate) struct SessionView {
     pub(crate) run: u32,
     /// Start when this many registered.
     pub(crate) min_clients: Option<u32>,
+    /// Start at this time (seconds since the epoch), if no other rule started it first.
+    #[serde(default)]
+    pub(crate) start_at: Option<u64>,
+    /// Start this many seconds after the last registration.
+    #[serde(default)]
+    pub(crate) timeout: Option<f64>,
+    /// Interface the session sends on (none: the route to the group).
+    #[serde(default)]
+    pub(crate) interface: Option<String>,
+    /// UDP port of the session.
+    #[serde(default)]
+    pub(crate) port: u16,
+    /// Seconds a follow-up run gathers before it starts with whoever came back.
+    #[serde(default)]
+    pub(crate) follow_up_deadline: Option<f64>,
     /// Clients of every run.
     pub(crate) clients: Vec<ClientView>,
     /// Addresses told to wait for the next run.
@@ -127,6 +150,17 @@ pub(crate) struct SessionRequest {
     pub(crate) throttle: Option<f64>,
     /// Passphrase for the keyed MAC.
     pub(crate) key: Option<String>,
+    /// Start at this time (seconds since the epoch), whatever else has happened.
+    pub(crate) start_at: Option<u64>,
+    /// Or start this many seconds from now (a convenience for `start_at`).
+    pub(crate) start_in: Option<f64>,
+    /// Network interface for this session (default: the server's `--interface`).
+    pub(crate) interface: Option<String>,
+    /// UDP port for this session (default: the engine's port).
+    pub(crate) port: Option<u16>,
+    /// Seconds a follow-up run waits for its queued clients before it starts
+    /// with whoever came back, or ends if nobody did (default 60).
+    pub(crate) follow_up_deadline: Option<f64>,
 }
 
 /// A running session: its controls and live view.
@@ -143,6 +177,12 @@ impl Live {
     }
 }
 
+/// How long a follow-up run gathers for its queued clients before it ends
+/// with whoever came back (with nobody: the session ends done at once).
+pub(crate) const FOLLOW_UP_DEADLINE: Duration = Duration::from_secs(60);
+/// Longest a scheduled start may lie ahead.
+const MAX_START_AHEAD: u64 = 30 * 86400;
+
 /// Most notes kept per session.
 const MAX_NOTES: usize = 50;
 /// Most queued addresses remembered.
@@ -158,6 +198,7 @@ pub(crate) fn spawn(
     req: &SessionRequest,
     image_path: PathBuf,
     disk_size: u64,
+    start_at: Option<u64>,
 ) -> Result<Arc<Live>, std::io::Error> {
     let view = SessionView {
         id,
@@ -166,6 +207,11 @@ pub(crate) fn spawn(
         state: SessionState::Gathering,
         run: 1,
         min_clients: req.clients,
+        start_at,
+        timeout: req.timeout,
+        interface: req.interface.clone().or_else(|| shared.interface.clone()),
+        port: req.port.unwrap_or(shared.session_port),
+        follow_up_deadline: req.follow_up_deadline,
         clients: Vec::new(),
         queued: Vec::new(),
         disk_size,
@@ -183,8 +229,8 @@ pub(crate) fn spawn(
         last_publish: Mutex::new(None),
     });
     let mut net = NetConfig::new(req.name.clone());
-    net.interface = shared.interface.clone();
-    net.port = shared.session_port;
+    net.interface = live.view().interface.clone();
+    net.port = live.view().port;
     net.key = req.key.clone();
     let cfg = MasterConfig {
         net,
@@ -197,11 +243,150 @@ pub(crate) fn spawn(
         // The server serves follow-up runs itself (run_session), for queued and moved clients.
         follow_up: false,
     };
+    if let Some(at) = start_at {
+        let wait = Duration::from_secs(at.saturating_sub(now_unix()));
+        start_when_still_gathering(&live, 1, wait, None)?;
+    }
     let (s, l) = (Arc::clone(shared), Arc::clone(&live));
     std::thread::Builder::new()
         .name(format!("session-{id}"))
         .spawn(move || run_session(&s, &l, cfg))?;
     Ok(live)
+}
+
+/// Presses start after `wait` if run `run` is still gathering (a scheduled
+/// start, or a follow-up run's deadline), with `note` in the session's notes.
+/// The thread sleeps in short steps and gives up as soon as the run has moved on.
+fn start_when_still_gathering(
+    live: &Arc<Live>,
+    run: u32,
+    wait: Duration,
+    note: Option<String>,
+) -> Result<(), std::io::Error> {
+    let live = Arc::clone(live);
+    let due = Instant::now() + wait;
+    std::thread::Builder::new()
+        .name("session-timer".into())
+        .spawn(move || loop {
+            {
+                let mut v = live.view();
+                if v.run != run || v.state != SessionState::Gathering {
+                    return;
+                }
+                if Instant::now() >= due {
+                    if let Some(n) = note {
+                        push_note(&mut v, n);
+                    }
+                    live.control.press_start();
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200).min(due - Instant::now()));
+        })?;
+    Ok(())
+}
+
+/// Checks a request and starts its session: the view, as created.
+pub(crate) fn create(shared: &Arc<Shared>, sr: &SessionRequest) -> Result<Value, ServerError> {
+    imgcast_proto::SessionName::new(&sr.name)
+        .map_err(|e| ServerError::BadRequest(format!("session name '{}': {e}", sr.name)))?;
+    catalog::check_name(&sr.image)?;
+    if let Some(t) = sr.timeout {
+        if !(0.0..=7.0 * 86400.0).contains(&t) {
+            return Err(ServerError::BadRequest(
+                "timeout must be 0 to 604800 seconds".into(),
+            ));
+        }
+    }
+    if let Some(t) = sr.throttle {
+        if !(0.0..=10_000.0).contains(&t) {
+            return Err(ServerError::BadRequest(
+                "throttle must be 0 to 10000 milliseconds".into(),
+            ));
+        }
+    }
+    if sr.clients == Some(0) {
+        return Err(ServerError::BadRequest("clients must be at least 1".into()));
+    }
+    if let Some(d) = sr.follow_up_deadline {
+        if !(1.0..=86400.0).contains(&d) {
+            return Err(ServerError::BadRequest(
+                "follow_up_deadline must be 1 to 86400 seconds".into(),
+            ));
+        }
+    }
+    if sr.port == Some(0) {
+        return Err(ServerError::BadRequest("port must be 1 to 65535".into()));
+    }
+    if let Some(i) = &sr.interface {
+        if i.is_empty() || i.len() > 15 || !i.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+            return Err(ServerError::BadRequest(format!(
+                "interface '{i}' is not an interface name"
+            )));
+        }
+    }
+    let now = now_unix();
+    let start_at = match (sr.start_at, sr.start_in) {
+        (Some(_), Some(_)) => {
+            return Err(ServerError::BadRequest(
+                "give start_at or start_in, not both".into(),
+            ))
+        }
+        (Some(at), None) => Some(at),
+        (None, Some(secs)) if (0.0..=MAX_START_AHEAD as f64).contains(&secs) => {
+            Some(now + secs.ceil() as u64)
+        }
+        (None, Some(_)) => {
+            return Err(ServerError::BadRequest(format!(
+                "start_in must be 0 to {MAX_START_AHEAD} seconds"
+            )))
+        }
+        (None, None) => None,
+    };
+    if start_at.is_some_and(|at| at > now + MAX_START_AHEAD) {
+        return Err(ServerError::BadRequest(format!(
+            "start_at lies more than {MAX_START_AHEAD} seconds ahead"
+        )));
+    }
+    let image = shared
+        .store()
+        .image(&sr.image)?
+        .ok_or_else(|| ServerError::NotFound(format!("no image named '{}'", sr.image)))?;
+    // Hold the map while checking and inserting, so two requests cannot both win a name.
+    let mut live = shared.live();
+    if let Some((id, _)) = live.iter().find(|(_, l)| {
+        let v = l.view();
+        v.name == sr.name && v.state.is_live()
+    }) {
+        return Err(ServerError::Conflict(format!(
+            "a session named '{}' is already running (id {id}); abort it or choose another name",
+            sr.name
+        )));
+    }
+    let id = shared.store().new_session(&sr.name, &sr.image, now)?;
+    let l = spawn(
+        shared,
+        id,
+        sr,
+        shared.dir.join(&sr.image),
+        image.size,
+        start_at,
+    )
+    .map_err(|e| ServerError::io("starting the session thread", &shared.dir, e))?;
+    let view = serde_json::json!(*l.view());
+    live.insert(id, Arc::clone(&l));
+    drop(live);
+    persist(shared, &l);
+    shared
+        .metrics
+        .sessions_started
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.events.publish("session", &view.to_string());
+    shared.log(&format!(
+        "session {id} '{}' started from image {}",
+        sr.name, sr.image
+    ));
+    Ok(view)
 }
 
 /// Runs the master, then follow-up runs while clients wait, then records the end.
@@ -288,9 +473,26 @@ fn run_session(shared: &Arc<Shared>, live: &Arc<Live>, mut cfg: MasterConfig) {
             break;
         }
         // The queued clients register again with the new run: start when all did,
-        // or a short while after the last one.
+        // a short while after the last one, or at the deadline with whoever came.
         cfg.clients = Some(u32::try_from(follow_up).unwrap_or(u32::MAX));
         cfg.timeout = cfg.timeout.min(Duration::from_secs(30));
+        let (run, deadline) = {
+            let v = live.view();
+            let d = v
+                .follow_up_deadline
+                .map_or(FOLLOW_UP_DEADLINE, Duration::from_secs_f64);
+            (v.run, d)
+        };
+        let note = format!(
+            "follow-up run {run}: the deadline ({} s) passed; starting with whoever came back",
+            deadline.as_secs_f64()
+        );
+        if let Err(e) = start_when_still_gathering(live, run, deadline, Some(note)) {
+            shared.log(&format!(
+                "session {}: no deadline timer: {e}",
+                live.view().id
+            ));
+        }
     }
     shared.finish_session(live);
 }
@@ -328,10 +530,17 @@ fn on_event(shared: &Arc<Shared>, live: &Arc<Live>, ev: SessionEvent) {
                     total,
                     rate: 0.0,
                     result: None,
+                    host: String::new(),
+                    mac: neighbour_mac(addr.ip()).unwrap_or_default(),
                     note: String::new(),
                     sample: None,
                 });
                 shared.metrics.add_client();
+            }
+            SessionEvent::ClientHost { id, host } => {
+                if let Some(c) = v.clients.iter_mut().find(|c| c.id == id && c.run == run) {
+                    c.host = host;
+                }
             }
             SessionEvent::ClientQueued { addr } | SessionEvent::ClientMoved { addr, .. } => {
                 let a = addr.to_string();
@@ -399,19 +608,65 @@ fn on_event(shared: &Arc<Shared>, live: &Arc<Live>, ev: SessionEvent) {
     publish(shared, live, milestone);
 }
 
-/// Saves the view in the history.
+/// Saves the view in the history, and a row per client (the host inventory).
 pub(crate) fn persist(shared: &Shared, live: &Live) {
-    let (id, state, json) = {
+    let (id, state, json, rows) = {
         let v = live.view();
+        let root_hash = shared
+            .store()
+            .image(&v.image)
+            .ok()
+            .flatten()
+            .map(|i| i.root_hash)
+            .unwrap_or_default();
+        let seen = v.started.unwrap_or(v.created);
+        let rows: Vec<ClientRow> = v
+            .clients
+            .iter()
+            .map(|c| ClientRow {
+                session_id: v.id,
+                run: c.run,
+                client_id: c.id,
+                ip: ip_of(&c.addr),
+                addr: c.addr.clone(),
+                host_name: c.host.clone(),
+                mac: c.mac.clone(),
+                image: v.image.clone(),
+                root_hash: root_hash.clone(),
+                done: c.done,
+                total: c.total,
+                result: c.result.clone(),
+                note: c.note.clone(),
+                seen,
+            })
+            .collect();
         (
             v.id,
             v.state.as_str(),
             serde_json::to_string(&*v).unwrap_or_default(),
+            rows,
         )
     };
-    if let Err(e) = shared.store().save_session(id, state, &json) {
+    let mut store = shared.store();
+    if let Err(e) = store.save_session(id, state, &json) {
         shared.log(&format!("session {id}: {e}"));
     }
+    if let Err(e) = store.save_clients(&rows) {
+        shared.log(&format!("session {id}: {e}"));
+    }
+}
+
+/// The MAC address of `ip` in this machine's neighbour (ARP) table: a client
+/// registers by unicast to us, so its entry is there while it takes part.
+fn neighbour_mac(ip: std::net::IpAddr) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+    let ip = ip.to_string();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // IP address, HW type, Flags, HW address, Mask, Device; flags 0x0: incomplete.
+        (f.len() >= 4 && f[0] == ip && f[2] != "0x0" && f[3] != "00:00:00:00:00:00")
+            .then(|| f[3].to_string())
+    })
 }
 
 /// Sends the view to the event stream; progress at most every 250 ms.

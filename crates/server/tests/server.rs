@@ -858,14 +858,13 @@ lab_kill $srv
     }
 }
 
-/// A WebDriver session with chromedriver (W3C JSON over HTTP).
+/// Chromium under chromedriver, driven with the `fantoccini` WebDriver
+/// client on a small tokio runtime (the tests themselves are synchronous).
 struct Browser {
     driver: Child,
-    addr: String,
-    session: String,
+    client: Option<fantoccini::Client>,
+    rt: tokio::runtime::Runtime,
 }
-
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Browser {
     fn start(profile: &Path) -> Self {
@@ -882,7 +881,7 @@ impl Browser {
             assert!(Instant::now() < end, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let caps = json!({"capabilities": {"alwaysMatch": {
+        let caps = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
@@ -891,73 +890,59 @@ impl Browser {
                          "--disable-dev-shm-usage", "--window-size=1280,900",
                          format!("--user-data-dir={}", profile.display())]
             }
-        }}});
-        let r = client::request(
-            &addr,
-            "POST",
-            "/session",
-            None,
-            Some(caps.to_string().as_bytes()),
-        )
-        .expect("new session");
-        let session = r.json()["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {}", r.text()))
-            .to_string();
+        });
+        let caps = caps.as_object().expect("capabilities").clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = rt
+            .block_on(
+                fantoccini::ClientBuilder::new(connector)
+                    .capabilities(caps)
+                    .connect(&format!("http://{addr}")),
+            )
+            .expect("a WebDriver session");
         Self {
             driver,
-            addr,
-            session,
+            client: Some(client),
+            rt,
         }
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let bytes = body.map(|b| b.to_string().into_bytes());
-        let r = client::request(
-            &self.addr,
-            method,
-            &format!("/session/{}{path}", self.session),
-            None,
-            bytes.as_deref(),
-        )
-        .expect("webdriver");
-        assert!(r.status < 300, "{method} {path}: {}", r.text());
-        r.json()["value"].clone()
+    fn c(&self) -> &fantoccini::Client {
+        self.client.as_ref().expect("browser open")
     }
 
     fn goto(&self, url: &str) {
-        self.call("POST", "/url", Some(json!({"url": url})));
+        self.rt.block_on(self.c().goto(url)).expect("goto");
     }
 
-    fn find(&self, css: &str) -> String {
-        let v = self.call(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": css})),
-        );
-        v[ELEMENT].as_str().expect("element id").to_string()
+    fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.rt
+            .block_on(self.c().find(fantoccini::Locator::Css(css)))
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
     }
 
     fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css);
-        self.call(
-            "POST",
-            &format!("/element/{e}/value"),
-            Some(json!({"text": text})),
-        );
+        self.rt
+            .block_on(e.send_keys(text))
+            .unwrap_or_else(|e| panic!("typing into {css}: {e}"));
     }
 
     fn click(&self, css: &str) {
         let e = self.find(css);
-        self.call("POST", &format!("/element/{e}/click"), Some(json!({})));
+        self.rt
+            .block_on(e.click())
+            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
     }
 
     fn js(&self, script: &str) -> Value {
-        self.call(
-            "POST",
-            "/execute/sync",
-            Some(json!({"script": script, "args": []})),
-        )
+        self.rt
+            .block_on(self.c().execute(script, Vec::new()))
+            .unwrap_or_else(|e| panic!("{script}: {e}"))
     }
 
     /// Evaluates `script` until it returns something other than null/false.
@@ -968,54 +953,28 @@ impl Browser {
             if !v.is_null() && v != json!(false) {
                 return v;
             }
-            assert!(Instant::now() < end, "timed out waiting for: {script}");
+            if Instant::now() >= end {
+                let page = self.js("return document.body ? document.body.innerText : ''");
+                panic!("timed out waiting for: {script}\nthe page says: {page}");
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     fn screenshot(&self, path: &Path) {
-        let b64 = self.call("GET", "/screenshot", None);
-        let png = base64_decode(b64.as_str().expect("base64"));
+        let png = self.rt.block_on(self.c().screenshot()).expect("screenshot");
         std::fs::write(path, png).expect("write screenshot");
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = client::request(
-            &self.addr,
-            "DELETE",
-            &format!("/session/{}", self.session),
-            None,
-            None,
-        );
+        if let Some(c) = self.client.take() {
+            let _ = self.rt.block_on(c.close());
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for v in s.bytes().filter_map(val) {
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 /// The dashboard in real headless Chromium: log in with the token, start a
@@ -1055,6 +1014,30 @@ fn dashboard_in_headless_chromium() {
     b.wait_js(
         "return document.getElementById('conn').textContent === 'live'",
         10,
+    );
+
+    // Upload an image from the page: the progress bar fills, the image is listed.
+    let other = work.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    make_image(work.path(), &other, "up.img", 3, 8);
+    let size = std::fs::metadata(other.join("up.img"))
+        .expect("up.img")
+        .len();
+    b.type_into("#u-file", &other.join("up.img").display().to_string());
+    b.click("#u-submit");
+    b.wait_js(
+        "return document.getElementById('upload-msg').dataset.status === '201'",
+        30,
+    );
+    let bar = b.js("const p = document.getElementById('upload-progress'); return [p.value, p.max]");
+    assert_eq!(bar, json!([size, size]), "the progress bar did not fill");
+    b.wait_js(
+        "return document.querySelector('#images-body tr[data-image=\"up.img\"]') !== null",
+        10,
+    );
+    assert_eq!(
+        std::fs::read(dir.join("up.img")).expect("uploaded"),
+        std::fs::read(other.join("up.img")).expect("source")
     );
 
     // A client waits; the form starts a slow session for it.
@@ -1099,10 +1082,554 @@ fn dashboard_in_headless_chromium() {
         30,
     );
     b.screenshot(&shots.join("dashboard-aborted.png"));
+    // The hosts page: the client is a host now, with its history.
+    b.wait_js(
+        "return document.querySelector('#hosts-body .host-row') !== null",
+        10,
+    );
+    b.click("#hosts-body .host-link");
+    b.wait_js(
+        "const r = document.querySelector('#host-history .history-row'); \
+         return r && r.innerText.includes('web1') && r.innerText.includes('base.img')",
+        10,
+    );
+    b.screenshot(&shots.join("dashboard-host.png"));
     let list = srv.req("GET", "/api/sessions", None).json();
     assert_eq!(list[0]["state"], json!("failed"));
     assert_eq!(list[0]["error"], json!("aborted"));
     let _ = client.kill();
     let _ = client.wait();
     eprintln!("screenshots in {}", shots.display());
+}
+
+/// Sends `head` (and nothing more) on a new connection and reads the answer's
+/// status line and headers, within `secs`; the body up to 64 KiB.
+fn raw(addr: &str, head: &str, secs: u64) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(secs)))
+        .expect("timeout");
+    s.write_all(head.as_bytes()).expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end && got.len() < 65536 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&got);
+        if let Some((h, body)) = text.split_once("\r\n\r\n") {
+            let len = h.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            });
+            if len.is_some_and(|n| body.len() >= n) {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no answer to {head:?}: {text:?}"));
+    (status, text)
+}
+
+/// The server as an attacker meets it: lying Content-Lengths (with and without
+/// the token) are answered at once, 500 idle connections do not lock out an
+/// authenticated request, an over-long header is refused, and the server goes
+/// on serving throughout.
+#[test]
+fn limits_hold_against_hostile_requests() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let srv = Server::start(&dir, &work.path().join("state.sqlite"));
+    let bomb = 1_000_000_000_000u64;
+    let t = &srv.token;
+    for (what, head, want) in [
+        (
+            "unauthenticated upload",
+            format!("PUT /api/images/x.img HTTP/1.1\r\nHost: h\r\nContent-Length: {bomb}\r\n\r\n"),
+            401,
+        ),
+        (
+            "unauthenticated session",
+            format!("POST /api/sessions HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: {bomb}\r\n\r\n"),
+            401,
+        ),
+        (
+            "unauthenticated login",
+            format!("POST /login HTTP/1.1\r\nHost: h\r\nContent-Length: {bomb}\r\n\r\n"),
+            413,
+        ),
+        (
+            "authenticated upload",
+            format!("PUT /api/images/x.img HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {t}\r\nContent-Length: {bomb}\r\n\r\n"),
+            413,
+        ),
+        (
+            "authenticated session",
+            format!("POST /api/sessions HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: {bomb}\r\n\r\n"),
+            413,
+        ),
+    ] {
+        let started = Instant::now();
+        let (status, text) = raw(&srv.addr, &head, 5);
+        assert_eq!(status, want, "{what}: {text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{what} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            srv.req("GET", "/api/images", None).status,
+            200,
+            "after {what}: {}",
+            srv.log()
+        );
+    }
+    assert!(!dir.join("x.img").exists());
+
+    // 500 idle connections: an authenticated request still gets through, at once.
+    let idle: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| std::net::TcpStream::connect(&srv.addr).expect("idle connect"))
+        .collect();
+    let started = Instant::now();
+    let r = srv.req("GET", "/api/images", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
+
+    // A header longer than the limit: 431, and the server goes on.
+    let long = "a".repeat(64 * 1024);
+    let (status, text) = raw(
+        &srv.addr,
+        &format!("GET /api/images HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {t}\r\nX-Long: {long}\r\n\r\n"),
+        5,
+    );
+    assert_eq!(status, 431, "{text}");
+    assert_eq!(srv.req("GET", "/api/images", None).status, 200);
+    // A client that never finishes its head is cut off by the header timeout (10 s).
+    srv.stop();
+}
+
+/// The dashboard's cookie cannot be used by another site: a text/plain form
+/// post with the cookie and a foreign Origin is refused, and so is one from
+/// our origin that is not JSON; the same origin with JSON passes; the cookie
+/// is not the token; logging out ends it. Pages carry a CSP.
+#[test]
+fn cookie_writes_must_be_same_origin_json() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    make_image(work.path(), &dir, "base.img", 2, 4);
+    let srv = Server::start(&dir, &work.path().join("state.sqlite"));
+    let end = Instant::now() + Duration::from_secs(20);
+    while srv.req("GET", "/api/images/base.img", None).status != 200 {
+        assert!(Instant::now() < end, "not listed: {}", srv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let login = client::request(
+        &srv.addr,
+        "POST",
+        "/login",
+        None,
+        Some(format!("token={}", srv.token).as_bytes()),
+    )
+    .expect("login");
+    assert_eq!(login.status, 303, "{}", login.text());
+    let set = login.header("set-cookie").expect("cookie").to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().expect("cookie").to_string();
+    assert!(
+        !cookie.contains(&srv.token),
+        "the cookie holds the token: {cookie}"
+    );
+    let own = format!("http://{}", srv.addr);
+    let host = &srv.addr;
+    let body = r#"{"name":"csrf","image":"base.img","clients":5}"#;
+    let post = |origin: &str, ctype: &str, extra: &str| {
+        raw(
+            &srv.addr,
+            &format!(
+                "POST /api/sessions HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nOrigin: {origin}\r\n\
+                 Content-Type: {ctype}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+            5,
+        )
+    };
+    // What a page on another port of this host would send.
+    let (status, text) = post(
+        "http://127.0.0.1:1",
+        "text/plain",
+        "Sec-Fetch-Site: same-site\r\n",
+    );
+    assert_eq!(status, 403, "{text}");
+    let (status, text) = post("http://127.0.0.1:1", "application/json", "");
+    assert_eq!(status, 403, "{text}");
+    let (status, text) = post(&own, "text/plain", "");
+    assert_eq!(status, 403, "{text}");
+    let (status, text) = post(&own, "application/x-www-form-urlencoded", "");
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(srv.req("GET", "/api/sessions", None).json(), json!([]));
+    // The cookie reads; a same-origin JSON write passes.
+    let (status, text) = raw(
+        &srv.addr,
+        &format!("GET /api/images HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
+        5,
+    );
+    assert_eq!(status, 200, "{text}");
+    let desc = r#"{"description":"golden Debian 13, with \"quotes\""}"#;
+    let (status, text) = raw(
+        &srv.addr,
+        &format!(
+            "PUT /api/images/base.img/description HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nOrigin: {own}\r\n\
+             Sec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{desc}",
+            desc.len()
+        ),
+        5,
+    );
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        srv.req("GET", "/api/images/base.img", None).json()["description"],
+        json!("golden Debian 13, with \"quotes\"")
+    );
+    let metrics = srv.req("GET", "/metrics", None).text();
+    assert!(
+        metrics.contains("imgcast_cross_site_refused_total 4"),
+        "{metrics}"
+    );
+    // The page: a CSP that forbids inline script and framing.
+    let (status, text) = raw(
+        &srv.addr,
+        &format!("GET / HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
+        5,
+    );
+    assert_eq!(status, 200, "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{text}"
+    );
+    assert!(lower.contains("frame-ancestors 'none'"), "{text}");
+    assert!(lower.contains("x-frame-options: deny"), "{text}");
+    // Log out: the cookie is dead.
+    let (status, text) = raw(
+        &srv.addr,
+        &format!("POST /logout HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nOrigin: {own}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        5,
+    );
+    assert_eq!(status, 303, "{text}");
+    assert!(text.to_ascii_lowercase().contains("max-age=0"), "{text}");
+    let (status, text) = raw(
+        &srv.addr,
+        &format!("GET /api/images HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
+        5,
+    );
+    assert_eq!(status, 401, "{text}");
+    srv.stop();
+}
+
+/// A label value as written in the text format, unescaped (the parser
+/// checks the escapes but hands the value back as written).
+fn unescape_label(v: &str) -> String {
+    let mut out = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+/// A session name with `"` and `\` does not break the scrape: /metrics parses
+/// with a Prometheus text-format parser and gives the name back; a name with
+/// a newline is refused before it gets anywhere.
+#[test]
+fn metrics_parse_with_a_hostile_session_name() {
+    if !in_private_netns("metrics_parse_with_a_hostile_session_name") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    make_image(work.path(), &dir, "base.img", 2, 5);
+    let srv = Server::start(&dir, &work.path().join("state.sqlite"));
+    let end = Instant::now() + Duration::from_secs(20);
+    while srv.req("GET", "/api/images/base.img", None).status != 200 {
+        assert!(Instant::now() < end, "not listed: {}", srv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hostile = r#"a"b\c}d"#;
+    let r = srv.req(
+        "POST",
+        "/api/sessions",
+        Some(&json!({"name": hostile, "image": "base.img", "clients": 3})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_u64().expect("id");
+    let nl = srv.req(
+        "POST",
+        "/api/sessions",
+        Some(&json!({"name": "x\"}\nimgcast_images 99\n", "image": "base.img"})),
+    );
+    assert_eq!(nl.status, 400, "{}", nl.text());
+    let text = srv.req("GET", "/metrics", None).text();
+    let scrape = openmetrics_parser::prometheus::parse_prometheus(&text)
+        .unwrap_or_else(|e| panic!("the scrape does not parse: {e:?}\n{text}"));
+    let family = scrape
+        .families
+        .get("imgcast_session_bytes_sent")
+        .unwrap_or_else(|| panic!("no per-session bytes: {text}"));
+    let names: Vec<String> = family
+        .iter_samples()
+        .filter_map(|s| {
+            s.get_labelset()
+                .ok()?
+                .get_label_value("session")
+                .map(unescape_label)
+        })
+        .collect();
+    assert_eq!(names, [hostile], "{text}");
+    let images = scrape.families.get("imgcast_images").expect("images");
+    assert_eq!(images.iter_samples().count(), 1, "{text}");
+    assert_eq!(
+        scrape.families.len(),
+        text.matches("# TYPE").count(),
+        "{text}"
+    );
+    assert_eq!(
+        srv.req("DELETE", &format!("/api/sessions/{id}"), None)
+            .status,
+        202
+    );
+    srv.wait_session(id, 30, |v| v["state"] == json!("failed"));
+    srv.stop();
+}
+
+/// A database written by the schema before versions (and hosts) existed opens,
+/// is upgraded in place, keeps its history and shows it, its clients now rows
+/// of a host inventory; the upgraded file says version 2.
+#[test]
+fn a_database_of_the_old_schema_upgrades_in_place() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let state = work.path().join("old.sqlite");
+    let old_view = json!({
+        "id": 1, "name": "lab1", "image": "win11.img", "state": "done", "run": 1,
+        "min_clients": 2,
+        "clients": [
+            {"id": 7, "addr": "10.0.0.11:9000", "run": 1, "done": 100, "total": 100, "rate": 0.0, "result": "done", "note": ""},
+            {"id": 8, "addr": "10.0.0.12:9000", "run": 1, "done": 50, "total": 100, "rate": 0.0, "result": "failed: disk full"}
+        ],
+        "queued": [], "disk_size": 100, "bytes_sent": 4242, "repair_ratio": 0.05,
+        "created": 1700000000u64, "started": 1700000010u64, "ended": 1700000100u64, "error": null, "notes": []
+    });
+    {
+        let db = rusqlite::Connection::open(&state).expect("open");
+        // The schema as the server wrote it before migrations (user_version 0).
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS images (
+                name TEXT PRIMARY KEY, size INTEGER NOT NULL, stored_bytes INTEGER NOT NULL,
+                file_bytes INTEGER NOT NULL, chunk_size INTEGER NOT NULL, chunks INTEGER NOT NULL,
+                level INTEGER NOT NULL, root_hash TEXT NOT NULL, created INTEGER NOT NULL,
+                verified INTEGER NOT NULL, mtime INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS sessions (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, image TEXT NOT NULL,
+                state TEXT NOT NULL, created INTEGER NOT NULL, view TEXT NOT NULL);",
+        )
+        .expect("old schema");
+        db.execute(
+            "INSERT INTO sessions (name, image, state, created, view) VALUES ('lab1', 'win11.img', 'done', 1700000000, ?1)",
+            [old_view.to_string()],
+        )
+        .expect("old row");
+    }
+    let srv = Server::start(&dir, &state);
+    let list = srv.req("GET", "/api/sessions", None).json();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list:#}");
+    assert_eq!(list[0]["name"], json!("lab1"));
+    assert_eq!(list[0]["clients"].as_array().map(Vec::len), Some(2));
+    let hosts = srv.req("GET", "/api/hosts", None).json();
+    let mut addrs: Vec<&str> = hosts
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .filter_map(|h| h["addr"].as_str())
+        .collect();
+    addrs.sort_unstable();
+    assert_eq!(addrs, ["10.0.0.11", "10.0.0.12"], "{hosts:#}");
+    let failed = hosts
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .find(|h| h["addr"] == json!("10.0.0.12"))
+        .expect("host");
+    let one = srv
+        .req("GET", &format!("/api/hosts/{}", failed["id"]), None)
+        .json();
+    assert_eq!(
+        one["history"][0]["result"],
+        json!("failed: disk full"),
+        "{one:#}"
+    );
+    assert_eq!(one["history"][0]["session_name"], json!("lab1"));
+    assert_eq!(one["history"][0]["image"], json!("win11.img"));
+    assert_eq!(srv.req("GET", "/api/hosts/999", None).status, 404);
+    // Per-session metrics come from the stored history.
+    let metrics = srv.req("GET", "/metrics", None).text();
+    assert!(
+        metrics.contains("imgcast_session_bytes_sent{id=\"1\",session=\"lab1\"} 4242"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imgcast_clients_done_total 1"),
+        "{metrics}"
+    );
+    srv.stop();
+    let db = rusqlite::Connection::open(&state).expect("reopen");
+    let v: i64 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("version");
+    assert_eq!(v, 2);
+}
+
+/// Scheduled-cast in the namespace LAN: a session asked to start 3 s after
+/// its creation, for more clients than come, starts at its time with the one
+/// that came (h1, named pc-h1); h2 joins too late, is queued, and goes away;
+/// the follow-up run finds nobody and ends at its deadline, so the session
+/// ends done and frees its name. The host inventory then knows pc-h1: its
+/// address, MAC and the image it received.
+#[test]
+fn lab_scheduled_session_hosts_and_empty_follow_up() {
+    let lab = Lab::new(img());
+    let images = lab.path("images");
+    std::fs::create_dir(&images).expect("mkdir");
+    make_image(lab.dir(), &images, "base.img", 4, 21);
+    let script = r#"
+lab_up 3
+lab_spawn h0 "$DIR/server.log" "$IMG" server --images "$DIR/images" --listen 10.77.0.10:8470 >/dev/null
+srv=$LAB_LAST_PID
+for i in $(seq 1 100); do grep -q listening "$DIR/server.log" 2>/dev/null && break; sleep 0.1; done
+TOKEN=$(cat "$DIR/images/.imgcast-token")
+api() { lab_exec h0 curl -sS -H "Authorization: Bearer $TOKEN" "$@"; }
+for i in $(seq 1 200); do
+  [ "$(api -o /dev/null -w '%{http_code}' http://10.77.0.10:8470/api/images/base.img)" = 200 ] && break
+  sleep 0.1
+done
+# A client with a host name of its own (a UTS namespace of its own).
+named() { h=$1; log=$2; shift 2; lab_spawn "$h" "$log" unshare -u sh -c 'echo "$0" >/proc/sys/kernel/hostname && shift && exec "$@"' "pc-$h" _ "$@"; }
+api -X POST -H 'Content-Type: application/json' \
+  -d '{"name":"sched","image":"base.img","clients":5,"timeout":600,"start_in":3,"throttle":2,"follow_up_deadline":2}' \
+  http://10.77.0.10:8470/api/sessions >"$DIR/created.json"
+id=$(grep -o '"id":[0-9]*' "$DIR/created.json" | head -1 | cut -d: -f2)
+named h1 "$DIR/c1.log" "$IMG" -session sched -client -disk="$DIR/c1.raw" >/dev/null
+c1=$LAB_LAST_PID
+n=0
+poll() { n=$((n + 1)); api "http://10.77.0.10:8470/api/sessions/$id" >"$DIR/poll-$n.json"; }
+for i in $(seq 1 200); do
+  poll
+  grep -q '"state":"\(running\|done\|failed\)"' "$DIR/poll-$n.json" && break
+  sleep 0.1
+done
+named h2 "$DIR/c2.log" "$IMG" -session sched -client -disk="$DIR/c2.raw" >/dev/null
+c2=$LAB_LAST_PID
+for i in $(seq 1 100); do
+  poll
+  grep -q '"queued":\["10.77.0.12' "$DIR/poll-$n.json" && break
+  sleep 0.1
+done
+lab_kill $c2
+echo "h2 gone at poll $n"
+for i in $(seq 1 400); do
+  poll
+  grep -q '"state":"\(done\|failed\)"' "$DIR/poll-$n.json" && break
+  sleep 0.1
+done
+lab_wait 30 $c1 >/dev/null 2>&1; echo "c1 exit $?"
+api http://10.77.0.10:8470/api/hosts >"$DIR/hosts.json"
+hid=$(grep -o '"id":[0-9]*' "$DIR/hosts.json" | head -1 | cut -d: -f2)
+api "http://10.77.0.10:8470/api/hosts/$hid" >"$DIR/host.json"
+api -o /dev/null -w 'second session %{http_code}\n' -X POST -H 'Content-Type: application/json' \
+  -d '{"name":"sched","image":"base.img","clients":1}' http://10.77.0.10:8470/api/sessions
+lab_kill $srv
+"#;
+    let out = lab.run(script);
+    let show = lab.show(&out, &["server.log", "c1.log", "c2.log"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("c1 exit 0"), "{show}");
+    assert!(stdout.contains("h2 gone"), "{show}");
+    assert!(
+        lab.log("c2.log").contains("queued for the next session"),
+        "{show}"
+    );
+    // The name was free again once the session ended.
+    assert!(stdout.contains("second session 201"), "{show}");
+    let polls = saved_polls(&lab);
+    let last = polls.last().expect("polls");
+    assert_eq!(last["state"], json!("done"), "{last:#}\n{show}");
+    assert_eq!(last["run"], json!(2), "{last:#}");
+    let (created, started) = (
+        last["created"].as_u64().expect("created"),
+        polls
+            .iter()
+            .find_map(|p| p["started"].as_u64())
+            .expect("started"),
+    );
+    assert!(
+        started >= created + 3,
+        "started at {started}, created at {created}: not at its time\n{show}"
+    );
+    assert_eq!(last["start_at"], json!(created + 3), "{last:#}");
+    let notes = last["notes"].as_array().expect("notes");
+    assert!(
+        notes.iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.contains("follow-up run 2: the deadline (2 s) passed"))),
+        "{last:#}"
+    );
+    let clients = last["clients"].as_array().expect("clients");
+    assert_eq!(clients.len(), 1, "{last:#}");
+    assert_eq!(clients[0]["host"], json!("pc-h1"), "{last:#}");
+    assert_eq!(clients[0]["result"], json!("done"), "{last:#}");
+
+    let hosts: Value = serde_json::from_str(&lab.log("hosts.json")).expect("hosts json");
+    let hosts = hosts.as_array().expect("hosts");
+    assert_eq!(hosts.len(), 1, "{hosts:#?}\n{show}");
+    let h = &hosts[0];
+    assert_eq!(h["name"], json!("pc-h1"), "{h:#}");
+    assert_eq!(h["addr"], json!("10.77.0.11"), "{h:#}");
+    assert_eq!(h["last_result"], json!("done"), "{h:#}");
+    let mac = h["mac"].as_str().expect("mac");
+    assert_eq!(mac.len(), 17, "{h:#}");
+    let host: Value = serde_json::from_str(&lab.log("host.json")).expect("host json");
+    let hist = &host["history"][0];
+    assert_eq!(hist["session_name"], json!("sched"), "{host:#}");
+    assert_eq!(hist["image"], json!("base.img"), "{host:#}");
+    assert_eq!(hist["result"], json!("done"), "{host:#}");
+    assert_eq!(
+        hist["root_hash"].as_str().map(str::len),
+        Some(64),
+        "{host:#}"
+    );
 }

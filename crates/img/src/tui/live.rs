@@ -207,6 +207,7 @@ impl LiveState {
                 rate_bps,
             } => self.sending = Some((bytes_sent, repair_ratio, rate_bps)),
             SessionEvent::Note(n) => self.note(n),
+            SessionEvent::ClientHost { .. } => {}
         }
     }
 

@@ -217,6 +217,62 @@ fn completions_and_man_page_are_generated() {
         text.contains("completions") && text.contains("restore"),
         "{text}"
     );
+    // Every subcommand has its page, with every option (regression, issue 13:
+    // the one page knew none of the session's options).
+    let page = |sub: &str| {
+        let out = Command::new(img)
+            .args(["man", sub])
+            .output()
+            .expect("run img man SUB");
+        assert!(out.status.success(), "{sub}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let session = page("session");
+    for opt in [
+        "clients",
+        "timeout",
+        "throttle",
+        "comp",
+        "key",
+        "wait",
+        "interface",
+        "port",
+    ] {
+        assert!(
+            session.contains(&format!("\\-\\-{opt}")),
+            "--{opt} missing:\n{session}"
+        );
+    }
+    assert!(session.contains(".TH img-session 1"), "{session}");
+    assert!(page("make").contains("\\-\\-comp"));
+    let server = page("server");
+    for opt in ["listen", "token\\-file", "images", "state"] {
+        assert!(
+            server.contains(&format!("\\-\\-{opt}")),
+            "--{opt} missing:\n{server}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(img)
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run img man --dir");
+    assert!(out.status.success(), "{out:?}");
+    for f in [
+        "img.1",
+        "img-session.1",
+        "img-make.1",
+        "img-server.1",
+        "img-demo.1",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f} not written");
+    }
+    let unknown = Command::new(img)
+        .args(["man", "nope"])
+        .output()
+        .expect("run img man nope");
+    assert_eq!(unknown.status.code(), Some(2));
     let bad = Command::new(img)
         .args(["completions", "tcsh"])
         .output()
