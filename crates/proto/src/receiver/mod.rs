@@ -610,6 +610,11 @@ impl Receiver {
             Body::Advert(a) => {
                 let interval = Duration::from_millis(u64::from(a.interval_ms))
                     .clamp(feedback::MIN_INTERVAL, feedback::MAX_INTERVAL);
+                // A shorter interval (the master's rate grew) applies now, not after a long sleep.
+                let sooner = now + feedback::jittered(interval, self.rng.unit());
+                if self.next_status.is_some_and(|t| t > sooner) {
+                    self.next_status = Some(sooner);
+                }
                 self.advert = Some(AdvertSeen {
                     interval,
                     clients: a.clients,

@@ -211,6 +211,8 @@ pub struct Sender {
     last_advert: Option<Instant>,
     /// A need raised what is owed: advertise it soon.
     advert_soon: bool,
+    /// The longest feedback interval advertised in this run.
+    longest_interval: Duration,
     pacer: Pacer,
     stats: Stats,
 }
@@ -259,6 +261,7 @@ impl Sender {
             next_advert: now,
             last_advert: None,
             advert_soon: false,
+            longest_interval: Duration::ZERO,
             pacer,
             stats: Stats::default(),
             cfg,
@@ -840,7 +843,9 @@ impl Sender {
         self.advert_soon = false;
         self.last_advert = Some(now);
         self.next_advert = now + ADVERT_EVERY;
-        let interval_ms = u16::try_from(self.feedback_interval().as_millis()).unwrap_or(u16::MAX);
+        let interval = self.feedback_interval();
+        self.longest_interval = self.longest_interval.max(interval);
+        let interval_ms = u16::try_from(interval.as_millis()).unwrap_or(u16::MAX);
         let body = Body::Advert(Advert {
             clients: u32::try_from(self.clients.live()).unwrap_or(u32::MAX),
             interval_ms,
@@ -852,7 +857,8 @@ impl Sender {
     }
 
     fn housekeeping(&mut self, now: Instant) {
-        let interval = self.feedback_interval();
+        // Receivers may still sleep on the longest interval we advertised: judge silence by it.
+        let interval = self.feedback_interval().max(self.longest_interval);
         let window_full = self.window.held() >= u32::from(self.cfg.window)
             && self.window.pushed < self.cfg.object_count;
         let dropped = self.clients.sweep(
