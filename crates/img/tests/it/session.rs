@@ -256,7 +256,8 @@ fn no_role_devices_pick_a_master_with_m_and_start_with_s() {
 lab_up 3
 lab_spawn h1 "$DIR/a.log" "$IMG" -session norole -disk="$DIR/disk.raw" >/dev/null; a=$LAB_LAST_PID
 lab_spawn h2 "$DIR/b.log" "$IMG" -session norole -disk="$DIR/b.raw" >/dev/null; b=$LAB_LAST_PID
-for _ in $(seq 1 50); do grep -q "press m" "$DIR/a.log" "$DIR/b.log" 2>/dev/null && break; sleep 0.1; done
+# Both must be listening (their signal handlers in place) before a signal reaches them.
+for _ in $(seq 1 100); do grep -q "press m" "$DIR/a.log" 2>/dev/null && grep -q "press m" "$DIR/b.log" 2>/dev/null && break; sleep 0.1; done
 kill -USR2 $a
 for _ in $(seq 1 100); do grep -q "registered (1 so far" "$DIR/a.log" 2>/dev/null && break; sleep 0.1; done
 kill -USR1 $a
