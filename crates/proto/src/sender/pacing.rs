@@ -201,9 +201,7 @@ impl Pacer {
                 if now.saturating_duration_since(t.at) < JUDGE_AFTER || t.samples < JUDGE_SAMPLES {
                     peer.trial = Some(t);
                 } else {
-                    // What is lost at the lower rate is not the rate's doing: the path's own.
                     let after = t.sum / f64::from(t.samples);
-                    peer.accepted = peer.accepted.max(after.min(MAX_ACCEPTED));
                     peer.loss = Some(after);
                     if after >= t.loss * LOSS_KEPT {
                         // And it did not fall: the whole level is the path's; undo the cut.
