@@ -102,7 +102,9 @@ function renderSession(s) {
   const t = el('table', {}, el('tr', {}, el('th', {}, 'client'), el('th', {}, 'run'), el('th', {}, 'progress'), el('th', {}, ''), el('th', {}, 'rate'), el('th', {}, 'result'), el('th', {}, 'note')));
   for (const c of s.clients) {
     const pct = c.total ? Math.floor(100 * c.done / c.total) : 0;
-    const bar = el('div', { class: 'bar' }, el('div', { style: 'width:' + pct + '%' }));
+    // Through the CSSOM: the CSP (no 'unsafe-inline') drops style="" attributes.
+    const fill = el('div', { class: 'fill' }); fill.style.width = pct + '%';
+    const bar = el('div', { class: 'bar' }, fill);
     const res = c.result == null ? (live ? '…' : '') : c.result;
     t.append(el('tr', { class: 'client-row', 'data-client': c.addr }, el('td', {}, c.host ? c.host + ' (' + c.addr + ')' : c.addr), el('td', {}, c.run), el('td', {}, bar),
       el('td', { class: 'pct' }, pct + '%'), el('td', {}, c.rate ? human(c.rate) + '/s' : ''),

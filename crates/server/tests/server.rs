@@ -1072,6 +1072,12 @@ fn dashboard_in_headless_chromium() {
         ),
         30,
     );
+    // The bar is drawn part-way too.
+    let drawn = b.js(
+        "const bar = document.querySelector('#live .client-row .bar'); \
+         return bar.firstChild.getBoundingClientRect().width",
+    );
+    assert!(drawn.as_f64().is_some_and(|w| w > 0.0), "bar drawn {drawn}");
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     b.screenshot(&shots.join("dashboard.png"));
     // Abort from the page: the session ends failed, "aborted".
@@ -1100,6 +1106,285 @@ fn dashboard_in_headless_chromium() {
     let _ = client.kill();
     let _ = client.wait();
     eprintln!("screenshots in {}", shots.display());
+}
+
+/// A TCP proxy between the browser and the server that the test can cut, as
+/// a dead link or a restarting reverse proxy would look to the browser:
+/// [`CutProxy::hold`] closes every connection through it and turns new ones
+/// away (accepted, then closed at once); [`CutProxy::release`] lets them
+/// through again. Loopback only; it stops with the test, or after 10 minutes.
+struct CutProxy {
+    addr: String,
+    state: Arc<ProxyState>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    stop: std::sync::atomic::AtomicBool,
+    /// Connections turned away while held down.
+    refused: std::sync::atomic::AtomicUsize,
+    /// Whether it is held down, and both sides of every open connection
+    /// (one lock: a connection accepted as the hold begins is cut too).
+    links: Mutex<(bool, Vec<std::net::TcpStream>)>,
+}
+
+impl CutProxy {
+    const MAX_CONNECTIONS: usize = 2000;
+    const LIFETIME: Duration = Duration::from_secs(600);
+
+    fn start(upstream: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy listen");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("proxy addr").to_string();
+        let state = Arc::new(ProxyState::default());
+        let (st, up) = (Arc::clone(&state), upstream.to_string());
+        let accept = std::thread::spawn(move || {
+            let end = Instant::now() + Self::LIFETIME;
+            let mut served = 0;
+            while !st.stop.load(Ordering::Relaxed)
+                && Instant::now() < end
+                && served < Self::MAX_CONNECTIONS
+            {
+                let browser = match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                served += 1;
+                let _ = browser.set_nonblocking(false);
+                let mut links = st.links.lock().expect("links");
+                if links.0 {
+                    st.refused.fetch_add(1, Ordering::Relaxed);
+                    drop(browser);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&up) else {
+                    continue;
+                };
+                let (Ok(b2), Ok(s2)) = (browser.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                for (mut from, mut to) in [(browser, s2), (server, b2)] {
+                    if let (Ok(a), Ok(b)) = (from.try_clone(), to.try_clone()) {
+                        links.1.push(a);
+                        links.1.push(b);
+                    }
+                    // Ends when either side closes or the hold shuts both.
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            state,
+            accept: Some(accept),
+        }
+    }
+
+    fn hold(&self) {
+        let mut links = self.state.links.lock().expect("links");
+        links.0 = true;
+        for s in links.1.drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn release(&self) {
+        self.state.links.lock().expect("links").0 = false;
+    }
+
+    fn refused(&self) -> usize {
+        self.state
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.hold();
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Logs the browser in to the dashboard at `base` with `token`.
+fn log_in(b: &Browser, base: &str, token: &str) {
+    b.goto(base);
+    assert_eq!(
+        b.js("return document.title"),
+        json!("imgcast server: log in")
+    );
+    b.type_into("#token", token);
+    b.click("#login");
+    b.wait_js(
+        "return document.querySelector('#f-image option[value=\"base.img\"]') !== null",
+        10,
+    );
+    b.wait_js(
+        "return document.getElementById('conn').textContent === 'live'",
+        10,
+    );
+}
+
+/// Waits up to `secs` for `child` to exit; kills it if it does not.
+fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let st = child.wait().expect("wait");
+            panic!("the process did not exit within {secs} s (killed: {st})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Start and watch a session from the page until it succeeds, with the
+/// page's link to the server cut while the session runs: the session ends
+/// while the browser cannot hear it; once the link is back, the page shows
+/// it finished (moved from live to past, the client done) without a reload,
+/// and the client's copy equals the image's source disk.
+#[test]
+fn dashboard_reconnect_shows_the_finished_session() {
+    if !in_private_netns("dashboard_reconnect_shows_the_finished_session") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let disk = make_image(work.path(), &dir, "base.img", 12, 5);
+    let srv = Server::start(&dir, &work.path().join("state.sqlite"));
+    let end = Instant::now() + Duration::from_secs(20);
+    while srv.req("GET", "/api/images/base.img", None).status != 200 {
+        assert!(Instant::now() < end, "not listed: {}", srv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let proxy = CutProxy::start(&srv.addr);
+    let b = Browser::start(&work.path().join("profile"));
+    log_in(&b, &format!("http://{}/", proxy.addr), &srv.token);
+    // A page that reloads loses this; the finished state must come without.
+    b.js("window.imgcastTestMark = 'same page'; return null");
+
+    // A client waits; the form starts a throttled session for it.
+    let target = work.path().join("t.raw");
+    let client_log = work.path().join("client.log");
+    let mut client = Command::new(img())
+        .args(["-session", "web2", "-client"])
+        .arg(format!("-disk={}", target.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&client_log).expect("client log"))
+        .spawn()
+        .expect("client");
+    let started = Instant::now();
+    b.type_into("#f-name", "web2");
+    b.type_into("#f-clients", "1");
+    // Throttled to run about 10 s: long enough to cut the link mid-run under load.
+    b.type_into("#f-throttle", "8");
+    b.click("#f-submit");
+    let id = b
+        .wait_js(
+            "const s = document.querySelector('#live .session[data-session-id]'); \
+             return s ? Number(s.dataset.sessionId) : null",
+            10,
+        )
+        .as_u64()
+        .expect("session id");
+    // Watch it run: the client's row moves.
+    b.wait_js(
+        "const p = document.querySelector('#live .client-row .pct'); \
+         const n = p ? parseInt(p.textContent) : 0; return n > 0 && n < 100 ? n : null",
+        60,
+    );
+    let cut_at = started.elapsed();
+
+    // Cut the link and hold it down: the page notices and tries to reconnect.
+    proxy.hold();
+    b.wait_js(
+        "return document.getElementById('conn').textContent === 'reconnecting…'",
+        10,
+    );
+    let v = srv.wait_session(id, 120, |v| {
+        v["state"] == json!("done") || v["state"] == json!("failed")
+    });
+    assert_eq!(v["state"], json!("done"), "{v:#}\n{}", srv.log());
+    let finished_at = started.elapsed();
+    // At least one reconnection was turned away while held down.
+    let end = Instant::now() + Duration::from_secs(20);
+    while proxy.refused() == 0 {
+        assert!(Instant::now() < end, "the page never tried to reconnect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Cut off, the page still shows the session live: what follows is the reconnect's doing.
+    assert_eq!(
+        b.js(&format!(
+            "const s = document.querySelector('#live .session[data-session-id=\"{id}\"]'); \
+             return s ? s.dataset.state : null"
+        )),
+        json!("running"),
+        "the page learnt of the end while cut off?"
+    );
+
+    // The link comes back: the page shows the session finished, with its result.
+    proxy.release();
+    b.wait_js(
+        &format!(
+            "const s = document.querySelector('#past .session[data-session-id=\"{id}\"]'); \
+             const r = s && s.querySelector('.client-row'); \
+             return s && s.dataset.state === 'done' && r && r.innerText.includes('done') && \
+               !document.querySelector('#live .session[data-session-id=\"{id}\"]') && \
+               document.getElementById('conn').textContent === 'live'"
+        ),
+        30,
+    );
+    let back_at = started.elapsed();
+    assert_eq!(
+        b.js("return window.imgcastTestMark || null"),
+        json!("same page"),
+        "the page was reloaded"
+    );
+    assert_eq!(
+        b.js("return document.querySelector('#past .session .client-row .pct').textContent"),
+        json!("100%")
+    );
+    // The bar is full as drawn, not only in its text (the CSP drops style="").
+    let filled = b.js(
+        "const bar = document.querySelector('#past .session .client-row .bar'); \
+         return bar.firstChild.getBoundingClientRect().width / bar.getBoundingClientRect().width",
+    );
+    assert!(
+        filled.as_f64().is_some_and(|f| f > 0.99),
+        "bar filled {filled}"
+    );
+    b.screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-reconnected.png"));
+
+    // The client finished, and its copy is the disk the image was made from.
+    let st = wait_exit(&mut client, 60);
+    let err = std::fs::read_to_string(&client_log).unwrap_or_default();
+    assert!(st.success(), "client: {st}\n{err}");
+    assert!(same(&disk, &target), "the client's copy differs");
+    eprintln!(
+        "dashboard reconnect: cut at {:.1} s, session done at {:.1} s, page showed it at {:.1} s; {} reconnection(s) turned away",
+        cut_at.as_secs_f64(),
+        finished_at.as_secs_f64(),
+        back_at.as_secs_f64(),
+        proxy.refused()
+    );
 }
 
 /// Sends `head` (and nothing more) on a new connection and reads the answer's
