@@ -1039,6 +1039,32 @@ fn dashboard_in_headless_chromium() {
         std::fs::read(dir.join("up.img")).expect("uploaded"),
         std::fs::read(other.join("up.img")).expect("source")
     );
+    // Describe an image from the page (the field saves on Enter), and delete
+    // one (after the page's confirm dialog).
+    b.type_into(
+        "#images-body tr[data-image=\"base.img\"] .describe",
+        "golden <Debian> 13\u{E007}",
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while srv.req("GET", "/api/images/base.img", None).json()["description"]
+        != json!("golden <Debian> 13")
+    {
+        assert!(Instant::now() < end, "the description was not saved");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.click("#images-body tr[data-image=\"up.img\"] button.delete");
+    b.rt.block_on(b.c().accept_alert())
+        .expect("the delete confirmation");
+    b.wait_js(
+        "return document.querySelector('#images-body tr[data-image=\"up.img\"]') === null",
+        10,
+    );
+    assert!(!dir.join("up.img").exists(), "up.img is still there");
+    assert_eq!(srv.req("GET", "/api/images/up.img", None).status, 404);
+    assert_eq!(
+        b.js("return document.querySelector('#images-body tr[data-image=\"base.img\"] .describe').value"),
+        json!("golden <Debian> 13")
+    );
 
     // A client waits; the form starts a slow session for it.
     let target = work.path().join("t.raw");
@@ -1434,6 +1460,17 @@ fn limits_hold_against_hostile_requests() {
     let dir = work.path().join("images");
     std::fs::create_dir(&dir).expect("mkdir");
     let srv = Server::start(&dir, &work.path().join("state.sqlite"));
+    // A client that starts a request head and never finishes it: the header
+    // timeout (10 s) closes it; the checks below run meanwhile.
+    let slow_started = Instant::now();
+    let mut slow = std::net::TcpStream::connect(&srv.addr).expect("connect");
+    std::io::Write::write_all(
+        &mut slow,
+        b"GET /api/images HTTP/1.1\r\nHost: h\r\nX-Slow: ",
+    )
+    .expect("half a head");
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let bomb = 1_000_000_000_000u64;
     let t = &srv.token;
     for (what, head, want) in [
@@ -1503,7 +1540,23 @@ fn limits_hold_against_hostile_requests() {
     );
     assert_eq!(status, 431, "{text}");
     assert_eq!(srv.req("GET", "/api/images", None).status, 200);
-    // A client that never finishes its head is cut off by the header timeout (10 s).
+    // The half-sent head: closed by the server at its header timeout.
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match std::io::Read::read(&mut slow, &mut buf) {
+            Ok(0) | Err(_) => break slow_started.elapsed(),
+            // An answer (408) before the close is fine too.
+            Ok(_) => {}
+        }
+        assert!(
+            slow_started.elapsed() < Duration::from_secs(20),
+            "never closed"
+        );
+    };
+    assert!(
+        closed >= Duration::from_secs(9) && closed < Duration::from_secs(15),
+        "the half-sent head was closed after {closed:?}"
+    );
     srv.stop();
 }
 
@@ -1537,6 +1590,24 @@ fn cookie_writes_must_be_same_origin_json() {
         set.contains("HttpOnly") && set.contains("SameSite=Strict"),
         "{set}"
     );
+    assert!(!set.contains("Secure"), "{set}");
+    // Behind a TLS proxy (which says so in X-Forwarded-Proto) the cookie is Secure.
+    let (status, text) = raw(
+        &srv.addr,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\ntoken={}",
+            srv.token.len() + 6,
+            srv.token
+        ),
+        5,
+    );
+    assert_eq!(status, 303, "{text}");
+    let tls_cookie = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_default();
+    assert!(tls_cookie.ends_with("; Secure"), "{text}");
     let cookie = set.split(';').next().expect("cookie").to_string();
     assert!(
         !cookie.contains(&srv.token),
