@@ -53,11 +53,17 @@ struct Server {
 
 impl Server {
     fn start(images: &Path, state: &Path) -> Self {
-        let mut child = Command::new(img())
-            .args(["server", "--listen", "127.0.0.1:0", "--images"])
+        let mut cmd = Command::new(img());
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--images"])
             .arg(images)
             .arg("--state")
-            .arg(state)
+            .arg(state);
+        Self::spawn(cmd, &images.join(".imgcast-token"))
+    }
+
+    /// Runs `cmd` (an `img server` however wrapped), whose token file is `token`.
+    fn spawn(mut cmd: Command, token: &Path) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -80,7 +86,7 @@ impl Server {
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("server did not start: {}", log.lock().expect("log")));
-        let token = std::fs::read_to_string(images.join(".imgcast-token"))
+        let token = std::fs::read_to_string(token)
             .expect("token file")
             .trim()
             .to_string();
@@ -508,6 +514,113 @@ fn sessions_progress_duplicates_abort_and_restart() {
         "{}",
         srv.log()
     );
+    srv.stop();
+}
+
+/// Image files copied into the directory are verified and listed by the
+/// server's own watch (every 10 s) and at once on `POST /api/images/rescan`;
+/// a file that goes is forgotten.
+#[test]
+fn images_that_appear_or_go_are_seen() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let srv = Server::start(&dir, &work.path().join("state.sqlite"));
+    assert_eq!(srv.req("GET", "/api/images", None).json(), json!([]));
+    let other = work.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    make_image(work.path(), &other, "a.img", 2, 11);
+    make_image(work.path(), &other, "b.img", 2, 12);
+    // Copied in under a hidden name, then renamed, as an admin's script would.
+    let copy_in = |name: &str| {
+        let tmp = dir.join(format!(".{name}.copying"));
+        std::fs::copy(other.join(name), &tmp).expect("copy");
+        std::fs::rename(&tmp, dir.join(name)).expect("rename");
+    };
+    copy_in("a.img");
+    let r = srv.req("POST", "/api/images/rescan", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(names(&r.json()["images"]), ["a.img"]);
+    // Without asking: the watch finds it within its period.
+    let started = Instant::now();
+    copy_in("b.img");
+    while !names(&srv.req("GET", "/api/images", None).json()).contains(&"b.img".into()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "b.img not listed: {}",
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::remove_file(dir.join("a.img")).expect("rm");
+    let r = srv.req("POST", "/api/images/rescan", None);
+    assert_eq!(names(&r.json()["images"]), ["b.img"]);
+    assert_eq!(srv.req("GET", "/api/images/a.img", None).status, 404);
+    srv.stop();
+}
+
+/// An upload may be no larger than the free space of the image directory,
+/// whatever it declares: the server, its directory on a 4 MiB tmpfs of its
+/// own (a mount namespace the test makes), refuses a chunked upload of a
+/// larger image and keeps nothing of it: an image that fits goes in after it.
+#[test]
+fn uploads_stop_at_the_free_space() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let token = work.path().join("token");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-Urm", "--", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=4m imgcast-test "$0" && exec "$@""#)
+        .arg(&dir)
+        .arg(img())
+        .args(["server", "--listen", "127.0.0.1:0", "--images"])
+        .arg(&dir)
+        .arg("--state")
+        .arg(work.path().join("state.sqlite"))
+        .arg("--token-file")
+        .arg(&token);
+    let srv = Server::spawn(cmd, &token);
+    let other = work.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    // Random data does not compress: the big image stores about 6 MiB.
+    make_image(work.path(), &other, "big.img", 12, 13);
+    make_image(work.path(), &other, "small.img", 2, 14);
+    let big = std::fs::read(other.join("big.img")).expect("big");
+    assert!(big.len() > 5 << 20, "{} bytes", big.len());
+    let started = Instant::now();
+    let refused = client::put_image(
+        &srv.addr,
+        "/api/images/big.img",
+        Some(&srv.token),
+        &mut big.as_slice(),
+    );
+    match &refused {
+        Ok(r) => {
+            assert_eq!(r.status, 413, "{}", r.text());
+            assert!(r.text().contains("free space"), "{}", r.text());
+        }
+        // The server stops reading at the limit and closes; the client may
+        // see that before it reads the 413.
+        Err(e) => eprintln!("the refused upload, as the client saw it: {e}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(srv.req("GET", "/api/images/big.img", None).status, 404);
+    let small = std::fs::read(other.join("small.img")).expect("small");
+    let r = client::put_image(
+        &srv.addr,
+        "/api/images/small.img",
+        Some(&srv.token),
+        &mut small.as_slice(),
+    )
+    .expect("put");
+    assert_eq!(r.status, 201, "{}\n{}", r.text(), srv.log());
+    assert_eq!(
+        names(&srv.req("GET", "/api/images", None).json()),
+        ["small.img"]
+    );
+    // Outside the server's namespace the directory was never written.
+    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
     srv.stop();
 }
 
