@@ -183,14 +183,25 @@ function reloadAll() {
   sessions.clear();
   loadSessions().catch(() => {}); loadImages().catch(() => {}); loadHosts().catch(() => {});
 }
+// Whether the stream broke since the page last had the whole state.
+let broken = false;
 function connect() {
   const es = new EventSource('/api/events');
   const dot = document.getElementById('conn');
-  let broken = false;
   es.onopen = () => { dot.textContent = 'live'; };
-  es.onerror = () => { dot.textContent = 'reconnecting…'; broken = true; };
-  es.addEventListener('hello', () => { if (broken) reloadAll(); });
-  es.addEventListener('reload', reloadAll);
+  es.onerror = () => {
+    dot.textContent = 'reconnecting…'; broken = true;
+    // EventSource retries a lost connection by itself, but gives up on an
+    // error answer: a restarted server has forgotten this login (401).
+    if (es.readyState !== EventSource.CLOSED) return;
+    es.close();
+    fetch('/api/sessions?limit=1', { credentials: 'same-origin' }).then((r) => {
+      if (r.status === 401) { dot.textContent = 'logged out'; location.assign('/'); }
+      else setTimeout(connect, 2000);
+    }, () => setTimeout(connect, 2000));
+  };
+  es.addEventListener('hello', () => { if (broken) { broken = false; reloadAll(); } });
+  es.addEventListener('reload', () => { broken = false; reloadAll(); });
   es.addEventListener('session', (e) => {
     const s = JSON.parse(e.data); sessions.set(s.id, s); renderSessions();
     if (s.state === 'done' || s.state === 'failed') loadHosts().catch(() => {});

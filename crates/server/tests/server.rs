@@ -1266,6 +1266,8 @@ struct ProxyState {
     /// Whether it is held down, and both sides of every open connection
     /// (one lock: a connection accepted as the hold begins is cut too).
     links: Mutex<(bool, Vec<std::net::TcpStream>)>,
+    /// Where it forwards to (a restarted server listens elsewhere).
+    upstream: Mutex<String>,
 }
 
 impl CutProxy {
@@ -1278,7 +1280,8 @@ impl CutProxy {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("proxy addr").to_string();
         let state = Arc::new(ProxyState::default());
-        let (st, up) = (Arc::clone(&state), upstream.to_string());
+        *state.upstream.lock().expect("upstream") = upstream.to_string();
+        let st = Arc::clone(&state);
         let accept = std::thread::spawn(move || {
             let end = Instant::now() + Self::LIFETIME;
             let mut served = 0;
@@ -1301,6 +1304,7 @@ impl CutProxy {
                     drop(browser);
                     continue;
                 }
+                let up = st.upstream.lock().expect("upstream").clone();
                 let Ok(server) = std::net::TcpStream::connect(&up) else {
                     continue;
                 };
@@ -1337,6 +1341,10 @@ impl CutProxy {
 
     fn release(&self) {
         self.state.links.lock().expect("links").0 = false;
+    }
+
+    fn forward_to(&self, upstream: &str) {
+        *self.state.upstream.lock().expect("upstream") = upstream.to_string();
     }
 
     fn refused(&self) -> usize {
@@ -1517,6 +1525,50 @@ fn dashboard_reconnect_shows_the_finished_session() {
     let err = std::fs::read_to_string(&client_log).unwrap_or_default();
     assert!(st.success(), "client: {st}\n{err}");
     assert!(same(&disk, &target), "the client's copy differs");
+
+    // The server restarts while the page is cut off, with a session
+    // gathering. A restart forgets dashboard logins: the page, whose stream
+    // is now refused (401), goes to the login form by itself (it used to sit
+    // at "reconnecting…" for good); logged in again, it shows the gathering
+    // session as the restart left it, failed.
+    b.type_into("#f-name", "3"); // "web23": the form kept "web2"
+    b.click("#f-submit");
+    let gid = b
+        .wait_js(
+            "const s = document.querySelector('#live .session[data-state=\"gathering\"]'); \
+             return s ? Number(s.dataset.sessionId) : null",
+            10,
+        )
+        .as_u64()
+        .expect("gathering session id");
+    proxy.hold();
+    b.wait_js(
+        "return document.getElementById('conn').textContent === 'reconnecting…'",
+        10,
+    );
+    let state = work.path().join("state.sqlite");
+    srv.stop();
+    let srv = Server::start(&dir, &state);
+    proxy.forward_to(&srv.addr);
+    proxy.release();
+    b.wait_js("return document.title === 'imgcast server: log in'", 30);
+    log_in(&b, &format!("http://{}/", proxy.addr), &srv.token);
+    b.wait_js(
+        &format!(
+            "const s = document.querySelector('#past .session[data-session-id=\"{gid}\"]'); \
+             return s && s.dataset.state === 'failed' && s.innerText.includes('server stopped') && \
+               !document.querySelector('#live .session[data-session-id=\"{gid}\"]')"
+        ),
+        10,
+    );
+    // The finished session is still shown, done.
+    assert_eq!(
+        b.js(&format!(
+            "const s = document.querySelector('#past .session[data-session-id=\"{id}\"]'); \
+             return s ? s.dataset.state : null"
+        )),
+        json!("done")
+    );
     eprintln!(
         "dashboard reconnect: cut at {:.1} s, session done at {:.1} s, page showed it at {:.1} s; {} reconnection(s) turned away",
         cut_at.as_secs_f64(),
