@@ -1289,12 +1289,9 @@ impl CutProxy {
                 && Instant::now() < end
                 && served < Self::MAX_CONNECTIONS
             {
-                let browser = match listener.accept() {
-                    Ok((s, _)) => s,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(5));
-                        continue;
-                    }
+                let Ok((browser, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
                 };
                 served += 1;
                 let _ = browser.set_nonblocking(false);
