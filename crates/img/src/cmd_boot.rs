@@ -677,10 +677,8 @@ fn fetch_key(k: &str) -> Result<PathBuf> {
     if !k.starts_with("http://") {
         return Ok(PathBuf::from(k));
     }
-    let url = imgcast_server::client::ServerUrl::parse(k).map_err(|e| anyhow::anyhow!(e))?;
-    let reply = imgcast_server::client::request(&url.addr, "GET", &url.path, None, None)
+    let reply = imgcast_server::client::get(k)
         .and_then(|r| r.ok())
-        .map_err(|e| anyhow::anyhow!(e))
         .with_context(|| format!("fetching img.keyfile={k}"))?;
     let path = PathBuf::from("/run/imgcast.key");
     std::fs::write(&path, reply.text()).with_context(|| format!("writing {}", path.display()))?;
@@ -698,16 +696,9 @@ fn report(url: &str, o: &BootOrders, code: Option<i32>, secs: f64) -> Result<()>
         "seconds": secs,
         "macs": macs(),
     });
-    let url = imgcast_server::client::ServerUrl::parse(url).map_err(|e| anyhow::anyhow!(e))?;
-    imgcast_server::client::request(
-        &url.addr,
-        "POST",
-        &url.path,
-        None,
-        Some(body.to_string().as_bytes()),
-    )
-    .and_then(|r| r.ok())
-    .map_err(|e| anyhow::anyhow!(e))?;
+    imgcast_server::client::post_json(url, &body)
+        .and_then(|r| r.ok())
+        .with_context(|| format!("reporting to img.report={url}"))?;
     Ok(())
 }
 

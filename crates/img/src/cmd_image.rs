@@ -17,6 +17,13 @@ pub(crate) fn make(a: &MakeArgs) -> Result<()> {
     if let Some(url) = a.image.to_str().filter(|s| s.starts_with("http://")) {
         return make_to_server(a, url, level, chunk_size);
     }
+    // Not a file named "https:"; the server and its client speak plain HTTP.
+    if let Some(url) = a.image.to_str().filter(|s| s.contains("://")) {
+        return Err(crate::UsageError(format!(
+            "'{url}': only http://HOST:PORT/NAME is supported (the imaging server speaks plain HTTP)"
+        ))
+        .into());
+    }
     let started = Instant::now();
     let map = image::map_source(&a.disk, a.map.mode())
         .with_context(|| format!("reading the layout of {}", a.disk.display()))?;

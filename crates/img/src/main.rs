@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("img: error: {e:#}");
+            eprintln!("img: error: {}", error_text(&e));
             if e.downcast_ref::<UsageError>().is_some() {
                 eprintln!("Run `img --help` for the forms of the command.");
                 return ExitCode::from(2);
@@ -135,10 +135,64 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// The error and its causes, `: `-joined, leaving out a cause that its
+/// parent's message already ends with (the library errors name their cause
+/// in their own message, and keep it as their `source` too).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !last.ends_with(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        last = text;
+    }
+    out
+}
+
 /// A closed pipe (`img info | head`) is not an error worth a message.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A library error in the common shape: it names its cause and keeps it.
+    #[derive(Debug)]
+    struct Named {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Named {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "sending to h: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Named {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_named_by_its_parent_is_printed_once() {
+        let io = std::io::Error::other("connection refused");
+        let e = anyhow::Error::from(Named { source: io }).context("capturing d to h");
+        assert_eq!(
+            error_text(&e),
+            "capturing d to h: sending to h: connection refused"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&plain), "outer: inner");
+    }
 }

@@ -102,7 +102,9 @@ function renderSession(s) {
   const t = el('table', {}, el('tr', {}, el('th', {}, 'client'), el('th', {}, 'run'), el('th', {}, 'progress'), el('th', {}, ''), el('th', {}, 'rate'), el('th', {}, 'result'), el('th', {}, 'note')));
   for (const c of s.clients) {
     const pct = c.total ? Math.floor(100 * c.done / c.total) : 0;
-    const bar = el('div', { class: 'bar' }, el('div', { style: 'width:' + pct + '%' }));
+    // Through the CSSOM: the CSP (no 'unsafe-inline') drops style="" attributes.
+    const fill = el('div', { class: 'fill' }); fill.style.width = pct + '%';
+    const bar = el('div', { class: 'bar' }, fill);
     const res = c.result == null ? (live ? '…' : '') : c.result;
     t.append(el('tr', { class: 'client-row', 'data-client': c.addr }, el('td', {}, c.host ? c.host + ' (' + c.addr + ')' : c.addr), el('td', {}, c.run), el('td', {}, bar),
       el('td', { class: 'pct' }, pct + '%'), el('td', {}, c.rate ? human(c.rate) + '/s' : ''),
@@ -181,14 +183,25 @@ function reloadAll() {
   sessions.clear();
   loadSessions().catch(() => {}); loadImages().catch(() => {}); loadHosts().catch(() => {});
 }
+// Whether the stream broke since the page last had the whole state.
+let broken = false;
 function connect() {
   const es = new EventSource('/api/events');
   const dot = document.getElementById('conn');
-  let broken = false;
   es.onopen = () => { dot.textContent = 'live'; };
-  es.onerror = () => { dot.textContent = 'reconnecting…'; broken = true; };
-  es.addEventListener('hello', () => { if (broken) reloadAll(); });
-  es.addEventListener('reload', reloadAll);
+  es.onerror = () => {
+    dot.textContent = 'reconnecting…'; broken = true;
+    // EventSource retries a lost connection by itself, but gives up on an
+    // error answer: a restarted server has forgotten this login (401).
+    if (es.readyState !== EventSource.CLOSED) return;
+    es.close();
+    fetch('/api/sessions?limit=1', { credentials: 'same-origin' }).then((r) => {
+      if (r.status === 401) { dot.textContent = 'logged out'; location.assign('/'); }
+      else setTimeout(connect, 2000);
+    }, () => setTimeout(connect, 2000));
+  };
+  es.addEventListener('hello', () => { if (broken) { broken = false; reloadAll(); } });
+  es.addEventListener('reload', () => { broken = false; reloadAll(); });
   es.addEventListener('session', (e) => {
     const s = JSON.parse(e.data); sessions.set(s.id, s); renderSessions();
     if (s.state === 'done' || s.state === 'failed') loadHosts().catch(() => {});

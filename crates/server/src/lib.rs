@@ -15,7 +15,7 @@
 //!
 //! The HTTP stack is hyper (HTTP/1.1) with axum's routing on a small tokio
 //! runtime; the limits a server on an untrusted network needs are set in
-//! [`http`] (per connection) and [`api`] (per route). Sessions run the
+//! `http` (per connection) and `api` (per route). Sessions run the
 //! engine on threads of their own, as before; handlers that touch SQLite or
 //! files run on tokio's blocking threads.
 #![forbid(unsafe_code)]

@@ -53,11 +53,17 @@ struct Server {
 
 impl Server {
     fn start(images: &Path, state: &Path) -> Self {
-        let mut child = Command::new(img())
-            .args(["server", "--listen", "127.0.0.1:0", "--images"])
+        let mut cmd = Command::new(img());
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--images"])
             .arg(images)
             .arg("--state")
-            .arg(state)
+            .arg(state);
+        Self::spawn(cmd, &images.join(".imgcast-token"))
+    }
+
+    /// Runs `cmd` (an `img server` however wrapped), whose token file is `token`.
+    fn spawn(mut cmd: Command, token: &Path) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -80,7 +86,7 @@ impl Server {
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("server did not start: {}", log.lock().expect("log")));
-        let token = std::fs::read_to_string(images.join(".imgcast-token"))
+        let token = std::fs::read_to_string(token)
             .expect("token file")
             .trim()
             .to_string();
@@ -508,6 +514,113 @@ fn sessions_progress_duplicates_abort_and_restart() {
         "{}",
         srv.log()
     );
+    srv.stop();
+}
+
+/// Image files copied into the directory are verified and listed by the
+/// server's own watch (every 10 s) and at once on `POST /api/images/rescan`;
+/// a file that goes is forgotten.
+#[test]
+fn images_that_appear_or_go_are_seen() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let srv = Server::start(&dir, &work.path().join("state.sqlite"));
+    assert_eq!(srv.req("GET", "/api/images", None).json(), json!([]));
+    let other = work.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    make_image(work.path(), &other, "a.img", 2, 11);
+    make_image(work.path(), &other, "b.img", 2, 12);
+    // Copied in under a hidden name, then renamed, as an admin's script would.
+    let copy_in = |name: &str| {
+        let tmp = dir.join(format!(".{name}.copying"));
+        std::fs::copy(other.join(name), &tmp).expect("copy");
+        std::fs::rename(&tmp, dir.join(name)).expect("rename");
+    };
+    copy_in("a.img");
+    let r = srv.req("POST", "/api/images/rescan", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(names(&r.json()["images"]), ["a.img"]);
+    // Without asking: the watch finds it within its period.
+    let started = Instant::now();
+    copy_in("b.img");
+    while !names(&srv.req("GET", "/api/images", None).json()).contains(&"b.img".into()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "b.img not listed: {}",
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::remove_file(dir.join("a.img")).expect("rm");
+    let r = srv.req("POST", "/api/images/rescan", None);
+    assert_eq!(names(&r.json()["images"]), ["b.img"]);
+    assert_eq!(srv.req("GET", "/api/images/a.img", None).status, 404);
+    srv.stop();
+}
+
+/// An upload may be no larger than the free space of the image directory,
+/// whatever it declares: the server, its directory on a 4 MiB tmpfs of its
+/// own (a mount namespace the test makes), refuses a chunked upload of a
+/// larger image and keeps nothing of it: an image that fits goes in after it.
+#[test]
+fn uploads_stop_at_the_free_space() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let token = work.path().join("token");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-Urm", "--", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=4m imgcast-test "$0" && exec "$@""#)
+        .arg(&dir)
+        .arg(img())
+        .args(["server", "--listen", "127.0.0.1:0", "--images"])
+        .arg(&dir)
+        .arg("--state")
+        .arg(work.path().join("state.sqlite"))
+        .arg("--token-file")
+        .arg(&token);
+    let srv = Server::spawn(cmd, &token);
+    let other = work.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    // Random data does not compress: the big image stores about 6 MiB.
+    make_image(work.path(), &other, "big.img", 12, 13);
+    make_image(work.path(), &other, "small.img", 2, 14);
+    let big = std::fs::read(other.join("big.img")).expect("big");
+    assert!(big.len() > 5 << 20, "{} bytes", big.len());
+    let started = Instant::now();
+    let refused = client::put_image(
+        &srv.addr,
+        "/api/images/big.img",
+        Some(&srv.token),
+        &mut big.as_slice(),
+    );
+    match &refused {
+        Ok(r) => {
+            assert_eq!(r.status, 413, "{}", r.text());
+            assert!(r.text().contains("free space"), "{}", r.text());
+        }
+        // The server stops reading at the limit and closes; the client may
+        // see that before it reads the 413.
+        Err(e) => eprintln!("the refused upload, as the client saw it: {e}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(srv.req("GET", "/api/images/big.img", None).status, 404);
+    let small = std::fs::read(other.join("small.img")).expect("small");
+    let r = client::put_image(
+        &srv.addr,
+        "/api/images/small.img",
+        Some(&srv.token),
+        &mut small.as_slice(),
+    )
+    .expect("put");
+    assert_eq!(r.status, 201, "{}\n{}", r.text(), srv.log());
+    assert_eq!(
+        names(&srv.req("GET", "/api/images", None).json()),
+        ["small.img"]
+    );
+    // Outside the server's namespace the directory was never written.
+    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
     srv.stop();
 }
 
@@ -1039,6 +1152,32 @@ fn dashboard_in_headless_chromium() {
         std::fs::read(dir.join("up.img")).expect("uploaded"),
         std::fs::read(other.join("up.img")).expect("source")
     );
+    // Describe an image from the page (the field saves on Enter), and delete
+    // one (after the page's confirm dialog).
+    b.type_into(
+        "#images-body tr[data-image=\"base.img\"] .describe",
+        "golden <Debian> 13\u{E007}",
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while srv.req("GET", "/api/images/base.img", None).json()["description"]
+        != json!("golden <Debian> 13")
+    {
+        assert!(Instant::now() < end, "the description was not saved");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.click("#images-body tr[data-image=\"up.img\"] button.delete");
+    b.rt.block_on(b.c().accept_alert())
+        .expect("the delete confirmation");
+    b.wait_js(
+        "return document.querySelector('#images-body tr[data-image=\"up.img\"]') === null",
+        10,
+    );
+    assert!(!dir.join("up.img").exists(), "up.img is still there");
+    assert_eq!(srv.req("GET", "/api/images/up.img", None).status, 404);
+    assert_eq!(
+        b.js("return document.querySelector('#images-body tr[data-image=\"base.img\"] .describe').value"),
+        json!("golden <Debian> 13")
+    );
 
     // A client waits; the form starts a slow session for it.
     let target = work.path().join("t.raw");
@@ -1072,6 +1211,12 @@ fn dashboard_in_headless_chromium() {
         ),
         30,
     );
+    // The bar is drawn part-way too.
+    let drawn = b.js(
+        "const bar = document.querySelector('#live .client-row .bar'); \
+         return bar.firstChild.getBoundingClientRect().width",
+    );
+    assert!(drawn.as_f64().is_some_and(|w| w > 0.0), "bar drawn {drawn}");
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     b.screenshot(&shots.join("dashboard.png"));
     // Abort from the page: the session ends failed, "aborted".
@@ -1100,6 +1245,334 @@ fn dashboard_in_headless_chromium() {
     let _ = client.kill();
     let _ = client.wait();
     eprintln!("screenshots in {}", shots.display());
+}
+
+/// A TCP proxy between the browser and the server that the test can cut, as
+/// a dead link or a restarting reverse proxy would look to the browser:
+/// [`CutProxy::hold`] closes every connection through it and turns new ones
+/// away (accepted, then closed at once); [`CutProxy::release`] lets them
+/// through again. Loopback only; it stops with the test, or after 10 minutes.
+struct CutProxy {
+    addr: String,
+    state: Arc<ProxyState>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    stop: std::sync::atomic::AtomicBool,
+    /// Connections turned away while held down.
+    refused: std::sync::atomic::AtomicUsize,
+    /// Whether it is held down, and both sides of every open connection
+    /// (one lock: a connection accepted as the hold begins is cut too).
+    links: Mutex<(bool, Vec<std::net::TcpStream>)>,
+    /// Where it forwards to (a restarted server listens elsewhere).
+    upstream: Mutex<String>,
+}
+
+impl CutProxy {
+    const MAX_CONNECTIONS: usize = 2000;
+    const LIFETIME: Duration = Duration::from_secs(600);
+
+    fn start(upstream: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy listen");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("proxy addr").to_string();
+        let state = Arc::new(ProxyState::default());
+        *state.upstream.lock().expect("upstream") = upstream.to_string();
+        let st = Arc::clone(&state);
+        let accept = std::thread::spawn(move || {
+            let end = Instant::now() + Self::LIFETIME;
+            let mut served = 0;
+            while !st.stop.load(Ordering::Relaxed)
+                && Instant::now() < end
+                && served < Self::MAX_CONNECTIONS
+            {
+                let Ok((browser, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                served += 1;
+                let _ = browser.set_nonblocking(false);
+                let mut links = st.links.lock().expect("links");
+                if links.0 {
+                    st.refused.fetch_add(1, Ordering::Relaxed);
+                    drop(browser);
+                    continue;
+                }
+                let up = st.upstream.lock().expect("upstream").clone();
+                let Ok(server) = std::net::TcpStream::connect(&up) else {
+                    continue;
+                };
+                let (Ok(b2), Ok(s2)) = (browser.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                for (mut from, mut to) in [(browser, s2), (server, b2)] {
+                    if let (Ok(a), Ok(b)) = (from.try_clone(), to.try_clone()) {
+                        links.1.push(a);
+                        links.1.push(b);
+                    }
+                    // Ends when either side closes or the hold shuts both.
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            state,
+            accept: Some(accept),
+        }
+    }
+
+    fn hold(&self) {
+        let mut links = self.state.links.lock().expect("links");
+        links.0 = true;
+        for s in links.1.drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn release(&self) {
+        self.state.links.lock().expect("links").0 = false;
+    }
+
+    fn forward_to(&self, upstream: &str) {
+        *self.state.upstream.lock().expect("upstream") = upstream.to_string();
+    }
+
+    fn refused(&self) -> usize {
+        self.state
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.hold();
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Logs the browser in to the dashboard at `base` with `token`.
+fn log_in(b: &Browser, base: &str, token: &str) {
+    b.goto(base);
+    assert_eq!(
+        b.js("return document.title"),
+        json!("imgcast server: log in")
+    );
+    b.type_into("#token", token);
+    b.click("#login");
+    b.wait_js(
+        "return document.querySelector('#f-image option[value=\"base.img\"]') !== null",
+        10,
+    );
+    b.wait_js(
+        "return document.getElementById('conn').textContent === 'live'",
+        10,
+    );
+}
+
+/// Waits up to `secs` for `child` to exit; kills it if it does not.
+fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let st = child.wait().expect("wait");
+            panic!("the process did not exit within {secs} s (killed: {st})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Start and watch a session from the page until it succeeds, with the
+/// page's link to the server cut while the session runs: the session ends
+/// while the browser cannot hear it; once the link is back, the page shows
+/// it finished (moved from live to past, the client done) without a reload,
+/// and the client's copy equals the image's source disk.
+#[test]
+fn dashboard_reconnect_shows_the_finished_session() {
+    if !in_private_netns("dashboard_reconnect_shows_the_finished_session") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("images");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let disk = make_image(work.path(), &dir, "base.img", 12, 5);
+    let srv = Server::start(&dir, &work.path().join("state.sqlite"));
+    let end = Instant::now() + Duration::from_secs(20);
+    while srv.req("GET", "/api/images/base.img", None).status != 200 {
+        assert!(Instant::now() < end, "not listed: {}", srv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let proxy = CutProxy::start(&srv.addr);
+    let b = Browser::start(&work.path().join("profile"));
+    log_in(&b, &format!("http://{}/", proxy.addr), &srv.token);
+    // A page that reloads loses this; the finished state must come without.
+    b.js("window.imgcastTestMark = 'same page'; return null");
+
+    // A client waits; the form starts a throttled session for it.
+    let target = work.path().join("t.raw");
+    let client_log = work.path().join("client.log");
+    let mut client = Command::new(img())
+        .args(["-session", "web2", "-client"])
+        .arg(format!("-disk={}", target.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&client_log).expect("client log"))
+        .spawn()
+        .expect("client");
+    let started = Instant::now();
+    b.type_into("#f-name", "web2");
+    b.type_into("#f-clients", "1");
+    // Throttled to run about 10 s: long enough to cut the link mid-run under load.
+    b.type_into("#f-throttle", "8");
+    b.click("#f-submit");
+    let id = b
+        .wait_js(
+            "const s = document.querySelector('#live .session[data-session-id]'); \
+             return s ? Number(s.dataset.sessionId) : null",
+            10,
+        )
+        .as_u64()
+        .expect("session id");
+    // Watch it run: the client's row moves.
+    b.wait_js(
+        "const p = document.querySelector('#live .client-row .pct'); \
+         const n = p ? parseInt(p.textContent) : 0; return n > 0 && n < 100 ? n : null",
+        60,
+    );
+    let cut_at = started.elapsed();
+
+    // Cut the link and hold it down: the page notices and tries to reconnect.
+    proxy.hold();
+    b.wait_js(
+        "return document.getElementById('conn').textContent === 'reconnecting…'",
+        10,
+    );
+    let v = srv.wait_session(id, 120, |v| {
+        v["state"] == json!("done") || v["state"] == json!("failed")
+    });
+    assert_eq!(v["state"], json!("done"), "{v:#}\n{}", srv.log());
+    let finished_at = started.elapsed();
+    // At least one reconnection was turned away while held down.
+    let end = Instant::now() + Duration::from_secs(20);
+    while proxy.refused() == 0 {
+        assert!(Instant::now() < end, "the page never tried to reconnect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Cut off, the page still shows the session live: what follows is the reconnect's doing.
+    assert_eq!(
+        b.js(&format!(
+            "const s = document.querySelector('#live .session[data-session-id=\"{id}\"]'); \
+             return s ? s.dataset.state : null"
+        )),
+        json!("running"),
+        "the page learnt of the end while cut off?"
+    );
+
+    // The link comes back: the page shows the session finished, with its result.
+    proxy.release();
+    b.wait_js(
+        &format!(
+            "const s = document.querySelector('#past .session[data-session-id=\"{id}\"]'); \
+             const r = s && s.querySelector('.client-row'); \
+             return s && s.dataset.state === 'done' && r && r.innerText.includes('done') && \
+               !document.querySelector('#live .session[data-session-id=\"{id}\"]') && \
+               document.getElementById('conn').textContent === 'live'"
+        ),
+        30,
+    );
+    let back_at = started.elapsed();
+    assert_eq!(
+        b.js("return window.imgcastTestMark || null"),
+        json!("same page"),
+        "the page was reloaded"
+    );
+    assert_eq!(
+        b.js("return document.querySelector('#past .session .client-row .pct').textContent"),
+        json!("100%")
+    );
+    // The bar is full as drawn, not only in its text (the CSP drops style="").
+    let filled = b.js(
+        "const bar = document.querySelector('#past .session .client-row .bar'); \
+         return bar.firstChild.getBoundingClientRect().width / bar.getBoundingClientRect().width",
+    );
+    assert!(
+        filled.as_f64().is_some_and(|f| f > 0.99),
+        "bar filled {filled}"
+    );
+    b.screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-reconnected.png"));
+
+    // The client finished, and its copy is the disk the image was made from.
+    let st = wait_exit(&mut client, 60);
+    let err = std::fs::read_to_string(&client_log).unwrap_or_default();
+    assert!(st.success(), "client: {st}\n{err}");
+    assert!(same(&disk, &target), "the client's copy differs");
+
+    // The server restarts while the page is cut off, with a session
+    // gathering. A restart forgets dashboard logins: the page, whose stream
+    // is now refused (401), goes to the login form by itself (it used to sit
+    // at "reconnecting…" for good); logged in again, it shows the gathering
+    // session as the restart left it, failed.
+    b.type_into("#f-name", "3"); // "web23": the form kept "web2"
+    b.click("#f-submit");
+    let gid = b
+        .wait_js(
+            "const s = document.querySelector('#live .session[data-state=\"gathering\"]'); \
+             return s ? Number(s.dataset.sessionId) : null",
+            10,
+        )
+        .as_u64()
+        .expect("gathering session id");
+    proxy.hold();
+    b.wait_js(
+        "return document.getElementById('conn').textContent === 'reconnecting…'",
+        10,
+    );
+    let state = work.path().join("state.sqlite");
+    srv.stop();
+    let srv = Server::start(&dir, &state);
+    proxy.forward_to(&srv.addr);
+    proxy.release();
+    b.wait_js("return document.title === 'imgcast server: log in'", 30);
+    log_in(&b, &format!("http://{}/", proxy.addr), &srv.token);
+    b.wait_js(
+        &format!(
+            "const s = document.querySelector('#past .session[data-session-id=\"{gid}\"]'); \
+             return s && s.dataset.state === 'failed' && s.innerText.includes('server stopped') && \
+               !document.querySelector('#live .session[data-session-id=\"{gid}\"]')"
+        ),
+        10,
+    );
+    // The finished session is still shown, done.
+    assert_eq!(
+        b.js(&format!(
+            "const s = document.querySelector('#past .session[data-session-id=\"{id}\"]'); \
+             return s ? s.dataset.state : null"
+        )),
+        json!("done")
+    );
+    eprintln!(
+        "dashboard reconnect: cut at {:.1} s, session done at {:.1} s, page showed it at {:.1} s; {} reconnection(s) turned away",
+        cut_at.as_secs_f64(),
+        finished_at.as_secs_f64(),
+        back_at.as_secs_f64(),
+        proxy.refused()
+    );
 }
 
 /// Sends `head` (and nothing more) on a new connection and reads the answer's
@@ -1149,6 +1622,17 @@ fn limits_hold_against_hostile_requests() {
     let dir = work.path().join("images");
     std::fs::create_dir(&dir).expect("mkdir");
     let srv = Server::start(&dir, &work.path().join("state.sqlite"));
+    // A client that starts a request head and never finishes it: the header
+    // timeout (10 s) closes it; the checks below run meanwhile.
+    let slow_started = Instant::now();
+    let mut slow = std::net::TcpStream::connect(&srv.addr).expect("connect");
+    std::io::Write::write_all(
+        &mut slow,
+        b"GET /api/images HTTP/1.1\r\nHost: h\r\nX-Slow: ",
+    )
+    .expect("half a head");
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let bomb = 1_000_000_000_000u64;
     let t = &srv.token;
     for (what, head, want) in [
@@ -1218,7 +1702,23 @@ fn limits_hold_against_hostile_requests() {
     );
     assert_eq!(status, 431, "{text}");
     assert_eq!(srv.req("GET", "/api/images", None).status, 200);
-    // A client that never finishes its head is cut off by the header timeout (10 s).
+    // The half-sent head: closed by the server at its header timeout.
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match std::io::Read::read(&mut slow, &mut buf) {
+            Ok(0) | Err(_) => break slow_started.elapsed(),
+            // An answer (408) before the close is fine too.
+            Ok(_) => {}
+        }
+        assert!(
+            slow_started.elapsed() < Duration::from_secs(20),
+            "never closed"
+        );
+    };
+    assert!(
+        closed >= Duration::from_secs(9) && closed < Duration::from_secs(15),
+        "the half-sent head was closed after {closed:?}"
+    );
     srv.stop();
 }
 
@@ -1252,6 +1752,24 @@ fn cookie_writes_must_be_same_origin_json() {
         set.contains("HttpOnly") && set.contains("SameSite=Strict"),
         "{set}"
     );
+    assert!(!set.contains("Secure"), "{set}");
+    // Behind a TLS proxy (which says so in X-Forwarded-Proto) the cookie is Secure.
+    let (status, text) = raw(
+        &srv.addr,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\ntoken={}",
+            srv.token.len() + 6,
+            srv.token
+        ),
+        5,
+    );
+    assert_eq!(status, 303, "{text}");
+    let tls_cookie = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_default();
+    assert!(tls_cookie.ends_with("; Secure"), "{text}");
     let cookie = set.split(';').next().expect("cookie").to_string();
     assert!(
         !cookie.contains(&srv.token),

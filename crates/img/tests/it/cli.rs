@@ -112,6 +112,7 @@ fn bad_command_lines_exit_2() {
         &["make", "x.img", "-disk=y", "-comp=x"],
         &["make", "x.img", "-disk=y", "-frobnicate"],
         &["make", "x.img"],
+        &["make", "https://srv:8470/x.img", "-disk=y", "--token=t"],
         &["restore", "x.img"],
         &["-session", "a", "-master", "-client"],
         &["-session", "a", "-master", "-clients=-1"],
@@ -132,6 +133,8 @@ fn bad_command_lines_exit_2() {
     }
     let o = run(&["make", "x.img", "-disk=y", "-comp=10"]);
     assert!(text(&o).contains("compression level"), "{}", text(&o));
+    let o = run(&["make", "https://srv:8470/x.img", "-disk=y", "--token=t"]);
+    assert!(text(&o).contains("only http://"), "{}", text(&o));
 }
 
 #[test]
