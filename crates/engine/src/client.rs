@@ -752,6 +752,7 @@ fn run(
     let client_id = rand::random::<u64>().max(1);
     let mut rc = proto::ReceiverConfig::new(name.clone(), client_id, &hostname());
     rc.key = key;
+    rc.mac = iface.mac();
     rc.master_timeout = cfg.net.peer_timeout;
     rc.offload_decode = true;
     let mut receiver = proto::Receiver::new(rc);

@@ -227,6 +227,7 @@ fn run_once(
                     client_id,
                     addr,
                     label,
+                    mac,
                 } => {
                     clients.insert(
                         client_id,
@@ -250,6 +251,7 @@ fn run_once(
                     on_event(SessionEvent::ClientHost {
                         id: client_id,
                         host: label,
+                        mac: mac.as_ref().map(crate::net::format_mac),
                     });
                 }
                 proto::SenderEvent::ClientQueued { addr, .. } => {

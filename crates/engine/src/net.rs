@@ -36,6 +36,35 @@ impl Interface {
     pub fn is_loopback(&self) -> bool {
         self.addr.is_loopback()
     }
+
+    /// Its hardware address from sysfs, sent in Register so a master (or the imaging server)
+    /// can name the machine even across a router; `None` for loopback or an all-zero address.
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        let text = std::fs::read_to_string(format!("/sys/class/net/{}/address", self.name)).ok()?;
+        parse_mac(text.trim()).filter(|m| m != &[0; 6])
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (or with `-`), exactly six two-digit hex bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split([':', '-']);
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Formats a MAC as lower-case `aa:bb:cc:dd:ee:ff`, as `ip link` shows it.
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// Finds the interface to use: the named one, or the one of the route to the
@@ -232,4 +261,38 @@ pub fn unicast_socket(
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(|e| EngineError::io(ctx("socket timeout"), e))?;
     Ok(s.into())
+}
+
+#[cfg(test)]
+mod mac_tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_strictly_and_format_back() {
+        let m = parse_mac("52:54:00:AB:cd:0f").expect("valid");
+        assert_eq!(m, [0x52, 0x54, 0, 0xab, 0xcd, 0x0f]);
+        assert_eq!(format_mac(&m), "52:54:00:ab:cd:0f");
+        assert_eq!(parse_mac("52-54-00-ab-cd-0f"), Some(m));
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0f:00",
+            "52:54:00:ab:cd:+1",
+            "52:54:00:ab:cd:f",
+            "52:54:00:ab:cd:0g",
+            "525400abcd0f",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn loopback_has_no_mac() {
+        let lo = Interface {
+            name: "lo".into(),
+            addr: Ipv4Addr::LOCALHOST,
+            mtu: 65536,
+        };
+        assert_eq!(lo.mac(), None);
+    }
 }

@@ -193,6 +193,8 @@ pub enum SessionEvent {
         id: u64,
         /// Its host name, as it sent it (may be empty).
         host: String,
+        /// Its MAC as `aa:bb:cc:dd:ee:ff`, when the client sent one.
+        mac: Option<String>,
     },
     /// A latecomer was told to wait for the next run.
     ClientQueued {

@@ -265,6 +265,9 @@ pub struct Register {
     pub nonce: u64,
     /// Host name or other label shown by the master.
     pub label: String,
+    /// The MAC of the interface the client registers through, where it can read it: a master
+    /// (or imaging server) on another segment cannot learn it from its neighbour table.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// What an [`Ack`] acknowledges.
@@ -437,6 +440,13 @@ impl Body {
             Self::Register(r) => {
                 out.extend_from_slice(&r.nonce.to_be_bytes());
                 put_bytes16(out, clamp_text(&r.label, MAX_LABEL).as_bytes(), MAX_LABEL);
+                match r.mac {
+                    Some(mac) => {
+                        out.push(1);
+                        out.extend_from_slice(&mac);
+                    }
+                    None => out.push(0),
+                }
             }
             Self::Ack(a) => {
                 out.extend_from_slice(&a.client_id.to_be_bytes());
@@ -511,6 +521,11 @@ impl Body {
             2 => Self::Register(Register {
                 nonce: r.u64("nonce")?,
                 label: r.text("label", MAX_LABEL)?,
+                mac: match r.u8("mac flag")? {
+                    0 => None,
+                    1 => Some(r.array("mac")?),
+                    _ => return Err(DecodeError::BadValue { field: "mac flag" }),
+                },
             }),
             3 => Self::Ack(Ack {
                 client_id: r.u64("client id")?,
@@ -769,6 +784,12 @@ mod tests {
             Body::Register(Register {
                 nonce: 0x1234_5678_9abc,
                 label: "pc-12".into(),
+                mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+            }),
+            Body::Register(Register {
+                nonce: 1,
+                label: String::new(),
+                mac: None,
             }),
             Body::Ack(Ack {
                 client_id: 42,

@@ -106,6 +106,7 @@ fn samples() -> Vec<(&'static str, Packet)> {
             Body::Register(Register {
                 nonce: 1,
                 label: "fuzz".into(),
+                mac: Some([2, 0, 0, 0, 0, 1]),
             }),
         ),
         (

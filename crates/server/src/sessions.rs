@@ -537,9 +537,14 @@ fn on_event(shared: &Arc<Shared>, live: &Arc<Live>, ev: SessionEvent) {
                 });
                 shared.metrics.add_client();
             }
-            SessionEvent::ClientHost { id, host } => {
+            SessionEvent::ClientHost { id, host, mac } => {
                 if let Some(c) = v.clients.iter_mut().find(|c| c.id == id && c.run == run) {
                     c.host = host;
+                    // The client's own word beats our neighbour table, which knows only the
+                    // hosts on our segment.
+                    if let Some(mac) = mac {
+                        c.mac = mac;
+                    }
                 }
             }
             SessionEvent::ClientQueued { addr } | SessionEvent::ClientMoved { addr, .. } => {

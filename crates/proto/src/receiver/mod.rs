@@ -57,6 +57,9 @@ pub struct ReceiverConfig {
     pub seed: u64,
     /// Shown by the master (host name); at most 64 bytes are sent.
     pub label: String,
+    /// The MAC of the interface the client registers through, sent in Register so the master
+    /// can name the machine; `None` when it cannot be read.
+    pub mac: Option<[u8; 6]>,
     /// Silence from the master after which it is gone: before the start the client listens again
     /// (`MasterGone`), after it the session has failed (`MasterLost`). Default 15 s.
     pub master_timeout: Duration,
@@ -81,6 +84,7 @@ impl ReceiverConfig {
             client_id,
             seed: client_id,
             label: wire::clamp_text(label, wire::MAX_LABEL),
+            mac: None,
             master_timeout: Duration::from_secs(15),
             register_patience: Duration::from_secs(3),
             max_object_failures: 4,
@@ -1067,6 +1071,7 @@ impl Receiver {
             let body = Body::Register(Register {
                 nonce: self.nonce,
                 label: self.cfg.label.clone(),
+                mac: self.cfg.mac,
             });
             self.send(body);
         }

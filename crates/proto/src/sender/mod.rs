@@ -17,8 +17,8 @@ use crate::fec::MAX_K;
 use crate::feedback;
 use crate::protect::PacketKey;
 use crate::wire::{
-    self, Ack, AckKind, Advert, Announce, Body, Data, Header, Packet, Phase, Status, MASTER,
-    MAX_NEEDS, MAX_TRAILER,
+    self, Ack, AckKind, Advert, Announce, Body, Data, Header, Packet, Phase, Register, Status,
+    MASTER, MAX_NEEDS, MAX_TRAILER,
 };
 use crate::{Dest, Stats, Transmit};
 pub use clients::DropReason;
@@ -111,6 +111,8 @@ pub enum SenderEvent {
         addr: SocketAddr,
         /// Its label (host name).
         label: String,
+        /// Its MAC, when the client could read it.
+        mac: Option<[u8; 6]>,
     },
     /// A client asked to join after the start; it was told to wait for the next run.
     ClientQueued {
@@ -532,7 +534,7 @@ impl Sender {
         }
         let (id, seq) = (packet.sender, packet.seq);
         if let Body::Register(r) = packet.body {
-            self.on_register(now, from, id, seq, r.nonce, r.label);
+            self.on_register(now, from, id, seq, r);
             return;
         }
         match self.clients.fresh(id, seq) {
@@ -574,9 +576,9 @@ impl Sender {
         from: SocketAddr,
         client_id: u64,
         seq: u64,
-        nonce: u64,
-        label: String,
+        r: Register,
     ) {
+        let Register { nonce, label, mac } = r;
         let gathering = self.phase == State::Gathering;
         let kind = match self
             .clients
@@ -588,6 +590,7 @@ impl Sender {
                     client_id,
                     addr: from,
                     label,
+                    mac,
                 });
                 if self
                     .cfg
@@ -999,7 +1002,10 @@ mod tests {
         cfg.min_clients = Some(1);
         let mut tx = Sender::new(cfg, t0).expect("config");
         let objects = [vec![1u8; 5000], vec![], vec![3u8; 10]];
-        let mut rx = Receiver::new(ReceiverConfig::new(name, 5, "pc"));
+        let mut rc = ReceiverConfig::new(name, 5, "pc");
+        rc.mac = Some([0x52, 0x54, 0, 1, 2, 3]);
+        let mut rx = Receiver::new(rc);
+        let mut registered = Vec::new();
         let (m, c): (SocketAddr, SocketAddr) =
             (([10, 0, 0, 1], 1).into(), ([10, 0, 0, 2], 2).into());
         let mut got = Vec::new();
@@ -1032,11 +1038,21 @@ mod tests {
                     _ => {}
                 }
             }
-            if std::iter::from_fn(|| tx.poll_event()).any(|e| e == SenderEvent::Finished) {
+            let events: Vec<_> = std::iter::from_fn(|| tx.poll_event()).collect();
+            registered.extend(events.iter().filter_map(|e| match e {
+                SenderEvent::ClientRegistered { label, mac, .. } => Some((label.clone(), *mac)),
+                _ => None,
+            }));
+            if events.contains(&SenderEvent::Finished) {
                 assert!(step < 5000);
                 break;
             }
         }
+        assert_eq!(
+            registered,
+            [("pc".to_string(), Some([0x52, 0x54, 0, 1, 2, 3]))],
+            "the master learns the client's label and MAC once"
+        );
         got.sort();
         let want: Vec<_> = objects
             .iter()
