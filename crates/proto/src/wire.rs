@@ -960,6 +960,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_register_with_a_bad_mac_flag_is_refused() {
+        let mut buf = Vec::new();
+        samples()[1].encode(&mut buf);
+        let flag = buf.len() - 7;
+        assert_eq!(buf[flag], 1, "samples()[1] is the Register with a MAC");
+        for v in [2, 0x80, 0xff] {
+            let mut bad = buf.clone();
+            bad[flag] = v;
+            assert_eq!(
+                Packet::decode(&bad),
+                Err(DecodeError::BadValue { field: "mac flag" })
+            );
+        }
+        // Flag 0 with the six MAC bytes still there: they are trailing bytes, not a MAC.
+        let mut bad = buf.clone();
+        bad[flag] = 0;
+        assert_eq!(Packet::decode(&bad), Err(DecodeError::TrailingBytes(6)));
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
