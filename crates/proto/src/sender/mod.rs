@@ -237,7 +237,13 @@ impl Sender {
         let symbol_size = cfg.validate()?;
         let name_hash = cfg.name.hash();
         let key = PacketKey::new(cfg.key.as_ref(), &name_hash, cfg.session_id);
-        let pacer = Pacer::new(cfg.throttle, cfg.initial_rate, cfg.min_rate, cfg.max_rate);
+        let pacer = Pacer::new(
+            cfg.throttle,
+            cfg.initial_rate,
+            cfg.min_rate,
+            cfg.max_rate,
+            cfg.max_payload,
+        );
         Ok(Self {
             name_hash,
             key,

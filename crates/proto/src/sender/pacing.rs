@@ -13,6 +13,7 @@
 //!
 //! [`SenderConfig::initial_rate`]: super::SenderConfig
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Interval between rate increases after the first queue sign.
@@ -27,8 +28,16 @@ const DECREASE_EVERY: Duration = Duration::from_millis(200);
 /// A cut keeps this share of what the receiver's delivery ratio says got through, so the queue
 /// drains.
 const DRAIN: f64 = 0.95;
-/// A cut never goes below this share of the rate at once.
+/// A cut on the loss share alone never goes below this share of the rate at once.
 const MAX_CUT: f64 = 0.5;
+/// A cut to what a receiver's reports say it got never goes below this share of the rate.
+const MAX_DELIVERY_CUT: f64 = 0.05;
+/// A receiver's delivery rate is measured over its newest reports that span at least this...
+const DELIVERY_SPAN: Duration = Duration::from_millis(150);
+/// ...and none older than this.
+const DELIVERY_WINDOW: Duration = Duration::from_millis(600);
+/// Reports kept for it.
+const DELIVERY_REPORTS: usize = 16;
 /// Loss above a receiver's accepted level by this much (or half the level) is a queue sign.
 const LOSS_SLACK: f64 = 0.03;
 /// Packets a loss sample must cover to be believed.
@@ -41,14 +50,20 @@ const KEEPING_UP: f64 = 1.0 / 0.8;
 const JUDGE_AFTER: Duration = Duration::from_millis(300);
 /// ...on at least this many samples (one sample of a bursty loss says little).
 const JUDGE_SAMPLES: u32 = 4;
-/// A loss that stays above this share of what it was after a cut did not come from the rate.
-const LOSS_KEPT: f64 = 0.7;
+/// A cut is judged a queue's when the delivered share rose by at least this part (in log terms)
+/// of what a queue of fixed capacity would give: a queue delivers the same bits at any rate above
+/// its capacity, a random loss the same share.
+const QUEUE_SHARE: f64 = 0.5;
 /// Delay above the lowest seen by this much (or the lowest itself, if larger) is a queue sign.
 const LAG_SLACK: Duration = Duration::from_millis(25);
 /// Weight of a new loss sample in a receiver's smoothed loss.
 const LOSS_GAIN: f64 = 0.3;
 /// Loss above this is never accepted as the path's own.
 const MAX_ACCEPTED: f64 = 0.5;
+/// While a receiver's cut is being judged the rate does not grow (growth would blur the
+/// judgement); each of its reports holds it this much longer, so a receiver that goes away
+/// does not hold it for ever.
+const HOLD: Duration = Duration::from_millis(250);
 /// Weight of a new delay sample in a receiver's smoothed delay.
 const LAG_GAIN: f64 = 0.25;
 
@@ -57,10 +72,31 @@ const LAG_GAIN: f64 = 0.25;
 struct Trial {
     loss: f64,
     rate_before: f64,
+    /// What was really sent before the cut, and the rate after it: their ratio is the gain in
+    /// delivered share a queue would show.
+    sent_before: f64,
+    rate_after: f64,
     at: Instant,
+    /// Reports count only once the one before them came after this: sooner, they still cover
+    /// packets sent before the cut.
+    settled: Instant,
     /// Loss samples since the cut: their mean is the loss at the lower rate.
     sum: f64,
     samples: u32,
+}
+
+impl Trial {
+    /// Whether the loss `after` the cut says the loss before it was a queue's: the delivered share
+    /// rose by a good part of what it would behind a queue of fixed capacity (there it grows as
+    /// the rate falls, up to all but the `accepted` random loss), where behind a random loss it
+    /// stays the same.
+    fn was_a_queue(&self, after: f64, accepted: f64) -> bool {
+        let before = (1.0 - self.loss).max(0.01);
+        let gain = (1.0 - after).max(0.01) / before;
+        let queue_gain =
+            (self.sent_before / self.rate_after.max(1.0)).min((1.0 - accepted).max(0.01) / before);
+        queue_gain > 1.0 && gain.ln() >= QUEUE_SHARE * queue_gain.ln()
+    }
 }
 
 /// Per-receiver congestion memory.
@@ -73,6 +109,36 @@ pub(crate) struct PeerRate {
     trial: Option<Trial>,
     min_lag: Option<Duration>,
     lag: Option<Duration>,
+    /// When its last report came.
+    last_report: Option<Instant>,
+    /// Its recent reports: when each came and how many packets it says it got.
+    deliveries: VecDeque<(Instant, u32)>,
+}
+
+impl PeerRate {
+    /// Packets per second it got over its recent reports, once they span enough time: behind a
+    /// queue this is the queue's capacity, whatever the master sent.
+    fn delivery_rate(&mut self, now: Instant) -> Option<f64> {
+        while self.deliveries.len() > DELIVERY_REPORTS
+            || self
+                .deliveries
+                .front()
+                .is_some_and(|&(t, _)| now.saturating_duration_since(t) > DELIVERY_WINDOW)
+        {
+            self.deliveries.pop_front();
+        }
+        // The newest reports back to the first that starts far enough back (what that one
+        // counts came before it).
+        let mut got = 0u64;
+        for &(t, n) in self.deliveries.iter().rev() {
+            let span = now.saturating_duration_since(t);
+            if span >= DELIVERY_SPAN {
+                return Some(got as f64 / span.as_secs_f64());
+            }
+            got += u64::from(n);
+        }
+        None
+    }
 }
 
 #[derive(Debug)]
@@ -92,10 +158,20 @@ pub(crate) struct Pacer {
     busy: Duration,
     last_busy: Option<Instant>,
     last_decrease: Option<Instant>,
+    /// No growth before this: a cut is being judged.
+    hold_until: Option<Instant>,
+    /// Bytes of a full data packet, to turn a receiver's packet counts into a rate.
+    packet_bytes: usize,
 }
 
 impl Pacer {
-    pub(crate) fn new(throttle: Option<Duration>, initial: u64, min: u64, max: u64) -> Self {
+    pub(crate) fn new(
+        throttle: Option<Duration>,
+        initial: u64,
+        min: u64,
+        max: u64,
+        packet_bytes: usize,
+    ) -> Self {
         let max = max.max(1) as f64;
         let min = (min.max(1) as f64).min(max);
         Self {
@@ -109,6 +185,8 @@ impl Pacer {
             busy: Duration::ZERO,
             last_busy: None,
             last_decrease: None,
+            hold_until: None,
+            packet_bytes,
         }
     }
 
@@ -162,7 +240,8 @@ impl Pacer {
             self.achieved = Some(achieved);
             let calm = self
                 .last_decrease
-                .is_none_or(|d| now.saturating_duration_since(d) >= DECREASE_EVERY);
+                .is_none_or(|d| now.saturating_duration_since(d) >= DECREASE_EVERY)
+                && self.hold_until.is_none_or(|h| now >= h);
             if calm && self.rate <= achieved * KEEPING_UP {
                 self.rate = (self.rate * growth).min(self.max);
             }
@@ -187,6 +266,13 @@ impl Pacer {
             return;
         }
         let mut cut: Option<f64> = None;
+        let previous = peer.last_report.replace(now);
+        peer.deliveries
+            .push_back((now, expected.saturating_sub(lost)));
+        let delivered = peer
+            .delivery_rate(now)
+            .map(|pps| pps * self.packet_bytes as f64 * 8.0)
+            .filter(|&bits| bits > 0.0);
         if expected >= MIN_EXPECTED {
             let sample = f64::from(lost.min(expected)) / f64::from(expected);
             let smooth = peer
@@ -194,7 +280,7 @@ impl Pacer {
                 .map_or(sample, |l| l * (1.0 - LOSS_GAIN) + sample * LOSS_GAIN);
             peer.loss = Some(smooth);
             if let Some(mut t) = peer.trial.take() {
-                if t.at != now {
+                if previous.is_some_and(|p| p >= t.settled) {
                     t.sum += sample;
                     t.samples += 1;
                 }
@@ -203,9 +289,12 @@ impl Pacer {
                 } else {
                     let after = t.sum / f64::from(t.samples);
                     peer.loss = Some(after);
-                    if after >= t.loss * LOSS_KEPT {
-                        // And it did not fall: the whole level is the path's; undo the cut.
-                        peer.accepted = peer.accepted.max(t.loss.min(MAX_ACCEPTED));
+                    if after <= MAX_ACCEPTED && !t.was_a_queue(after, peer.accepted) {
+                        // The delivered share did not rise with the cut: the loss is the path's
+                        // (what is left of it at the lower rate); undo the cut. (A loss above
+                        // MAX_ACCEPTED is never the path's: the cut stays, and the next one will
+                        // know what got through.)
+                        peer.accepted = peer.accepted.max(after);
                         self.rate = self.rate.max(t.rate_before).min(self.max);
                     }
                 }
@@ -215,12 +304,22 @@ impl Pacer {
             let over = (sample - peer.accepted).max(0.0);
             if peer.trial.is_none() && persistent && over > 0.0 {
                 let base = self.base();
-                let target = base * (1.0 - over).max(0.0) * DRAIN;
-                cut = Some(target.max(base * MAX_CUT));
+                let target = (base * (1.0 - over).max(0.0) * DRAIN).max(base * MAX_CUT);
+                // What it got is the better guide: the share lost says little when the rate
+                // ran far past a queue before the first report came back.
+                // (Less the path's own loss, which comes after any queue.)
+                let target = delivered.map_or(target, |d| {
+                    let through = d / (1.0 - peer.accepted).max(0.01);
+                    target.min(through * DRAIN).max(base * MAX_DELIVERY_CUT)
+                });
+                cut = Some(target);
                 peer.trial = Some(Trial {
                     loss: smooth,
                     rate_before: self.rate,
+                    sent_before: base,
+                    rate_after: base,
                     at: now,
+                    settled: now + peer.lag.unwrap_or(lag).max(lag),
                     sum: 0.0,
                     samples: 0,
                 });
@@ -235,6 +334,9 @@ impl Pacer {
         if smooth > min_lag + LAG_SLACK.max(min_lag) {
             cut = Some(cut.unwrap_or(self.rate).min(self.base() * 0.85));
         }
+        if peer.trial.is_some() {
+            self.hold_until = Some(now + HOLD);
+        }
         let Some(to) = cut else { return };
         let ok = self
             .last_decrease
@@ -243,6 +345,10 @@ impl Pacer {
             self.probing = false;
             self.last_decrease = Some(now);
             self.rate = to.clamp(self.min, self.max);
+            if let Some(t) = peer.trial.as_mut().filter(|t| t.at == now) {
+                t.rate_after = self.rate;
+                self.hold_until = Some(now + HOLD);
+            }
         } else if peer.trial.as_ref().is_some_and(|t| t.at == now) {
             // No cut was made: nothing to judge.
             peer.trial = None;
@@ -267,7 +373,7 @@ mod tests {
     /// with `random` loss on top, for `secs`; returns the mean rate of the last half.
     fn run(capacity: f64, random: f64, secs: u64) -> f64 {
         let t0 = Instant::now();
-        let mut p = Pacer::new(None, 200_000_000, 1_000_000, 10_000_000_000);
+        let mut p = Pacer::new(None, 200_000_000, 1_000_000, 10_000_000_000, 1448);
         let mut peer = PeerRate::default();
         let (mut sum, mut n) = (0.0, 0);
         for i in 0..secs * 20 {
@@ -286,6 +392,91 @@ mod tests {
             }
         }
         sum / f64::from(n)
+    }
+
+    /// Like [`run`], on a 1 ms clock with feedback as the lab gives it: each of `peers` receivers
+    /// reports every `every_ms` (staggered), on the packets sent `delay_ms` before, so the first
+    /// reports come after the probe has overshot and the first report after a cut still covers
+    /// packets sent before it. Returns the mean rate from `secs / 2` on.
+    fn run_late(
+        capacity: f64,
+        random: f64,
+        secs: u64,
+        every_ms: u64,
+        delay_ms: u64,
+        peers: u64,
+    ) -> f64 {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(None, 200_000_000, 1_000_000, 10_000_000_000, 1448);
+        let mut ps = vec![PeerRate::default(); peers as usize];
+        // Packets sent and lost in each millisecond.
+        let (mut sent, mut lost) = (Vec::new(), Vec::new());
+        let (mut sum, mut n) = (0.0, 0);
+        for ms in 0..secs * 1000 {
+            let now = t0 + MS * ms as u32;
+            let rate = p.rate(1448) as f64;
+            let pkts = rate * 0.001 / (1448.0 * 8.0);
+            p.on_sent((rate * 0.001 / 8.0) as usize);
+            p.on_busy(now);
+            let over = ((rate - capacity) / rate).max(0.0);
+            sent.push(pkts);
+            lost.push(pkts * (1.0 - (1.0 - over) * (1.0 - random)));
+            for (k, peer) in ps.iter_mut().enumerate() {
+                let phase = (k as u64 * every_ms) / peers;
+                if ms < delay_ms + every_ms || (ms + phase) % every_ms != 0 {
+                    continue;
+                }
+                let to = (ms - delay_ms) as usize;
+                let from = to - every_ms as usize;
+                let e: f64 = sent[from..to].iter().sum();
+                let l: f64 = lost[from..to].iter().sum();
+                p.on_report(peer, l as u32, e as u32, MS * delay_ms as u32, now);
+            }
+            if ms >= secs * 500 {
+                sum += rate;
+                n += 1;
+            }
+        }
+        sum / f64::from(n)
+    }
+
+    #[test]
+    fn a_bottleneck_is_found_with_late_feedback() {
+        let cases = [
+            (50, 5, 1),
+            (100, 10, 2),
+            (200, 20, 2),
+            (200, 40, 1),
+            (50, 20, 4),
+            (150, 60, 3),
+            (300, 10, 2),
+        ];
+        for (every, delay, peers) in cases {
+            for random in [0.0, 0.02] {
+                let held = run_late(100e6, random, 10, every, delay, peers);
+                assert!(
+                    (90e6..=106e6).contains(&held),
+                    "held {:.1} Mbit/s (reports every {every} ms, {delay} ms late, {peers} \
+                     peers, {random} random loss)",
+                    held / 1e6
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn random_loss_does_not_lower_the_rate_with_late_feedback() {
+        for (every, delay, peers) in [(50, 5, 1), (200, 20, 2), (100, 40, 3), (300, 10, 1)] {
+            let clean = run_late(1e9, 0.0, 10, every, delay, peers);
+            let lossy = run_late(1e9, 0.10, 10, every, delay, peers);
+            assert!(clean >= 0.9e9, "clean {:.0} Mbit/s", clean / 1e6);
+            assert!(
+                lossy >= clean * 0.95,
+                "10% random loss lowered the rate: {:.0} vs {:.0} Mbit/s",
+                lossy / 1e6,
+                clean / 1e6
+            );
+        }
     }
 
     #[test]
@@ -315,7 +506,7 @@ mod tests {
     #[test]
     fn a_growing_delay_is_congestion() {
         let t0 = Instant::now();
-        let mut p = Pacer::new(None, 100_000_000, 1_000_000, 1_000_000_000);
+        let mut p = Pacer::new(None, 100_000_000, 1_000_000, 1_000_000_000, 1448);
         let mut peer = PeerRate::default();
         p.on_report(&mut peer, 0, 100, MS, t0);
         let before = p.rate(1448);
@@ -330,7 +521,7 @@ mod tests {
 
     #[test]
     fn throttle_is_fixed() {
-        let p = Pacer::new(Some(Duration::from_micros(100)), 1, 1, 2);
+        let p = Pacer::new(Some(Duration::from_micros(100)), 1, 1, 2, 1448);
         assert_eq!(p.gap(1000), Duration::from_micros(100));
         assert_eq!(p.rate(1000), 80_000_000);
     }
@@ -338,7 +529,7 @@ mod tests {
     #[test]
     fn a_master_that_cannot_reach_its_target_does_not_raise_it() {
         let t0 = Instant::now();
-        let mut p = Pacer::new(None, 200_000_000, 1_000_000, 10_000_000_000);
+        let mut p = Pacer::new(None, 200_000_000, 1_000_000, 10_000_000_000, 1448);
         for i in 1..100u32 {
             // It manages 300 Mbit/s, whatever the target.
             p.on_sent((300e6 * 0.05 / 8.0) as usize);
@@ -355,7 +546,7 @@ mod tests {
     fn bursty_random_loss_does_not_lower_the_rate() {
         // 10% on average, but in bursts: samples of 0%, 20%, 5% and 15% in turn.
         let t0 = Instant::now();
-        let mut p = Pacer::new(None, 200_000_000, 1_000_000, 1_000_000_000);
+        let mut p = Pacer::new(None, 200_000_000, 1_000_000, 1_000_000_000, 1448);
         let mut peer = PeerRate::default();
         let mut late = Vec::new();
         for i in 0..200u32 {
