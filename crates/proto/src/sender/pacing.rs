@@ -5,9 +5,11 @@
 //! the signs of a full queue, never on a steady random loss that repair absorbs (DESIGN §4):
 //!
 //! * **Loss that grows with the rate.** A receiver's loss above its accepted level (at first
-//!   none) cuts the rate to what that receiver's delivery ratio says got through. If its loss does
-//!   not fall at the lower rate, the loss was not the rate's doing: it becomes that receiver's
-//!   accepted level, and the rate goes back to where it was.
+//!   none) cuts the rate to what that receiver's reports say it got (its delivery rate; or, before
+//!   it has two reports, what its loss share says). The cut is judged on the reports sent after
+//!   it, while the rate holds: behind a queue the delivered share rises as the rate falls, behind a
+//!   random loss it stays. If it stayed, the loss was not the rate's doing: it becomes that
+//!   receiver's accepted level (never above half), and the rate goes back to where it was.
 //! * **A growing delay**: a receiver's round-trip time (from the send log, minus the time it held
 //!   the packet) well above the lowest seen from it.
 //!
