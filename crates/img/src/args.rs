@@ -340,6 +340,10 @@ pub(crate) struct ServerArgs {
     /// Network interface for sessions (default: the interface of the route to the group).
     #[arg(long, value_name = "NAME")]
     pub(crate) interface: Option<String>,
+    /// Serve the boot files of DIR (from `img boot build --out DIR`) at /boot/, with per-host
+    /// orders at /boot/ipxe?mac=M for sessions with a boot plan (see docs/BOOT.md).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) boot_dir: Option<PathBuf>,
 }
 
 /// How a source disk is read: by its filesystems' maps, or raw. Shared by `img make` and a session

@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use imgcast_server::boot::{AfterSession, BootOrders, BootRole, ORDERS_USAGE};
+use imgcast_server::boot::{AfterSession, BootOrders, BootReport, BootRole, ORDERS_USAGE};
 
 use crate::args::{BootArgs, BootBuildArgs, BootCommand, BootRunArgs};
 use crate::UsageError;
@@ -553,11 +553,24 @@ fn write_pxe(out: &Path, base: &str) -> Result<()> {
 fn run(a: &BootRunArgs) -> Result<()> {
     let cmdline = std::fs::read_to_string(&a.cmdline)
         .with_context(|| format!("reading {}", a.cmdline.display()))?;
-    let orders = match BootOrders::from_cmdline(&cmdline) {
-        Ok(Some(o)) => o,
-        Ok(None) => return menu(),
+    let server = match BootOrders::server_from_cmdline(&cmdline) {
+        Ok(s) => s,
         Err(e) => return Err(bad_orders(&e.to_string())),
     };
+    let mut orders = match BootOrders::from_cmdline(&cmdline) {
+        Ok(Some(o)) => o,
+        Ok(None) => match &server {
+            Some(url) => match ask_server(url)? {
+                Some(o) => o,
+                None => return menu(),
+            },
+            None => return menu(),
+        },
+        Err(e) => return Err(bad_orders(&e.to_string())),
+    };
+    if let (None, Some(url)) = (&orders.report, &server) {
+        orders.report = Some(format!("{url}/api/boot/report"));
+    }
     let disk = Path::new(&orders.disk);
     if !wait_for(disk, DISK_WAIT) {
         return Err(bad_orders(&format!(
@@ -621,6 +634,58 @@ fn run(a: &BootRunArgs) -> Result<()> {
         );
     }
     after(orders.after)
+}
+
+/// How long `img.server` is tried while the network comes up or the server starts.
+const SERVER_WAIT: Duration = Duration::from_secs(90);
+
+/// The orders the imaging server at `url` holds for one of this machine's
+/// MACs; `None` (the menu opens) when it holds none.
+fn ask_server(url: &str) -> Result<Option<BootOrders>> {
+    let macs = macs();
+    if macs.is_empty() {
+        println!("imgcast: no network interface with a MAC address: cannot ask {url} for orders");
+        return Ok(None);
+    }
+    let t0 = Instant::now();
+    let mut said = false;
+    loop {
+        let mut unreachable = None;
+        for mac in &macs {
+            match imgcast_server::client::get(&format!("{url}/api/boot/orders?mac={mac}")) {
+                Ok(r) if r.status == 200 => {
+                    let line = r.json()["cmdline"].as_str().unwrap_or_default().to_string();
+                    println!("imgcast: {url} has orders for {mac}: {line}");
+                    return match BootOrders::from_cmdline(&line) {
+                        Ok(Some(o)) => Ok(Some(o)),
+                        Ok(None) => Err(bad_orders(&format!("{url} sent no orders: '{line}'"))),
+                        Err(e) => Err(bad_orders(&format!("{url} sent: {e}"))),
+                    };
+                }
+                Ok(r) if r.status == 404 => {}
+                Ok(r) => unreachable = Some(format!("HTTP {}: {}", r.status, r.text().trim())),
+                Err(e) => unreachable = Some(e.to_string()),
+            }
+        }
+        let Some(why) = unreachable else {
+            println!(
+                "imgcast: {url} has no orders for this machine ({}); the menu opens",
+                macs.join(", ")
+            );
+            return Ok(None);
+        };
+        if t0.elapsed() >= SERVER_WAIT {
+            bail!(
+                "img.server={url}: no answer after {} s ({why}); the machine waits at a shell",
+                SERVER_WAIT.as_secs()
+            );
+        }
+        if !said {
+            println!("imgcast: waiting for {url} ({why})");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// Shows what is wrong with the orders and the usage; init then opens a shell.
@@ -687,33 +752,40 @@ fn fetch_key(k: &str) -> Result<PathBuf> {
 
 /// POSTs the result to `url` as JSON.
 fn report(url: &str, o: &BootOrders, code: Option<i32>, secs: f64) -> Result<()> {
-    let body = serde_json::json!({
-        "session": o.session,
-        "role": match o.role { BootRole::Client => "client", BootRole::Master => "master" },
-        "disk": o.disk,
-        "ok": code == Some(0),
-        "exit_code": code,
-        "seconds": secs,
-        "macs": macs(),
-    });
+    let body = serde_json::to_value(BootReport {
+        session: o.session.clone(),
+        role: match o.role {
+            BootRole::Client => "client",
+            BootRole::Master => "master",
+        }
+        .into(),
+        disk: o.disk.clone(),
+        ok: code == Some(0),
+        exit_code: code,
+        seconds: secs,
+        macs: macs(),
+    })?;
     imgcast_server::client::post_json(url, &body)
         .and_then(|r| r.ok())
         .with_context(|| format!("reporting to img.report={url}"))?;
     Ok(())
 }
 
-/// This machine's MAC addresses, naming it in reports.
+/// This machine's MAC addresses (not loopback's, not all-zero ones), naming it
+/// in reports and to the imaging server.
 fn macs() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter(|e| e.file_name() != OsStr::new("lo"))
                 .filter_map(|e| std::fs::read_to_string(e.path().join("address")).ok())
-                .map(|s| s.trim().to_string())
+                .filter_map(|s| imgcast_server::boot::normalize_mac(&s))
+                .filter(|m| m != "00:00:00:00:00:00")
                 .collect()
         })
         .unwrap_or_default();
     v.sort();
+    v.dedup();
     v
 }
 

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             state: a.state,
             token_file: a.token_file,
             interface: a.interface,
+            boot_dir: a.boot_dir,
         })
         .map_err(|e| anyhow::anyhow!(e)),
         // On a terminal, `img` alone opens the menu, as in the original.

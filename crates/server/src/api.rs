@@ -28,10 +28,12 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
+use tower::ServiceExt as _;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use crate::auth::{self, Caller};
+use crate::boot::{self, BootReport};
 use crate::catalog;
 use crate::dashboard;
 use crate::events::Catchup;
@@ -174,6 +176,21 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             Arc::clone(&shared),
             authenticate,
         ));
+    // What a booting machine asks for has no token to send: its orders carry no secret, and a
+    // report counts only for a host that a session's boot plan names.
+    let boot_small = Router::new()
+        .route("/boot/ipxe", get(boot_ipxe))
+        .route("/api/boot/orders", get(boot_orders))
+        .route("/api/boot/report", post(boot_report))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(RequestBodyLimitLayer::new(MAX_JSON));
+    // A kernel and an initrd over a slow link may take longer than any total timeout.
+    let boot_files = Router::new()
+        .route("/boot/{*path}", get(boot_file))
+        .layer(RequestBodyLimitLayer::new(MAX_JSON));
     let public = Router::new()
         .route("/login", post(login))
         .route("/logout", post(logout))
@@ -185,6 +202,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         ))
         .layer(RequestBodyLimitLayer::new(MAX_LOGIN));
     public
+        .merge(boot_small)
+        .merge(boot_files)
         .merge(protected)
         .layer(middleware::from_fn(security_headers))
         .with_state(shared)
@@ -681,6 +700,177 @@ async fn get_host(State(shared): Shared_, Path(id): Path<String>) -> Response {
     .await
 }
 
+fn text_reply(status: StatusCode, text: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// `http://HOST:PORT` of this server as the caller reached it (its Host
+/// header), for the URLs a booting machine follows.
+fn server_url(headers: &HeaderMap) -> Result<String, ServerError> {
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .map(|h| format!("http://{h}"))
+        .ok_or_else(|| {
+            ServerError::BadRequest(
+                "a Host header (the server's name or address, and port) is needed".into(),
+            )
+        })
+}
+
+/// The normalised `mac` of a query, if it has one.
+fn query_mac(q: &HashMap<String, String>) -> Result<Option<String>, ServerError> {
+    match q.get("mac") {
+        None => Ok(None),
+        Some(m) => boot::normalize_mac(m).map(Some).ok_or_else(|| {
+            ServerError::BadRequest(format!(
+                "mac '{m}' is not a MAC address (aa:bb:cc:dd:ee:ff)"
+            ))
+        }),
+    }
+}
+
+fn no_boot_dir() -> ServerError {
+    ServerError::NotFound(
+        "this server serves no boot files: start it with --boot-dir DIR (made by img boot build --out DIR)"
+            .into(),
+    )
+}
+
+/// `GET /boot/ipxe[?mac=M]`: without a MAC, a script that asks again with
+/// the booting NIC's; with one, the kernel and initrd with that host's
+/// orders, or with none (the machine opens the menu: a disk is never guessed).
+async fn boot_ipxe(
+    State(shared): Shared_,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    blocking(move || {
+        if shared.boot_dir.is_none() {
+            return Err(no_boot_dir());
+        }
+        let server = server_url(&headers)?;
+        let Some(mac) = query_mac(&q)? else {
+            return Ok(text_reply(StatusCode::OK, boot::chain_ipxe(&server)));
+        };
+        let base = format!("{server}/boot");
+        let script = match sessions::orders_for(&shared, &mac, &format!("{server}/api/boot/report"))
+        {
+            Some((id, orders)) => {
+                shared.log(&format!(
+                    "boot: {mac} boots into session {id} ('{}')",
+                    orders.session
+                ));
+                boot::render_ipxe(&base, Some(&orders))
+            }
+            None => {
+                shared.log(&format!("boot: no orders for {mac}: it gets the menu"));
+                boot::render_ipxe(&base, None)
+            }
+        };
+        Ok(text_reply(StatusCode::OK, script))
+    })
+    .await
+}
+
+/// `GET /boot/{path}`: a file of the boot directory.
+async fn boot_file(State(shared): Shared_, Path(rel): Path<String>, req: Request) -> Response {
+    let Some(dir) = shared.boot_dir.clone() else {
+        return no_boot_dir().into_response();
+    };
+    let found = tokio::task::spawn_blocking(move || boot::resolve_boot_path(&dir, &rel)).await;
+    match found {
+        Ok(Ok(path)) => {
+            match tower_http::services::ServeFile::new(path)
+                .oneshot(req)
+                .await
+            {
+                Ok(r) => r.map(Body::new),
+                Err(e) => match e {},
+            }
+        }
+        Ok(Err(e)) => ServerError::NotFound(e.to_string()).into_response(),
+        Err(e) => error_reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("the request's worker failed: {e}"),
+        ),
+    }
+}
+
+/// `GET /api/boot/orders?mac=M`: the orders of host M as kernel command-line
+/// words (for `img boot run` with `img.server=URL`), or 404.
+async fn boot_orders(
+    State(shared): Shared_,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    blocking(move || {
+        let mac = query_mac(&q)?
+            .ok_or_else(|| ServerError::BadRequest("give the host's ?mac=".into()))?;
+        let server = server_url(&headers)?;
+        let (id, orders) =
+            sessions::orders_for(&shared, &mac, &format!("{server}/api/boot/report")).ok_or_else(
+                || ServerError::NotFound(format!("no live session has a boot order for {mac}")),
+            )?;
+        shared.log(&format!(
+            "boot: {mac} asked for its orders: session {id} ('{}')",
+            orders.session
+        ));
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({
+                "session_id": id,
+                "session": orders.session,
+                "mac": mac,
+                "cmdline": orders.to_cmdline(),
+            }),
+        ))
+    })
+    .await
+}
+
+/// `POST /api/boot/report`: a booted host's result, filed with the session
+/// whose boot plan names it (also after that session ended).
+async fn boot_report(State(shared): Shared_, req: Request) -> Response {
+    let addr = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_JSON).await else {
+        return ServerError::TooLarge(format!("a report may be at most {MAX_JSON} bytes"))
+            .into_response();
+    };
+    blocking(move || {
+        let report: BootReport = serde_json::from_slice(&body)
+            .map_err(|e| ServerError::BadRequest(format!("bad report: {e}")))?;
+        let text = String::from_utf8_lossy(&body);
+        let (id, mac) = sessions::file_report(&shared, &report, &addr, &text)?;
+        shared.log(&format!(
+            "boot: {mac} ({addr}) reported {} after {:.0} s to session {id} ('{}')",
+            if report.ok { "success" } else { "FAILURE" },
+            report.seconds,
+            report.session
+        ));
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({"ok": true, "session_id": id, "mac": mac}),
+        ))
+    })
+    .await
+}
+
 /// `GET /api/events`: server-sent events. A reconnecting browser sends
 /// `Last-Event-ID` and gets what it missed, or `event: reload`.
 async fn events(State(shared): Shared_, headers: HeaderMap) -> Response {
@@ -772,7 +962,8 @@ mod tests {
                 continue;
             };
             let (path, handlers) = rest.split_once('"').expect("path");
-            if ["/", "/dashboard.js", "/dashboard.css"].contains(&path) {
+            // Pages, their assets and the boot files are not API.
+            if ["/", "/dashboard.js", "/dashboard.css", "/boot/{*path}"].contains(&path) {
                 continue;
             }
             for m in ["get", "put", "post", "delete", "patch"] {

@@ -2,14 +2,15 @@
 //! machine reads from its kernel command line (`img.session=… img.role=…`),
 //! a safe mapping of `/boot/…` request paths into the boot directory that
 //! `img boot build` made, and the per-host iPXE script that carries a host's
-//! orders. Not wired into the router yet (the server is being rewritten); the
-//! router only has to call [`resolve_boot_path`] and [`render_ipxe`].
+//! orders; a session's boot plan (which hosts boot into it, onto which disk)
+//! and the report a booted machine sends back. The router (`api`) serves them.
 //!
 //! ```text
-//!  img boot build ─▶ DIR/{vmlinuz,initrd.img,pxe/…}
-//!  iPXE ── GET /boot/… ─▶ resolve_boot_path(DIR, …) ─▶ file
-//!       ── GET /boot/host/MAC ─▶ render_ipxe(base, orders) ─▶ kernel … img.session=…
-//!  booted init ─▶ img boot run ─▶ BootOrders::from_cmdline(/proc/cmdline) ─▶ session
+//!  img boot build ─▶ DIR/{vmlinuz,initrd.img,pxe/…}      img server --boot-dir DIR
+//!  iPXE ── GET /boot/ipxe ─▶ chain_ipxe ─▶ GET /boot/ipxe?mac=M ─▶ render_ipxe(base, plan's orders)
+//!       ── GET /boot/… ─▶ resolve_boot_path(DIR, …) ─▶ file
+//!  booted init ─▶ img boot run ─▶ BootOrders::from_cmdline(/proc/cmdline) ─▶ session ─▶ BootReport
+//!                  └ only img.server=URL ─▶ GET URL/api/boot/orders?mac=M ─▶ the same orders
 //! ```
 //!
 //! The orders are defined here, once: the booted `img` parses them with
@@ -18,6 +19,8 @@
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 /// What a booted machine does in the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +32,8 @@ pub enum BootRole {
 }
 
 /// What the machine does once the session succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AfterSession {
     /// Power off (the default: an imaged lab of machines ends switched off,
     /// and a machine that boots from the network again would image itself again).
@@ -97,7 +101,7 @@ pub enum OrdersError {
 
 /// The names of the orders, `img.NAME=VALUE` on the kernel command line.
 pub const ORDER_NAMES: &[&str] = &[
-    "session", "role", "disk", "clients", "timeout", "comp", "keyfile", "after", "report",
+    "session", "role", "disk", "clients", "timeout", "comp", "keyfile", "after", "report", "server",
 ];
 
 /// The orders and their meaning, for the console when orders are wrong.
@@ -112,6 +116,8 @@ Boot orders (kernel command line):
   img.keyfile=URL|PATH      the session passphrase, from http://... or a file
   img.after=poweroff|reboot|shell   after success (default poweroff)
   img.report=URL            POST the result as JSON to this URL
+  img.server=http://HOST:PORT   alone: ask this imaging server for the orders
+                            of this machine's MAC (and report to it)
 With no img.* words the img menu opens on the console.";
 
 impl BootOrders {
@@ -139,8 +145,12 @@ impl BootOrders {
             let Some(order) = word.strip_prefix("img.") else {
                 continue;
             };
-            any = true;
             let (name, value) = order.split_once('=').unwrap_or((order, ""));
+            if name == "server" {
+                // Read by server_from_cmdline: alone, it means "ask the server".
+                continue;
+            }
+            any = true;
             let bad = |name: &'static str, why: &'static str| OrdersError::BadValue {
                 name,
                 value: value.to_string(),
@@ -239,6 +249,31 @@ impl BootOrders {
         Ok(Some(o))
     }
 
+    /// The `img.server=URL` of a command line (an `http://` URL, without a
+    /// trailing `/`), if it has one.
+    pub fn server_from_cmdline(cmdline: &str) -> Result<Option<String>, OrdersError> {
+        let mut server = None;
+        for word in cmdline.split_whitespace() {
+            if let Some(value) = word.strip_prefix("img.server=") {
+                if !value.starts_with("http://") || value.len() <= "http://".len() {
+                    return Err(OrdersError::BadValue {
+                        name: "server",
+                        value: value.to_string(),
+                        why: "the imaging server's http:// URL, e.g. http://10.0.0.1:8470",
+                    });
+                }
+                server = Some(value.trim_end_matches('/').to_string());
+            } else if word == "img.server" {
+                return Err(OrdersError::BadValue {
+                    name: "server",
+                    value: String::new(),
+                    why: "the imaging server's http:// URL, e.g. http://10.0.0.1:8470",
+                });
+            }
+        }
+        Ok(server)
+    }
+
     /// The orders as kernel command-line words, the inverse of
     /// [`from_cmdline`](Self::from_cmdline). Values are written as given;
     /// a value with whitespace cannot be carried and is the caller's error.
@@ -323,6 +358,9 @@ pub fn resolve_boot_path(root: &Path, rel: &str) -> Result<PathBuf, BootPathErro
     Ok(real)
 }
 
+/// What a boot directory must hold for `img server --boot-dir` (iPXE loads these).
+pub const BOOT_FILES: &[&str] = &["vmlinuz", "initrd.img"];
+
 /// The kernel command line every boot of the media starts with: both
 /// consoles (the last one named is where the menu and shell run), quiet.
 pub const BASE_KERNEL_ARGS: &str = "console=ttyS0,115200n8 console=tty0 quiet";
@@ -345,6 +383,148 @@ pub fn render_ipxe(base: &str, orders: Option<&BootOrders>) -> String {
          echo imgcast: could not load the boot files from {base}; a shell follows\n\
          shell\n"
     )
+}
+
+/// The iPXE script a machine gets before it has said who it is: it asks
+/// again with its MAC, which iPXE fills in (`${netX/mac}`: the NIC it booted from).
+pub fn chain_ipxe(server: &str) -> String {
+    let server = server.trim_end_matches('/');
+    format!(
+        "#!ipxe\n\
+         # imgcast: ask the imaging server for this machine's orders.\n\
+         chain {server}/boot/ipxe?mac=${{netX/mac}} || goto failed\n\
+         :failed\n\
+         echo imgcast: could not reach {server}; a shell follows\n\
+         shell\n"
+    )
+}
+
+/// Most hosts one boot plan may name.
+pub const MAX_BOOT_HOSTS: usize = 4096;
+
+/// A MAC as `aa:bb:cc:dd:ee:ff` (lower case), from that or `AA-BB-…`; `None`
+/// for anything else (exactly six two-digit hex bytes).
+pub fn normalize_mac(s: &str) -> Option<String> {
+    imgcast_engine::net::parse_mac(s.trim()).map(|m| imgcast_engine::net::format_mac(&m))
+}
+
+/// Whether `s` can be carried in a kernel command line and an iPXE script
+/// as it is: printable ASCII, no spaces, quotes, backslashes, `$` (iPXE
+/// expands `${…}`) or `;`, and not too long.
+fn cmdline_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 512
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"'\\$;`".contains(&b))
+}
+
+/// A session's boot plan (`"boot"` of `POST /api/sessions`): the hosts, by
+/// MAC, that boot into the session as clients, and their orders. A host
+/// that boots from the network (or with `img.server=URL`) while the session
+/// is live gets `img.session=NAME img.role=client img.disk=DISK …`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootPlan {
+    /// The hosts' MACs.
+    pub hosts: Vec<String>,
+    /// The disk each host overwrites, e.g. `/dev/sda`; the same on every host, never guessed.
+    pub disk: String,
+    /// What a host does once imaged.
+    #[serde(default)]
+    pub after: AfterSession,
+    /// `img.keyfile`: where a keyed session's hosts fetch the passphrase
+    /// (an `http://` URL or a path on the boot media). Never the key itself.
+    #[serde(default)]
+    pub keyfile: Option<String>,
+}
+
+impl BootPlan {
+    /// The plan with its MACs normalised, or why it cannot be carried out
+    /// for session `session` (keyed or not).
+    pub fn checked(mut self, session: &str, keyed: bool) -> Result<Self, String> {
+        if !cmdline_safe(session) {
+            return Err(format!(
+                "session name '{session}' cannot be carried on a kernel command line \
+                 (no quotes, backslashes, $ or ; for a session with a boot plan)"
+            ));
+        }
+        if self.hosts.is_empty() || self.hosts.len() > MAX_BOOT_HOSTS {
+            return Err(format!(
+                "boot.hosts lists 1 to {MAX_BOOT_HOSTS} MAC addresses"
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for h in &mut self.hosts {
+            let mac = normalize_mac(h).ok_or_else(|| {
+                format!("boot.hosts: '{h}' is not a MAC address (aa:bb:cc:dd:ee:ff)")
+            })?;
+            if !seen.insert(mac.clone()) {
+                return Err(format!("boot.hosts: {mac} is listed twice"));
+            }
+            *h = mac;
+        }
+        if !self.disk.starts_with("/dev/") || !cmdline_safe(&self.disk) {
+            return Err(format!(
+                "boot.disk '{}' is not a disk's path (/dev/sda, /dev/nvme0n1)",
+                self.disk
+            ));
+        }
+        match &self.keyfile {
+            Some(k) if !cmdline_safe(k) || !(k.starts_with("http://") || k.starts_with('/')) => {
+                return Err(format!(
+                    "boot.keyfile '{k}' is not an http:// URL or an absolute path"
+                ));
+            }
+            None if keyed => {
+                return Err(
+                    "the session has a key: its boot plan needs boot.keyfile, where the hosts \
+                     fetch it (the key itself is never put on a command line)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        Ok(self)
+    }
+
+    /// Whether `mac` (normalised) is one of the plan's hosts.
+    pub fn has(&self, mac: &str) -> bool {
+        self.hosts.iter().any(|h| h == mac)
+    }
+
+    /// The orders of a host of this plan in session `session`, reporting to `report`.
+    pub fn orders(&self, session: &str, report: Option<String>) -> BootOrders {
+        BootOrders {
+            session: session.to_string(),
+            role: BootRole::Client,
+            disk: self.disk.clone(),
+            clients: None,
+            timeout: None,
+            comp: None,
+            keyfile: self.keyfile.clone(),
+            after: self.after,
+            report,
+        }
+    }
+}
+
+/// What a booted machine reports (`POST /api/boot/report`, `img.report=URL`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootReport {
+    /// The session's name.
+    pub session: String,
+    /// `client` or `master`.
+    pub role: String,
+    /// The disk it wrote or sent.
+    pub disk: String,
+    /// Whether the session succeeded.
+    pub ok: bool,
+    /// `img`'s exit code (none: killed by a signal).
+    pub exit_code: Option<i32>,
+    /// How long the session took.
+    pub seconds: f64,
+    /// The machine's MAC addresses (which name it in the plan).
+    pub macs: Vec<String>,
 }
 
 impl fmt::Display for BootOrders {

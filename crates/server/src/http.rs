@@ -47,7 +47,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, lo
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut warned = false;
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and the like: wait a little instead of spinning.
@@ -69,7 +69,15 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, lo
         };
         warned = false;
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers that name the caller (a booted host's report) find its address here.
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())

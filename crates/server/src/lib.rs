@@ -58,6 +58,8 @@ pub struct ServerOptions {
     pub token_file: Option<PathBuf>,
     /// Interface for sessions (default: the route to the group).
     pub interface: Option<String>,
+    /// Boot files to serve under `/boot/` (what `img boot build --out DIR` wrote).
+    pub boot_dir: Option<PathBuf>,
 }
 
 /// What stopped the server or failed a request.
@@ -151,6 +153,8 @@ pub(crate) struct Shared {
     pub(crate) interface: Option<String>,
     /// UDP port of sessions.
     pub(crate) session_port: u16,
+    /// Boot files served under `/boot/`, if any.
+    pub(crate) boot_dir: Option<PathBuf>,
 }
 
 impl Shared {
@@ -196,7 +200,34 @@ pub(crate) fn test_shared(dir: &Path, token: &str) -> Arc<Shared> {
         web: auth::WebSessions::default(),
         interface: None,
         session_port: imgcast_engine::DEFAULT_PORT,
+        boot_dir: None,
     })
+}
+
+/// The boot directory, checked: it must hold what iPXE loads.
+fn check_boot_dir(dir: &Path) -> Result<PathBuf, ServerError> {
+    for f in boot::BOOT_FILES {
+        let p = dir.join(f);
+        match fs::metadata(&p) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(ServerError::BadRequest(format!(
+                    "--boot-dir {}: {f} is not a file (make the boot files with img boot build --out {})",
+                    dir.display(),
+                    dir.display()
+                )))
+            }
+            Err(e) => {
+                return Err(ServerError::BadRequest(format!(
+                    "--boot-dir {}: no {f} ({e}); make the boot files with img boot build --out {}",
+                    dir.display(),
+                    dir.display()
+                )))
+            }
+        }
+    }
+    dir.canonicalize()
+        .map_err(|e| ServerError::io("resolving the boot directory", dir, e))
 }
 
 /// Reads the token file, or creates it (mode 0600) with a new random token,
@@ -306,6 +337,7 @@ pub fn run(opts: &ServerOptions) -> Result<(), ServerError> {
         .token_file
         .clone()
         .unwrap_or_else(|| dir.join(".imgcast-token"));
+    let boot_dir = opts.boot_dir.as_deref().map(check_boot_dir).transpose()?;
     let token = load_token(&token_file)?;
     let store = Store::open(&state)?;
     close_unfinished(&store)?;
@@ -322,6 +354,7 @@ pub fn run(opts: &ServerOptions) -> Result<(), ServerError> {
         web: auth::WebSessions::default(),
         interface: opts.interface.clone(),
         session_port: imgcast_engine::DEFAULT_PORT,
+        boot_dir,
     });
     let listener = std::net::TcpListener::bind(opts.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -354,6 +387,12 @@ pub fn run(opts: &ServerOptions) -> Result<(), ServerError> {
                 addr: opts.listen,
                 why: e.to_string(),
             })?;
+        if let Some(d) = &shared.boot_dir {
+            shared.log(&format!(
+                "serving the boot files of {} at http://{addr}/boot/ (iPXE: chain http://{addr}/boot/ipxe)",
+                d.display()
+            ));
+        }
         shared.log(&format!("listening on http://{addr}/"));
         let s = Arc::clone(&shared);
         http::serve(listener, app, http::Limits::default(), move |l| s.log(l)).await;

@@ -19,7 +19,8 @@ use imgcast_engine::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::store::{ip_of, ClientRow};
+use crate::boot::{AfterSession, BootOrders, BootPlan, BootReport};
+use crate::store::{ip_of, BootReportRow, ClientRow};
 use crate::{catalog, now_unix, ServerError, Shared};
 
 /// Where a session is in its life.
@@ -132,6 +133,57 @@ pub(crate) struct SessionView {
     pub(crate) error: Option<String>,
     /// Lines the engine reported.
     pub(crate) notes: Vec<String>,
+    /// The hosts that boot into the session, and what they reported.
+    #[serde(default)]
+    pub(crate) boot: Option<BootView>,
+}
+
+/// A session's boot plan as the API shows it, with the hosts' reports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct BootView {
+    /// The hosts' MACs.
+    pub(crate) hosts: Vec<String>,
+    /// The disk each overwrites.
+    pub(crate) disk: String,
+    /// What each does once imaged.
+    pub(crate) after: AfterSession,
+    /// Where they fetch the key.
+    pub(crate) keyfile: Option<String>,
+    /// The newest report of each host that reported, oldest first.
+    pub(crate) reported: Vec<HostReport>,
+}
+
+impl BootView {
+    fn plan(&self) -> BootPlan {
+        BootPlan {
+            hosts: self.hosts.clone(),
+            disk: self.disk.clone(),
+            after: self.after,
+            keyfile: self.keyfile.clone(),
+        }
+    }
+
+    /// The first of `macs` that the plan names.
+    fn host_of<'a>(&self, macs: &'a [String]) -> Option<&'a String> {
+        macs.iter().find(|m| self.hosts.contains(m))
+    }
+}
+
+/// What one booted host reported.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct HostReport {
+    /// Its MAC in the plan.
+    pub(crate) mac: String,
+    /// The address the report came from.
+    pub(crate) addr: String,
+    /// Whether its session succeeded.
+    pub(crate) ok: bool,
+    /// `img`'s exit code.
+    pub(crate) exit_code: Option<i32>,
+    /// How long its session took.
+    pub(crate) seconds: f64,
+    /// When the report came (seconds since the epoch).
+    pub(crate) at: u64,
 }
 
 /// What `POST /api/sessions` asks for.
@@ -161,6 +213,9 @@ pub(crate) struct SessionRequest {
     /// Seconds a follow-up run waits for its queued clients before it starts
     /// with whoever came back, or ends if nobody did (default 60).
     pub(crate) follow_up_deadline: Option<f64>,
+    /// Hosts that boot into this session from the network (or with
+    /// `img.server=URL`), by MAC, and their orders.
+    pub(crate) boot: Option<BootPlan>,
 }
 
 /// A running session: its controls and live view.
@@ -222,6 +277,13 @@ pub(crate) fn spawn(
         ended: None,
         error: None,
         notes: Vec::new(),
+        boot: req.boot.as_ref().map(|p| BootView {
+            hosts: p.hosts.clone(),
+            disk: p.disk.clone(),
+            after: p.after,
+            keyfile: p.keyfile.clone(),
+            reported: Vec::new(),
+        }),
     };
     let live = Arc::new(Live {
         control: Control::default(),
@@ -290,6 +352,14 @@ fn start_when_still_gathering(
 pub(crate) fn create(shared: &Arc<Shared>, sr: &SessionRequest) -> Result<Value, ServerError> {
     imgcast_proto::SessionName::new(&sr.name)
         .map_err(|e| ServerError::BadRequest(format!("session name '{}': {e}", sr.name)))?;
+    let mut sr = sr.clone();
+    if let Some(plan) = sr.boot.take() {
+        sr.boot = Some(
+            plan.checked(&sr.name, sr.key.is_some())
+                .map_err(ServerError::BadRequest)?,
+        );
+    }
+    let sr = &sr;
     catalog::check_name(&sr.image)?;
     if let Some(t) = sr.timeout {
         if !(0.0..=7.0 * 86400.0).contains(&t) {
@@ -362,6 +432,20 @@ pub(crate) fn create(shared: &Arc<Shared>, sr: &SessionRequest) -> Result<Value,
             "a session named '{}' is already running (id {id}); abort it or choose another name",
             sr.name
         )));
+    }
+    if let Some(plan) = &sr.boot {
+        for (id, l) in live.iter() {
+            let v = l.view();
+            let Some(b) = v.boot.as_ref().filter(|_| v.state.is_live()) else {
+                continue;
+            };
+            if let Some(mac) = b.host_of(&plan.hosts) {
+                return Err(ServerError::Conflict(format!(
+                    "host {mac} boots into session {id} ('{}') already; a host has one order at a time",
+                    v.name
+                )));
+            }
+        }
     }
     let id = shared.store().new_session(&sr.name, &sr.image, now)?;
     let l = spawn(
@@ -695,3 +779,112 @@ pub(crate) fn parse_view(json: &str) -> Option<SessionView> {
 
 /// The live sessions by id.
 pub(crate) type LiveMap = BTreeMap<i64, Arc<Live>>;
+
+/// The orders of the host with MAC `mac` (normalised): from the live session
+/// whose boot plan names it and that it has not yet reported success to.
+/// Its result goes to `report` (the server's report URL, as the host reaches it).
+pub(crate) fn orders_for(shared: &Shared, mac: &str, report: &str) -> Option<(i64, BootOrders)> {
+    let live = shared.live();
+    live.iter().find_map(|(id, l)| {
+        let v = l.view();
+        let b = v.boot.as_ref().filter(|_| v.state.is_live())?;
+        let done = b.reported.iter().any(|r| r.mac == mac && r.ok);
+        (b.hosts.iter().any(|h| h == mac) && !done)
+            .then(|| (*id, b.plan().orders(&v.name, Some(report.to_string()))))
+    })
+}
+
+/// Most ended sessions of one name searched for a late report's plan.
+const REPORT_LOOKBACK: u32 = 20;
+
+/// Files a booted host's report (`body` as it came, from `addr`) with the
+/// session of its name whose boot plan names one of its MACs: the live one,
+/// or, for a report that comes after the session ended, the newest stored
+/// one. Returns the session's id and the host's MAC.
+pub(crate) fn file_report(
+    shared: &Shared,
+    report: &BootReport,
+    addr: &str,
+    body: &str,
+) -> Result<(i64, String), ServerError> {
+    let macs: Vec<String> = report
+        .macs
+        .iter()
+        .filter_map(|m| crate::boot::normalize_mac(m))
+        .collect();
+    if macs.is_empty() {
+        return Err(ServerError::BadRequest(
+            "the report names no MAC address (macs: [\"aa:bb:cc:dd:ee:ff\"])".into(),
+        ));
+    }
+    let entry = |mac: &str| HostReport {
+        mac: mac.to_string(),
+        addr: addr.to_string(),
+        ok: report.ok,
+        exit_code: report.exit_code,
+        seconds: report.seconds,
+        at: now_unix(),
+    };
+    let keep = |id: i64, mac: &str| {
+        shared.store().add_boot_report(&BootReportRow {
+            session_id: id,
+            mac: mac.to_string(),
+            addr: addr.to_string(),
+            ok: report.ok,
+            exit_code: report.exit_code,
+            seconds: report.seconds,
+            received: now_unix(),
+            body: body.to_string(),
+        })
+    };
+    // A live session first: its view is the one that will be saved.
+    let found = {
+        let live = shared.live();
+        live.values().find_map(|l| {
+            let mut v = l.view();
+            if v.name != report.session {
+                return None;
+            }
+            let b = v.boot.as_mut()?;
+            let mac = b.host_of(&macs)?.clone();
+            add_report(b, entry(&mac));
+            Some((v.id, mac, Arc::clone(l)))
+        })
+    };
+    if let Some((id, mac, l)) = found {
+        keep(id, &mac)?;
+        persist(shared, &l);
+        publish(shared, &l, true);
+        return Ok((id, mac));
+    }
+    // Then the ended ones: a host that took long, or reported after the last run.
+    let rows = shared
+        .store()
+        .sessions_named(&report.session, REPORT_LOOKBACK)?;
+    for (id, json) in rows {
+        let Some(mut v) = parse_view(&json) else {
+            continue;
+        };
+        let Some(b) = v.boot.as_mut() else { continue };
+        let Some(mac) = b.host_of(&macs).cloned() else {
+            continue;
+        };
+        add_report(b, entry(&mac));
+        let json = serde_json::to_string(&v).unwrap_or_default();
+        keep(id, &mac)?;
+        shared.store().save_session(id, v.state.as_str(), &json)?;
+        shared.events.publish("session", &json);
+        return Ok((id, mac));
+    }
+    Err(ServerError::NotFound(format!(
+        "no session '{}' has a boot plan for {}",
+        report.session,
+        macs.join(", ")
+    )))
+}
+
+/// Puts `r` in the plan's reports, in place of an older one of the same host.
+fn add_report(b: &mut BootView, r: HostReport) {
+    b.reported.retain(|o| o.mac != r.mac);
+    b.reported.push(r);
+}

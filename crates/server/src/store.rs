@@ -103,7 +103,36 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session_id, run, client_id)
     );
     CREATE INDEX client_results_host ON client_results(host_id);",
+    // 3: what booted machines reported (POST /api/boot/report), every one kept.
+    "CREATE TABLE boot_reports (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id INTEGER NOT NULL REFERENCES sessions(id),
+        mac TEXT NOT NULL,
+        addr TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        exit_code INTEGER,
+        seconds REAL NOT NULL,
+        received INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX boot_reports_session ON boot_reports(session_id);",
 ];
+
+/// One report of a booted machine, as stored.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BootReportRow {
+    pub(crate) session_id: i64,
+    /// The MAC of the plan it matched.
+    pub(crate) mac: String,
+    /// Where it came from.
+    pub(crate) addr: String,
+    pub(crate) ok: bool,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) seconds: f64,
+    pub(crate) received: u64,
+    /// The report as sent.
+    pub(crate) body: String,
+}
 
 /// One client of one run, as stored.
 #[derive(Clone, Debug, Default)]
@@ -323,6 +352,57 @@ impl Store {
             .map_err(db_err("listing sessions"))?;
         rows.collect::<Result<_, _>>()
             .map_err(db_err("reading a session row"))
+    }
+
+    /// The ids and JSON views of the last `limit` sessions named `name`, newest first.
+    pub(crate) fn sessions_named(
+        &self,
+        name: &str,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, ServerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, view FROM sessions WHERE name = ?1 ORDER BY id DESC LIMIT ?2")
+            .map_err(db_err("listing sessions by name"))?;
+        let rows = st
+            .query_map(params![name, limit], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db_err("listing sessions by name"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db_err("reading a session row"))
+    }
+
+    /// Keeps a booted machine's report.
+    pub(crate) fn add_boot_report(&self, r: &BootReportRow) -> Result<(), ServerError> {
+        self.conn
+            .execute(
+                "INSERT INTO boot_reports (session_id, mac, addr, ok, exit_code, seconds, received, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    r.session_id,
+                    r.mac,
+                    r.addr,
+                    r.ok,
+                    r.exit_code,
+                    r.seconds,
+                    to_i64(r.received),
+                    r.body
+                ],
+            )
+            .map_err(db_err("keeping a boot report"))?;
+        Ok(())
+    }
+
+    /// How many reports session `id` has kept.
+    #[cfg(test)]
+    pub(crate) fn boot_report_count(&self, id: i64) -> Result<u64, ServerError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM boot_reports WHERE session_id = ?1",
+                params![id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(from_i64)
+            .map_err(db_err("counting boot reports"))
     }
 
     /// One session's JSON view.
@@ -570,5 +650,34 @@ mod tests {
         assert_eq!(s.sessions(10).expect("sessions")[0].1, "{\"id\":1}");
         s.delete_image("win11.img").expect("delete");
         assert!(s.images().expect("images").is_empty());
+    }
+
+    #[test]
+    fn boot_reports_are_kept_per_session() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("state.sqlite")).expect("open");
+        assert_eq!(s.version().expect("version"), MIGRATIONS.len());
+        let a = s.new_session("lab", "x.img", 1).expect("a");
+        let b = s.new_session("lab", "x.img", 2).expect("b");
+        s.new_session("other", "x.img", 3).expect("other");
+        let row = BootReportRow {
+            session_id: a,
+            mac: "52:54:00:00:00:01".into(),
+            ok: true,
+            exit_code: Some(0),
+            body: "{}".into(),
+            ..Default::default()
+        };
+        s.add_boot_report(&row).expect("keep");
+        s.add_boot_report(&row).expect("keep again");
+        assert_eq!(s.boot_report_count(a).expect("count"), 2);
+        assert_eq!(s.boot_report_count(b).expect("count"), 0);
+        let named: Vec<i64> = s
+            .sessions_named("lab", 10)
+            .expect("named")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(named, vec![b, a]);
     }
 }

@@ -2029,7 +2029,11 @@ fn a_database_of_the_old_schema_upgrades_in_place() {
     let v: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("version");
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
+    let reports: i64 = db
+        .query_row("SELECT COUNT(*) FROM boot_reports", [], |r| r.get(0))
+        .expect("the boot_reports table of version 3");
+    assert_eq!(reports, 0);
 }
 
 /// Scheduled-cast in the namespace LAN: a session asked to start 3 s after
@@ -2151,4 +2155,294 @@ lab_kill $srv
         Some(64),
         "{host:#}"
     );
+}
+
+/// A boot directory as `img boot build` leaves it, with stand-in files.
+fn boot_dir(parent: &Path) -> PathBuf {
+    let dir = parent.join("boot");
+    std::fs::create_dir_all(dir.join("pxe")).expect("boot dir");
+    let kernel: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let initrd: Vec<u8> = (0..1_100_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    std::fs::write(dir.join("vmlinuz"), kernel).expect("vmlinuz");
+    std::fs::write(dir.join("initrd.img"), initrd).expect("initrd");
+    std::fs::write(dir.join("pxe/boot.ipxe"), "#!ipxe\n").expect("script");
+    dir
+}
+
+/// `POST /api/boot/report` of `mac` for session `name`, with no token.
+fn report(srv: &Server, name: &str, mac: &str, ok: bool) -> Reply {
+    let body = json!({
+        "session": name, "role": "client", "disk": "/dev/vda", "ok": ok,
+        "exit_code": if ok { 0 } else { 1 }, "seconds": 12.5,
+        "macs": ["02:00:00:00:00:99", mac],
+    });
+    client::request(
+        &srv.addr,
+        "POST",
+        "/api/boot/report",
+        None,
+        Some(body.to_string().as_bytes()),
+    )
+    .expect("report")
+}
+
+/// The boot server: `--boot-dir` serves the boot files (whole, in ranges,
+/// never outside the directory) and refuses to start without them; a
+/// session's boot plan is checked, gives its hosts their orders by MAC (over
+/// iPXE and as JSON, no token, never a key) and unknown hosts the menu; a
+/// report from a host is filed with the session, and a host that reported
+/// success gets no orders again; a report that comes after the session ended
+/// updates the stored session, which a restarted server still shows.
+#[test]
+fn boot_files_plans_orders_and_late_reports() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let images = work.path().join("images");
+    std::fs::create_dir_all(&images).expect("images");
+    let state = work.path().join("state.sqlite");
+    make_image(work.path(), &images, "pxe.img", 4, 7);
+    // Without the boot files the server says what is missing and does not start.
+    let empty = work.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("empty");
+    let out = Command::new(img())
+        .args(["server", "--listen", "127.0.0.1:0", "--images"])
+        .arg(&images)
+        .arg("--state")
+        .arg(&state)
+        .arg("--boot-dir")
+        .arg(&empty)
+        .output()
+        .expect("run img server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("no vmlinuz") && err.contains("img boot build"),
+        "{err}"
+    );
+
+    let boot = boot_dir(work.path());
+    let start = || {
+        let mut cmd = Command::new(img());
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--images"])
+            .arg(&images)
+            .arg("--state")
+            .arg(&state)
+            .arg("--boot-dir")
+            .arg(&boot);
+        Server::spawn(cmd, &images.join(".imgcast-token"))
+    };
+    let srv = start();
+    assert!(
+        srv.log().contains("serving the boot files"),
+        "{}",
+        srv.log()
+    );
+    let get = |path: &str| client::request(&srv.addr, "GET", path, None, None).expect("get");
+
+    // The files, whole and in a range, with no token; nothing outside the directory.
+    let k = get("/boot/vmlinuz");
+    assert_eq!(k.status, 200);
+    assert_eq!(k.body, std::fs::read(boot.join("vmlinuz")).expect("read"));
+    let i = get("/boot/initrd.img");
+    assert_eq!(
+        i.body,
+        std::fs::read(boot.join("initrd.img")).expect("read")
+    );
+    assert_eq!(get("/boot/pxe/boot.ipxe").text(), "#!ipxe\n");
+    let (st, text) = raw(
+        &srv.addr,
+        "GET /boot/vmlinuz HTTP/1.1\r\nHost: x\r\nRange: bytes=100-199\r\nConnection: close\r\n\r\n",
+        5,
+    );
+    assert_eq!(st, 206, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("content-length: 100"),
+        "{text}"
+    );
+    std::os::unix::fs::symlink(&state, boot.join("db")).expect("symlink");
+    for bad in [
+        "/boot/../state.sqlite",
+        "/boot/%2e%2e/state.sqlite",
+        "/boot/..%2fstate.sqlite",
+        "/boot/db",
+        "/boot/pxe",
+        "/boot/.hidden",
+        "/boot/nothing",
+    ] {
+        let (st, text) = raw(
+            &srv.addr,
+            &format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            5,
+        );
+        assert!(st == 404 || st == 400, "{bad}: {text}");
+        assert!(!text.contains("SQLite format"), "{bad}: {text}");
+    }
+
+    // Plans are checked.
+    let plan = |hosts: Value, disk: &str| {
+        json!({"name": "pxe1", "image": "pxe.img", "clients": 2,
+               "boot": {"hosts": hosts, "disk": disk, "after": "reboot"}})
+    };
+    for (body, want) in [
+        (plan(json!(["52:54:00:aa:00"]), "/dev/vda"), "not a MAC"),
+        (
+            plan(
+                json!(["52:54:00:aa:00:01", "52-54-00-AA-00-01"]),
+                "/dev/vda",
+            ),
+            "twice",
+        ),
+        (plan(json!([]), "/dev/vda"), "1 to 4096"),
+        (plan(json!(["52:54:00:aa:00:01"]), "vda"), "not a disk"),
+        (
+            plan(json!(["52:54:00:aa:00:01"]), "/dev/vda img.role=master"),
+            "not a disk",
+        ),
+        (
+            plan(json!(["52:54:00:aa:00:01"]), "/dev/${x}"),
+            "not a disk",
+        ),
+        (
+            json!({"name": "pxe1", "image": "pxe.img", "key": "secret",
+                   "boot": {"hosts": ["52:54:00:aa:00:01"], "disk": "/dev/vda"}}),
+            "keyfile",
+        ),
+        (
+            json!({"name": "pxe1", "image": "pxe.img",
+                   "boot": {"hosts": ["52:54:00:aa:00:01"], "disk": "/dev/vda", "after": "dance"}}),
+            "bad JSON",
+        ),
+        (
+            json!({"name": "pxe1", "image": "pxe.img",
+                   "boot": {"hosts": ["52:54:00:aa:00:01"], "disk": "/dev/vda", "role": "master"}}),
+            "bad JSON",
+        ),
+    ] {
+        let r = srv.req("POST", "/api/sessions", Some(&body));
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(r.text().contains(want), "{body}: {}", r.text());
+    }
+    let r = srv.req(
+        "POST",
+        "/api/sessions",
+        Some(&plan(
+            json!(["52:54:00:AA:00:01", "52-54-00-aa-00-02"]),
+            "/dev/vda",
+        )),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_u64().expect("id");
+    assert_eq!(
+        r.json()["boot"]["hosts"],
+        json!(["52:54:00:aa:00:01", "52:54:00:aa:00:02"])
+    );
+    // A host has one order at a time.
+    let other = json!({"name": "pxe2", "image": "pxe.img",
+                       "boot": {"hosts": ["52:54:00:aa:00:02"], "disk": "/dev/sda"}});
+    let r = srv.req("POST", "/api/sessions", Some(&other));
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    // iPXE: first the chain with the NIC's MAC, then the host's orders.
+    let base = format!("http://{}", srv.addr);
+    let chain = get("/boot/ipxe").text();
+    assert!(chain.starts_with("#!ipxe\n"), "{chain}");
+    assert!(
+        chain.contains(&format!("chain {base}/boot/ipxe?mac=${{netX/mac}}")),
+        "{chain}"
+    );
+    let script = get("/boot/ipxe?mac=52:54:00:aa:00:01").text();
+    assert!(
+        script.contains(&format!("kernel {base}/boot/vmlinuz initrd=initrd.img")),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!("initrd {base}/boot/initrd.img")),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!(
+            "img.session=pxe1 img.role=client img.disk=/dev/vda img.after=reboot \
+             img.report={base}/api/boot/report"
+        )),
+        "{script}"
+    );
+    let menu = get("/boot/ipxe?mac=52:54:00:bb:00:01").text();
+    assert!(menu.contains("kernel ") && !menu.contains("img."), "{menu}");
+    assert_eq!(get("/boot/ipxe?mac=52:54:00:bb").status, 400);
+    // The same orders as JSON, for img.server=URL.
+    let o = get("/api/boot/orders?mac=52-54-00-AA-00-02");
+    assert_eq!(o.status, 200, "{}", o.text());
+    assert_eq!(o.json()["session_id"].as_u64(), Some(id));
+    let line = o.json()["cmdline"].as_str().expect("cmdline").to_string();
+    let orders = imgcast_server::boot::BootOrders::from_cmdline(&line)
+        .expect("orders parse")
+        .expect("orders");
+    assert_eq!(orders.disk, "/dev/vda");
+    assert_eq!(get("/api/boot/orders?mac=52:54:00:bb:00:01").status, 404);
+    assert_eq!(get("/api/boot/orders").status, 400);
+
+    // Reports: filed with the session, by a host of the plan only.
+    let r = report(&srv, "pxe1", "52:54:00:aa:00:01", true);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["session_id"].as_u64(), Some(id));
+    let v = srv.req("GET", &format!("/api/sessions/{id}"), None).json();
+    let rep = &v["boot"]["reported"];
+    assert_eq!(rep[0]["mac"], "52:54:00:aa:00:01", "{v:#}");
+    assert_eq!(rep[0]["ok"], true);
+    assert_eq!(rep[0]["addr"], "127.0.0.1");
+    // Imaged: the host boots to the menu now, the other still gets its orders.
+    let again = get("/boot/ipxe?mac=52:54:00:aa:00:01").text();
+    assert!(!again.contains("img.session"), "{again}");
+    assert_eq!(get("/api/boot/orders?mac=52:54:00:aa:00:02").status, 200);
+    assert_eq!(report(&srv, "pxe1", "52:54:00:bb:00:09", true).status, 404);
+    assert_eq!(
+        report(&srv, "nosuch", "52:54:00:aa:00:02", true).status,
+        404
+    );
+    let r = client::request(
+        &srv.addr,
+        "POST",
+        "/api/boot/report",
+        None,
+        Some(b"{\"session\":"),
+    )
+    .expect("bad");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let big = vec![b' '; 70 * 1024];
+    let r = client::request(&srv.addr, "POST", "/api/boot/report", None, Some(&big)).expect("big");
+    assert_eq!(r.status, 413, "{}", r.text());
+
+    // The session ends; host 2's report comes late and still lands in it.
+    let r = srv.req("DELETE", &format!("/api/sessions/{id}"), None);
+    assert_eq!(r.status, 202, "{}", r.text());
+    srv.wait_session(id, 30, |v| v["ended"].is_u64());
+    assert_eq!(get("/api/boot/orders?mac=52:54:00:aa:00:02").status, 404);
+    let r = report(&srv, "pxe1", "52:54:00:aa:00:02", false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = srv.req("GET", &format!("/api/sessions/{id}"), None).json();
+    assert_eq!(v["state"], "failed", "{v:#}");
+    let macs: Vec<&str> = v["boot"]["reported"]
+        .as_array()
+        .expect("reported")
+        .iter()
+        .filter_map(|r| r["mac"].as_str())
+        .collect();
+    assert_eq!(macs, ["52:54:00:aa:00:01", "52:54:00:aa:00:02"], "{v:#}");
+    assert_eq!(v["boot"]["reported"][1]["ok"], false);
+    srv.stop();
+    let srv = start();
+    let v = srv.req("GET", &format!("/api/sessions/{id}"), None).json();
+    assert_eq!(
+        v["boot"]["reported"][1]["mac"], "52:54:00:aa:00:02",
+        "{v:#}"
+    );
+    let db = rusqlite::Connection::open(&state).expect("db");
+    let n: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM boot_reports WHERE session_id = ?1",
+            [id as i64],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(n, 2);
+    srv.stop();
 }
