@@ -9,7 +9,9 @@
 # curl and chromium + chromium-driver (the server's API and dashboard tests);
 # for the boot media (`img boot build`) and their tests in virtual machines:
 # linux-image-amd64, busybox-static, binutils (strip), grub-common,
-# grub-pc-bin, grub-efi-amd64-bin, xorriso, qemu-system-x86 and ovmf.
+# grub-pc-bin, grub-efi-amd64-bin, xorriso, qemu-system-x86 and ovmf; for the
+# network boot from the imaging server: ipxe-qemu (the iPXE ROMs of qemu's NICs)
+# and dnsmasq-base (the proxy-DHCP configuration of docs/BOOT.md, tested).
 # Does nothing when all are present.
 set -euo pipefail
 need=()
@@ -18,13 +20,15 @@ for pair in nft:nftables ip:iproute2 unshare:util-linux losetup:mount mkfs.ext4:
             mkfs.vfat:dosfstools mcopy:mtools mkntfs:ntfs-3g partclone.ext4:partclone \
             mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs \
             curl:curl chromium:chromium chromedriver:chromium-driver python3:python3 \
-            strip:binutils grub-mkrescue:grub-common xorriso:xorriso qemu-system-x86_64:qemu-system-x86; do
+            strip:binutils grub-mkrescue:grub-common xorriso:xorriso qemu-system-x86_64:qemu-system-x86 \
+            dnsmasq:dnsmasq-base; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
 # Packages known by a file rather than a command.
 for pair in /usr/lib/grub/i386-pc/boot.img:grub-pc-bin /usr/lib/grub/x86_64-efi/kernel.img:grub-efi-amd64-bin \
-            /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf /usr/share/doc/busybox-static:busybox-static; do
+            /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf /usr/share/doc/busybox-static:busybox-static \
+            /usr/lib/ipxe/qemu/pxe-e1000.rom:ipxe-qemu; do
   file=${pair%%:*}; pkg=${pair#*:}
   [ -e "$file" ] || need+=("$pkg")
 done

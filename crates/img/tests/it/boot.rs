@@ -44,7 +44,8 @@ fn lab() -> Lab {
     Lab::new(env!("CARGO_BIN_EXE_img")).time_limit(Duration::from_secs(420))
 }
 
-/// Shell functions for the scripts: `dhcp` starts udhcpd in h0; `vm NAME
+/// Shell functions for the scripts: `dhcp` starts udhcpd in h0 (or in
+/// `$DHCP_HOST`); `vm NAME
 /// SECS QEMU-ARGS...` starts qemu in the background (TCG, no default devices,
 /// bounded by `timeout`, killed by lab_down) and sets VM_PID; `nic NAME`
 /// makes tap lab-NAME and sets NIC to the qemu arguments of a virtio NIC on
@@ -70,7 +71,7 @@ option subnet 255.255.255.0
 option lease 3600
 EOF
   : >"$DIR/udhcpd.leases"
-  lab_spawn h0 "$DIR/udhcpd.log" busybox udhcpd -f "$DIR/udhcpd.conf" >/dev/null
+  lab_spawn "${{DHCP_HOST:-h0}}" "$DIR/udhcpd.log" busybox udhcpd -f "$DIR/udhcpd.conf" >/dev/null
 }}
 vmn=0
 nic() {{
@@ -352,4 +353,125 @@ fn iso_boots_to_the_menu_with_uefi() {
          -drive if=pflash,format=raw,unit=1,file=$(cp /usr/share/OVMF/OVMF_VARS_4M.fd \"$DIR/vars.fd\" && echo \"$DIR/vars.fd\")",
         240,
     );
+}
+
+/// The dnsmasq proxy-DHCP configuration of docs/BOOT.md, for this lab: the
+/// imaging server and dnsmasq in h0 (10.77.0.10), the boot files in `boot`.
+fn dnsmasq_conf(boot: &Path) -> String {
+    let doc = include_str!("../../../../docs/BOOT.md");
+    let start = doc
+        .find("    # /etc/dnsmasq.d/imgcast.conf")
+        .expect("the dnsmasq configuration in docs/BOOT.md");
+    doc[start..]
+        .lines()
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| l[4..].to_string() + "\n")
+        .collect::<String>()
+        .replace("10.0.0.5", "10.77.0.10")
+        .replace("10.0.0.0", "10.77.0.0")
+        .replace("/srv/imgcast/boot", &boot.display().to_string())
+}
+
+/// The imaging server boots bare machines into a session with a boot plan:
+/// vm1 boots from the network — the site's DHCP server (udhcpd in h1) gives
+/// it an address, dnsmasq in proxy mode with the configuration of
+/// docs/BOOT.md points its iPXE (the e1000's ROM) at `/boot/ipxe`, which
+/// chains to its orders by MAC — and vm2 from the media with only
+/// `img.server=URL` on its command line, asking the server for its orders.
+/// Both image their virtio disks from the server's image, report to it, and
+/// power off; the session shows both reports and both disks equal the source.
+#[test]
+fn the_imaging_server_boots_planned_hosts_over_pxe_and_img_server() {
+    let media = media();
+    let lab = lab();
+    disk(&lab, "src.raw", 16, 71);
+    disk(&lab, "vm1.raw", 16, 72);
+    disk(&lab, "vm2.raw", 16, 73);
+    std::fs::write(lab.path("dnsmasq.conf"), dnsmasq_conf(media)).expect("dnsmasq.conf");
+    let script = format!(
+        r#"{prelude}
+lab_up 2
+mkdir -p "$DIR/images"
+"$IMG" make --disk "$DIR/src.raw" "$DIR/images/src.img" >/dev/null
+DHCP_HOST=h1 dhcp
+# --no-daemon: in the foreground and without changing user (setgroups is denied in a user namespace).
+lab_spawn h0 "$DIR/dnsmasq.log" dnsmasq --no-daemon --log-facility=- --conf-file="$DIR/dnsmasq.conf" >/dev/null
+lab_spawn h0 "$DIR/server.log" "$IMG" server --listen 10.77.0.10:8470 --images "$DIR/images" --boot-dir "$BOOT" >/dev/null
+for _ in $(seq 100); do grep -q "listening on" "$DIR/server.log" && break; sleep 0.2; done
+for _ in $(seq 100); do grep -q "src.img verified" "$DIR/server.log" && break; sleep 0.2; done
+api() {{ lab_exec h0 curl -s -m 10 -H "Authorization: Bearer $(cat "$DIR/images/.imgcast-token")" -H "Content-Type: application/json" "$@"; }}
+api -d '{{"name":"pxe","image":"src.img","clients":2,"timeout":300,"boot":{{"hosts":["52:54:00:12:34:01","52:54:00:12:34:02"],"disk":"/dev/vda","after":"poweroff"}}}}' \
+  http://10.77.0.10:8470/api/sessions >"$DIR/created.json"
+id=$(grep -o '"id":[0-9]*' "$DIR/created.json" | head -1 | cut -d: -f2)
+echo "session $id"
+t0=$SECONDS
+lab_tap vm1
+vm vm1 300 -device e1000,netdev=n0,mac=52:54:00:12:34:01,romfile=/usr/lib/ipxe/qemu/pxe-e1000.rom \
+  -netdev tap,id=n0,ifname=lab-vm1,script=no,downscript=no -boot order=n -serial file:"$DIR/vm1.serial" \
+  -drive file="$DIR/vm1.raw",format=raw,if=virtio
+v1=$VM_PID
+lab_tap vm2
+kernel "img.server=http://10.77.0.10:8470"
+vm vm2 300 $KERNEL -append "$APPEND" -netdev tap,id=n0,ifname=lab-vm2,script=no,downscript=no \
+  -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:02 -serial file:"$DIR/vm2.serial" \
+  -drive file="$DIR/vm2.raw",format=raw,if=virtio
+v2=$VM_PID
+lab_wait 300 $v1; echo "vm1 exit $?"
+lab_wait 60 $v2; echo "vm2 exit $?"
+echo "took $((SECONDS - t0)) s"
+for _ in $(seq 50); do
+  api "http://10.77.0.10:8470/api/sessions/$id" >"$DIR/session.json"
+  grep -q '"reported":\[{{.*}},{{' "$DIR/session.json" && break
+  sleep 0.2
+done
+lab_down
+"#,
+        prelude = prelude(media)
+    );
+    let out = lab.run(&script);
+    let text = lab.show(
+        &out,
+        &[
+            "server.log",
+            "dnsmasq.log",
+            "vm1.serial",
+            "vm2.serial",
+            "vm1.qemu",
+            "udhcpd.log",
+            "session.json",
+        ],
+    );
+    assert!(
+        text.contains("vm1 exit 0") && text.contains("vm2 exit 0"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.log("session.json")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let reported = v["boot"]["reported"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut macs: Vec<&str> = reported.iter().filter_map(|r| r["mac"].as_str()).collect();
+    macs.sort_unstable();
+    assert_eq!(macs, ["52:54:00:12:34:01", "52:54:00:12:34:02"], "{text}");
+    assert!(reported.iter().all(|r| r["ok"] == true), "{text}");
+    let server = lab.log("server.log");
+    assert!(
+        server.contains("boot: 52:54:00:12:34:01 boots into session"),
+        "{text}"
+    );
+    assert!(
+        server.contains("boot: 52:54:00:12:34:02 asked for its orders"),
+        "{text}"
+    );
+    assert!(
+        lab.log("vm2.serial").contains("imgcast: poweroff"),
+        "{text}"
+    );
+    for vm in ["vm1", "vm2"] {
+        assert!(
+            same(&lab.path("src.raw"), &lab.path(&format!("{vm}.raw"))),
+            "{vm} differs\n{text}"
+        );
+    }
 }
