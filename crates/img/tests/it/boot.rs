@@ -399,6 +399,8 @@ lab_spawn h0 "$DIR/dnsmasq.log" dnsmasq --no-daemon --log-facility=- --conf-file
 lab_spawn h0 "$DIR/server.log" "$IMG" server --listen 10.77.0.10:8470 --images "$DIR/images" --boot-dir "$BOOT" >/dev/null
 for _ in $(seq 100); do grep -q "listening on" "$DIR/server.log" && break; sleep 0.2; done
 for _ in $(seq 100); do grep -q "src.img verified" "$DIR/server.log" && break; sleep 0.2; done
+# dnsmasq's TFTP (what plain PXE firmware loads iPXE from) serves the boot directory.
+lab_exec h1 timeout 20 busybox tftp -g -r vmlinuz -l "$DIR/tftp-vmlinuz" 10.77.0.10; echo "tftp exit $?"
 api() {{ lab_exec h0 curl -s -m 10 -H "Authorization: Bearer $(cat "$DIR/images/.imgcast-token")" -H "Content-Type: application/json" "$@"; }}
 api -d '{{"name":"pxe","image":"src.img","clients":2,"timeout":300,"boot":{{"hosts":["52:54:00:12:34:01","52:54:00:12:34:02"],"disk":"/dev/vda","after":"poweroff"}}}}' \
   http://10.77.0.10:8470/api/sessions >"$DIR/created.json"
@@ -443,6 +445,11 @@ lab_down
     );
     assert!(
         text.contains("vm1 exit 0") && text.contains("vm2 exit 0"),
+        "{text}"
+    );
+    assert!(text.contains("tftp exit 0"), "{text}");
+    assert!(
+        same(&media.join("vmlinuz"), &lab.path("tftp-vmlinuz")),
         "{text}"
     );
     let v: serde_json::Value =
