@@ -28,6 +28,11 @@ use objects::{Objects, Offer};
 
 /// Register retransmission period until acknowledged.
 const REGISTER_EVERY: Duration = Duration::from_millis(250);
+/// Packets a loss share must cover before a rise in it is worth a Status of its own.
+const LOSS_RISE_PACKETS: u64 = 256;
+/// A loss share above what we last reported by this much (or by itself, if more) is a queue
+/// forming: worth a Status of its own.
+const LOSS_RISE: f64 = 0.05;
 /// Report retransmission period until acknowledged.
 const REPORT_EVERY: Duration = Duration::from_millis(300);
 /// Auth failures before the one `AuthFailures` event.
@@ -300,6 +305,9 @@ pub struct Receiver {
     last_status: Option<Instant>,
     /// The `low` of our latest Status: what the master knows of our progress.
     reported_low: u32,
+    /// The loss share our last Status carried (of enough packets to say): a loss well above it
+    /// is a queue forming, which the master's rate must hear of before the next beat.
+    reported_loss: f64,
     /// Next look for needs the master does not know, and the report of them after its back-off.
     next_need_check: Option<Instant>,
     need_report_at: Option<Instant>,
@@ -343,6 +351,7 @@ impl Receiver {
             advert: None,
             last_status: None,
             reported_low: 0,
+            reported_loss: 0.0,
             next_need_check: None,
             need_report_at: None,
             next_register: None,
@@ -983,6 +992,16 @@ impl Receiver {
         {
             return true;
         }
+        // A receiver whose needs the master's repair covers would stay silent while a queue
+        // fills in front of it: a loss well above its last word is news for the rate.
+        let expected = self.highest_seq.saturating_sub(self.seq_at_status);
+        if expected >= LOSS_RISE_PACKETS {
+            let lost = expected.saturating_sub(u64::from(self.received_since));
+            let share = lost as f64 / expected as f64;
+            if share > self.reported_loss + LOSS_RISE.max(self.reported_loss) {
+                return true;
+            }
+        }
         let low = self.objects.confirmed.low;
         let half = self.session.as_ref().map_or(1, |s| (s.window / 2).max(1));
         // Progress matters when the master's window fills and our last word may be what holds it.
@@ -1011,6 +1030,9 @@ impl Receiver {
         let expected = self.highest_seq.saturating_sub(self.seq_at_status);
         let expected = u32::try_from(expected).unwrap_or(u32::MAX);
         let lost = expected.saturating_sub(self.received_since);
+        if u64::from(expected) >= LOSS_RISE_PACKETS {
+            self.reported_loss = f64::from(lost) / f64::from(expected);
+        }
         self.seq_at_status = self.highest_seq;
         self.received_since = 0;
         Status {
