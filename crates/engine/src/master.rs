@@ -450,9 +450,11 @@ fn linger(
     net: &mut Net,
     how_long: Duration,
 ) -> Result<(), EngineError> {
-    // Clients repeat an unacknowledged report every 300 ms: once nothing has
-    // come for longer than two of those, every acknowledgement has landed.
-    const QUIET: Duration = Duration::from_millis(700);
+    // Clients repeat an unacknowledged report every 300 ms, and the master
+    // acknowledges each report twice: once nothing has come for longer than
+    // one repeat (and a margin), every client has heard its acknowledgement
+    // but for one whose two copies and its repeat were all lost.
+    const QUIET: Duration = Duration::from_millis(400);
     let end = Instant::now() + how_long;
     let mut last_heard = Instant::now();
     loop {

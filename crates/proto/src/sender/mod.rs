@@ -755,6 +755,11 @@ impl Sender {
             }
         };
         self.ack(now, from, client_id, kind, nonce);
+        if kind == AckKind::Report {
+            // Twice: after the last client the engine's master lingers only about one report
+            // period (`linger`), so a single lost ack must not leave a client unanswered.
+            self.ack(now, from, client_id, kind, nonce);
+        }
     }
 
     /// Releases the objects every live client has done.
