@@ -28,8 +28,11 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// Growth per step while probing up, and after.
 const PROBE_GROWTH: f64 = 1.5;
 const GROWTH: f64 = 1.05;
-/// Growth per step above the capacity a queue showed (a slow look for more).
-const CEILING_GROWTH: f64 = 1.01;
+/// Growth per step above the capacity a queue showed (a slow look for more)...
+const CEILING_GROWTH: f64 = 1.02;
+/// ...for this long after the queue was confirmed (a capacity seen while a receiver's CPU
+/// stalled must not slow the climb for good).
+const CEILING_FOR: Duration = Duration::from_millis(1500);
 /// Decreases are spaced so one burst of bad reports costs one step.
 const DECREASE_EVERY: Duration = Duration::from_millis(200);
 /// A cut keeps this share of what the receiver's delivery ratio says got through, so the queue
@@ -173,8 +176,9 @@ pub(crate) struct Pacer {
     hold_until: Option<Instant>,
     /// Random loss one receiver's trial showed at a rate every receiver saw: accepted of all.
     floor: f64,
-    /// The capacity of the last queue a trial confirmed: above it the rate grows slowly.
-    ceiling: Option<f64>,
+    /// The capacity of the last queue a trial confirmed, and when: above it the rate grows
+    /// slowly for a while.
+    ceiling: Option<(f64, Instant)>,
     /// Bytes of a full data packet, to turn a receiver's packet counts into a rate.
     packet_bytes: usize,
 }
@@ -249,7 +253,9 @@ impl Pacer {
         let (every, growth) = if self.probing {
             (PROBE_EVERY, PROBE_GROWTH)
         } else {
-            let near = self.ceiling.is_some_and(|c| self.rate >= c);
+            let near = self.ceiling.is_some_and(|(c, at)| {
+                self.rate >= c && now.saturating_duration_since(at) < CEILING_FOR
+            });
             (INCREASE_EVERY, if near { CEILING_GROWTH } else { GROWTH })
         };
         if self.busy >= every {
@@ -317,7 +323,7 @@ impl Pacer {
                         peer.accepted = peer.accepted.min(after);
                         self.floor = self.floor.min(after);
                         if let Some(c) = t.through {
-                            self.ceiling = Some(c);
+                            self.ceiling = Some((c, now));
                         }
                     } else if held && after <= MAX_ACCEPTED && after <= t.loss * 1.25 + 0.02 {
                         // (A loss that rose at the lower rate says the sample before was stale,
@@ -352,9 +358,11 @@ impl Pacer {
                 });
                 cut = Some(target);
                 peer.trial = Some(Trial {
-                    // The newest sample is the freshest word on the loss at this rate (the
-                    // smoothed one lags when the rate just rose).
-                    loss: smooth.max(sample),
+                    // Smoothed, not the sample that crossed the line: that one is the high draw
+                    // of a random loss, and would make any cut look like a queue's. (When the
+                    // rate just rose the smoothed loss lags; a loss that then rises after the cut
+                    // gives no verdict.)
+                    loss: smooth,
                     rate_before: self.rate,
                     sent_before: base,
                     rate_after: base,
