@@ -56,6 +56,15 @@
 #                       incoming UDP at random, with an nftables rule
 #                       `numgen random mod 10000 < PCT*100 drop` on its input
 #                       hook (this kernel has no netem). PCT 0 removes it.
+#                       The rule counts what it sees and what it drops:
+#                       `nft list table inet lab_loss` in HOST shows both.
+#   lab_wire HOST       The bridge port towards HOST cuts GSO super-packets
+#                       into wire-size datagrams (gso_max_segs 1), as a NIC
+#                       puts them on the wire. Without it a sender's UDP GSO
+#                       send (up to 41 datagrams here) crosses the bridge as
+#                       one packet, and lab_loss drops all of it or none: a
+#                       burst loss no real LAN has, that tools without GSO
+#                       never see.
 #   lab_rate HOST RATE [both|out|in]  Limit HOST's link with tbf: `out` shapes
 #                       HOST's eth0 egress, `in` the bridge port's egress
 #                       towards HOST. RATE in tc units (1gbit, 100mbit, 500kbit).
@@ -318,6 +327,10 @@ lab_rate() {
     esac
 }
 
+lab_wire() {
+    ip link set dev "lab-${1:?lab_wire HOST}" gso_max_segs 1
+}
+
 lab_loss() {
     local h=${1:?lab_loss HOST PCT} pct=${2:?lab_loss HOST PCT} thr
     thr=$(echo "$pct" | awk '/^[0-9]+(\.[0-9]+)?$/ && $1 <= 100 { printf "%d\n", $1 * 100 + 0.5; ok = 1 } END { exit !ok }') ||
@@ -328,7 +341,7 @@ lab_loss() {
 table inet lab_loss {
     chain input {
         type filter hook input priority -10; policy accept;
-        iifname != "lo" meta l4proto udp numgen random mod 10000 < $thr drop
+        iifname != "lo" meta l4proto udp counter numgen random mod 10000 < $thr counter drop
     }
 }
 EOF

@@ -10,7 +10,8 @@
 #   - hosts h0..h3 get their addresses; unicast UDP from h1..h3 reaches h0;
 #   - multicast from h0 to 231.1.2.3:9000 on eth0 reaches h1 and h2 (joined),
 #     and not h3 (listening on the port but not joined);
-#   - lab_loss: h1 at 10% and h2 at 30% lose about that share, h3 at 0% none;
+#   - lab_loss: h1 at 10% and h2 at 30% lose about that share, h3 at 0% none
+#     (and h1's rule counts what it dropped); lab_wire sets its port's gso_max_segs;
 #   - lab_rate: with h0 at 100mbit a blasting sender is held to ~100 Mbit/s
 #     without losing packets; at 1gbit the reached rate is reported.
 # Outside, before and after: the packet counters of the machine's real
@@ -222,9 +223,19 @@ if [ $quick = 0 ]; then
             bad "lab_loss $h $p: lost $lost%"
         fi
     done
+    # the rule's own counters agree: it saw the probe and dropped about 10% of it
+    read -r seen dropped < <(lab_exec h1 nft list table inet lab_loss | grep -o 'counter packets [0-9]*' | awk '{ printf "%s ", $3 } END { print "" }') || true
+    if [ "${seen:-0}" -ge $N ] && awk -v s="$seen" -v d="${dropped:-0}" 'BEGIN { exit !(d >= s * 0.075 && d <= s * 0.125) }'; then
+        ok "lab_loss h1 10: its rule counted $dropped dropped of $seen"
+    else
+        bad "lab_loss h1 10: its rule counted ${dropped:-?} dropped of ${seen:-?}"
+    fi
     lab_loss h1 0
     lab_loss h2 0
     lab_exec h1 nft list tables | grep -q lab_loss && bad "lab_loss h1 0 left the table" || true
+    lab_wire h1
+    ip -d link show lab-h1 | grep -q 'gso_max_segs 1 ' && ok "lab_wire h1: its port sends wire-size datagrams" ||
+        bad "lab_wire h1: gso_max_segs of lab-h1 is not 1"
 
     # --- rate: 100mbit is held, and no packet is dropped by the shaper
     lab_rate h0 100mbit
