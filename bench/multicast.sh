@@ -6,6 +6,7 @@
 #   bench/multicast.sh [--tools "udpcast udpcast-zstd imgcast"] [--clients "1 4 8"]
 #                      [--loss "0 2 10"] [--size-mib 512] [--rate 1gbit]
 #                      [--timeout 900] [--reps 1] [--disk mixed|random]
+#                      [--frames wire|gso]
 #
 # Tools: udpcast (udp-sender/udp-receiver on the raw disk), udpcast-zstd (the
 # same with --pipe "zstd -1 -T0" on the sender and --pipe "zstd -d" on the
@@ -31,6 +32,12 @@
 # CPU share (cpu_s over wall_s × CPUs: near 100% the lab itself is the limit,
 # not the network) and, for imgcast, line% = the bytes the master sent (its
 # --json bytes_sent) over what the link carries in the wall time.
+#
+# Clients receive wire-size datagrams (lab_wire; `--frames gso` lets a GSO send
+# cross the bridge as one packet, as runs before 2026-12-03 did: imgcast's
+# sends of up to 41 datagrams were then lost whole, a burst loss udpcast, which
+# sends one datagram per call, never saw). KEEP_LOGS=1 keeps every case's logs
+# under $WORK/logs with each host's UDP, qdisc and loss-rule counters appended.
 #
 # udpcast: udp-sender --min-receivers N --rexmit-hello-interval 200 (without
 # it a client that loses the one HELLO never joins) --mcast-rdv-address (the
@@ -58,6 +65,7 @@ RATE=1gbit
 CASE_TIMEOUT=900
 REPS=1
 DISK_KIND=mixed
+FRAMES=wire
 ARGS=("$@")
 while [ $# -gt 0 ]; do
     case $1 in
@@ -69,6 +77,7 @@ while [ $# -gt 0 ]; do
         --timeout) CASE_TIMEOUT=$2; shift 2 ;;
         --reps) REPS=$2; shift 2 ;;
         --disk) DISK_KIND=$2; shift 2 ;;
+        --frames) FRAMES=$2; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -82,6 +91,7 @@ case $DISK_KIND in
     random) DISK=$WORK/disk-${SIZE_MIB}m-random.raw ;;
     *) echo "--disk is mixed or random" >&2; exit 2 ;;
 esac
+case $FRAMES in wire | gso) ;; *) echo "--frames is wire or gso" >&2; exit 2 ;; esac
 TIME=/usr/bin/time # Debian package `time`; installed below if missing
 
 # ---- outside the lab: prerequisites and the disk (no network needed) ----
@@ -182,6 +192,7 @@ run_case() {
     local tool=$1 n=$2 loss=$3 i pids=() mpid t0 t1 rc ok=0 h master
     lab_up $((n + 1))
     for ((i = 0; i <= n; i++)); do lab_rate h$i "$RATE"; done
+    if [ "$FRAMES" = wire ]; then for ((i = 1; i <= n; i++)); do lab_wire h$i; done; fi
     for ((i = 1; i <= n; i++)); do lab_loss h$i "$loss"; done
     rm -f "$LOGS"/*
     for ((i = 1; i <= n; i++)); do
@@ -222,6 +233,17 @@ run_case() {
     rc=0
     lab_wait $((CASE_TIMEOUT + 10)) "$mpid" "${pids[@]}" || rc=$?
     t1=$(date +%s.%N)
+    if [ -n "${KEEP_LOGS:-}" ]; then
+        for ((i = 0; i <= n; i++)); do
+            {
+                echo "== counters of h$i: UDP, its eth0 and its bridge port's qdisc, the loss rule"
+                lab_exec h$i grep '^Udp:' /proc/net/snmp
+                lab_exec h$i tc -s qdisc show dev eth0
+                tc -s qdisc show dev lab-h$i
+                lab_exec h$i nft list table inet lab_loss 2>/dev/null
+            } >>"$LOGS/h$i.log" 2>&1 || true
+        done
+    fi
     if [ $rc != 0 ]; then
         echo "  $tool n=$n loss=$loss%: exit status $rc; logs:" >&2
         for h in "$LOGS"/*.log; do echo "  == $h" >&2; tail -n 5 "$h" | tr '\r' '\n' | tail -n 5 >&2; done
@@ -243,7 +265,7 @@ run_case() {
     echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') ${master:--} $(cpu_sum "$LOGS"/*.time) $ok ${sent:--}"
 }
 
-echo "multicast bench: disk $SIZE_MIB MiB ($DISK), links $RATE, $(nproc) CPUs, outputs in $OUTDIR"
+echo "multicast bench: disk $SIZE_MIB MiB ($DISK), links $RATE, $(nproc) CPUs, outputs in $OUTDIR, $FRAMES frames"
 printf '%-8s %7s %5s %8s %8s %8s %7s %8s %5s %6s\n' tool clients loss wall_s master_s cpu_s ok MB/s cpu% line%
 printf 'tool\tclients\tloss\twall_s\tmaster_s\tcpu_s\tok\tsent_bytes\n' >"$RESULTS"
 rate_bps() { awk -v r="$1" 'BEGIN { v = r + 0; u = tolower(r); sub(/^[0-9.]+/, "", u)
