@@ -105,8 +105,8 @@ pub enum ReceiverError {
     /// `register` without an announced session, or after the session ended.
     #[error("no announced session to register with")]
     NoSession,
-    /// `report_done` before every object and the trailer arrived.
-    #[error("report_done before every object and the trailer arrived")]
+    /// `report_done` before every object was confirmed (`object_done`) and the trailer arrived.
+    #[error("report_done before every object was confirmed and the trailer arrived")]
     Incomplete,
     /// The session is over (completed, aborted, lost).
     #[error("the session is over")]
@@ -460,12 +460,15 @@ impl Receiver {
     /// Everything verified: tell the master, with an optional note for its table (retransmitted
     /// until acknowledged, then `Completed`).
     pub fn report_done(&mut self, now: Instant, note: String) -> Result<(), ReceiverError> {
+        let count = self.session.as_ref().map_or(0, |s| s.object_count);
         match self.state {
-            State::Complete => {
+            // Every object decoded is not every object verified: one handed out in the same
+            // instant as the trailer may still fail its check.
+            State::Complete if self.objects.objects_done >= count => {
                 self.start_report(now, true, note);
                 Ok(())
             }
-            State::Running | State::Registered => Err(ReceiverError::Incomplete),
+            State::Complete | State::Running | State::Registered => Err(ReceiverError::Incomplete),
             _ => Err(ReceiverError::Closed),
         }
     }

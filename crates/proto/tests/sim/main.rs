@@ -11,7 +11,9 @@ mod net;
 use std::time::Duration;
 
 use imgcast_proto::wire::{self, Announce, Body, Header, Packet, Phase, MASTER};
-use imgcast_proto::{DropReason, PacketKey, ReceiverEvent, SenderEvent, SessionKey, SlowPolicy};
+use imgcast_proto::{
+    DropReason, PacketKey, ReceiverError, ReceiverEvent, SenderEvent, SessionKey, SlowPolicy,
+};
 use links::{Bottleneck, GilbertElliott, QueueLimit, Rng, FRAME_OVERHEAD};
 use net::{addr, name, objects, receiver_cfg, sender_cfg, Link, Sim};
 use proptest::prelude::*;
@@ -253,6 +255,35 @@ fn client_whose_disk_is_stuck_is_dropped_as_too_slow() {
         "-slow=wait waits drop_after"
     );
     assert!(sim.receivers[1].saw(|e| matches!(e, ReceiverEvent::Dropped)));
+}
+
+#[test]
+fn done_is_refused_until_the_engine_confirmed_every_object() {
+    // Every object decoded and the trailer in, but the engine has confirmed none: a report of done
+    // now would call a copy complete whose chunks were never verified.
+    let objs = objects(12, &[3000; 5]);
+    let mut sim = session(12, 2, objs, Link::clean(), Link::clean());
+    sim.receivers[1].policy.confirm = false;
+    let t = sim.now + Duration::from_secs(2);
+    sim.run_until(t);
+    assert!(sim.receivers[1].trailer.is_some(), "the trailer arrived");
+    assert!(sim
+        .sender_saw(0, |e| matches!(
+            e,
+            SenderEvent::ClientDone { client_id: 100, .. }
+        ))
+        .is_some());
+    assert!(sim
+        .sender_saw(0, |e| matches!(
+            e,
+            SenderEvent::ClientDone { client_id: 101, .. }
+        ))
+        .is_none());
+    let now = sim.now;
+    assert_eq!(
+        sim.receivers[1].rx.report_done(now, String::new()),
+        Err(ReceiverError::Incomplete)
+    );
 }
 
 #[test]
