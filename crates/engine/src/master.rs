@@ -31,6 +31,11 @@ enum Feed {
 /// Chunks read ahead of the protocol window (each up to a chunk's size).
 const FEED_QUEUE: usize = 8;
 
+/// Data packets sent per turn of the loop at most, and the time a turn may spend sending, so
+/// feedback is read between bursts even when a slow link holds each send back.
+const SEND_BURST: usize = 512;
+const SEND_BURST_TIME: Duration = Duration::from_millis(5);
+
 /// How a master run ended, when it did not end with a report.
 pub enum MasterOutcome {
     /// The session ran; here is its table.
@@ -211,10 +216,12 @@ fn run_once(
                 }
             }
         }
-        // Send what is due; bounded so feedback is read between bursts.
+        // Send what is due; bounded so feedback is read between bursts. The clock is read for
+        // each packet: a send blocked by a full link (the small send buffer) is time the pacer
+        // must see as spent sending, and packets that fall due meanwhile go in the same burst.
         let mut sent = 0;
-        while sent < 512 {
-            let Some(t) = sender.poll_transmit(now) else {
+        while sent < SEND_BURST && now.elapsed() < SEND_BURST_TIME {
+            let Some(t) = sender.poll_transmit(Instant::now()) else {
                 break;
             };
             net.transmit(&t)?;
@@ -376,7 +383,8 @@ fn run_once(
         }
         // Wait for a datagram, the protocol's next deadline, or a short tick
         // to look at the feeder and the keys.
-        let tick = now + Duration::from_millis(if sent >= 512 { 0 } else { 20 });
+        let busy = sent >= SEND_BURST || now.elapsed() >= SEND_BURST_TIME;
+        let tick = now + Duration::from_millis(if busy { 0 } else { 20 });
         let deadline = sender.poll_timeout().map_or(tick, |t| t.min(tick));
         if deadline > Instant::now() {
             for d in net.wait_batch(deadline)?.unwrap_or_default() {

@@ -191,6 +191,10 @@ fn ipv4_addresses() -> Result<Vec<(String, Ipv4Addr)>, EngineError> {
 /// must fit while the receive thread is descheduled.
 pub const RECV_BUFFER: usize = 32 << 20;
 
+/// Send buffer of the sending socket: small, so a master sending faster than its own link is held
+/// back by the kernel (a blocking send) before the interface's queue overflows and drops.
+pub const SEND_BUFFER: usize = 256 << 10;
+
 /// The socket that receives the session's multicast.
 pub fn group_socket(
     iface: &Interface,
@@ -249,7 +253,7 @@ pub fn unicast_socket(
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
         .map_err(|e| EngineError::io(ctx("opening the unicast socket"), e))?;
     let _ = s.set_recv_buffer_size(RECV_BUFFER);
-    let _ = s.set_send_buffer_size(RECV_BUFFER);
+    let _ = s.set_send_buffer_size(SEND_BUFFER);
     s.bind(&SockAddr::from(SocketAddrV4::new(iface.addr, 0)))
         .map_err(|e| EngineError::io(ctx("binding the unicast socket"), e))?;
     s.set_multicast_if_v4(&iface.addr)
