@@ -400,6 +400,32 @@ impl Net {
             }
         }
     }
+    /// As [`Net::wait_batch`], but also returns (with no batch) as soon as `other` holds a
+    /// message, which stays there for the caller.
+    pub(crate) fn wait_batch_or<T>(
+        &self,
+        deadline: Instant,
+        other: &Receiver<T>,
+    ) -> Result<Option<Batch>, EngineError> {
+        if !other.is_empty() {
+            return Ok(self.try_batch());
+        }
+        let deadline = deadline.max(Instant::now() + MIN_WAIT);
+        let mut sel = crossbeam_channel::Select::new();
+        let net = sel.recv(&self.incoming);
+        sel.recv(other);
+        match sel.ready_deadline(deadline) {
+            Ok(i) if i == net => match self.incoming.try_recv() {
+                Ok(b) => Ok(Some(b)),
+                Err(crossbeam_channel::TryRecvError::Empty) => Ok(None),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    Err(EngineError::Session("the receive threads stopped".into()))
+                }
+            },
+            _ => Ok(None),
+        }
+    }
+
     /// Sends what the protocol asked for, to the group or to one peer. Group
     /// datagrams of equal size are gathered for one GSO send: call
     /// [`Net::flush`] before waiting.

@@ -150,6 +150,8 @@ fn run_once(
     sc.drop_after = cfg.net.peer_timeout;
     sc.yield_to_earlier = cfg.may_yield;
     sc.slow = cfg.slow;
+    sc.offload_encoders = true;
+    let encoders = EncoderPool::start()?;
     let now = Instant::now();
     let give_up_at = deadline.map(|d| now + d);
     let mut waiting: BTreeMap<SocketAddr, ()> = BTreeMap::new();
@@ -175,6 +177,9 @@ fn run_once(
         }
         while let Some(n) = net.take_note() {
             on_event(SessionEvent::Note(n));
+        }
+        while let Ok(e) = encoders.done.try_recv() {
+            sender.encoder_done(now, e);
         }
         if control.take_start() {
             sender.start_now(now);
@@ -230,6 +235,9 @@ fn run_once(
         net.flush()?;
         while let Some(ev) = sender.poll_event() {
             match ev {
+                proto::SenderEvent::Encode(job) => {
+                    let _ = encoders.work.send(job);
+                }
                 proto::SenderEvent::ClientRegistered {
                     client_id,
                     addr,
@@ -387,7 +395,10 @@ fn run_once(
         let tick = now + Duration::from_millis(if busy { 0 } else { 20 });
         let deadline = sender.poll_timeout().map_or(tick, |t| t.min(tick));
         if deadline > Instant::now() {
-            for d in net.wait_batch(deadline)?.unwrap_or_default() {
+            for d in net
+                .wait_batch_or(deadline, &encoders.done)?
+                .unwrap_or_default()
+            {
                 sender.handle(d.at, d.from, &d.data);
             }
         }
@@ -401,6 +412,37 @@ fn run_once(
     let outcome =
         outcome.ok_or_else(|| EngineError::Session("session ended without an outcome".into()))?;
     Ok((outcome, waiting.len()))
+}
+
+/// Threads that build the repair encoders (a build costs 1-2 ms per MiB, which would stall the
+/// paced sends of the protocol loop). They end when the pool is dropped.
+struct EncoderPool {
+    work: crossbeam_channel::Sender<proto::EncodeJob>,
+    done: Receiver<proto::Encoded>,
+}
+
+impl EncoderPool {
+    /// Repair is needed for a few objects at a time: two threads keep up with a full window.
+    const THREADS: usize = 2;
+
+    fn start() -> Result<Self, EngineError> {
+        let (work, jobs) = crossbeam_channel::unbounded::<proto::EncodeJob>();
+        let (results, done) = crossbeam_channel::unbounded();
+        for i in 0..Self::THREADS {
+            let (jobs, results) = (jobs.clone(), results.clone());
+            std::thread::Builder::new()
+                .name(format!("imgcast-enc-{i}"))
+                .spawn(move || {
+                    for job in jobs {
+                        if results.send(job.run()).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| EngineError::io("starting a RaptorQ encoder thread", e))?;
+        }
+        Ok(Self { work, done })
+    }
 }
 
 /// Runs a session serves at most (the first and its follow-ups).

@@ -1,6 +1,8 @@
 //! Systematic RaptorQ per object: source symbols are the object itself; repair symbols come from a
 //! lazily built encoder. One object is one source block (K ≤ [`MAX_K`]).
 
+use std::sync::Arc;
+
 use raptorq::{
     EncodingPacket, ObjectTransmissionInformation, PayloadId, SourceBlockDecoder,
     SourceBlockEncoder,
@@ -36,6 +38,69 @@ pub(crate) fn encoder(data: &[u8], t: u16) -> SourceBlockEncoder {
     let mut padded = data.to_vec();
     padded.resize(k as usize * usize::from(t), 0);
     SourceBlockEncoder::new(0, &oti(k, t), &padded)
+}
+
+/// A repair encoder the master wants built, handed to the engine when
+/// `SenderConfig::offload_encoders` is set: a build costs a millisecond or two per MiB, which the
+/// loop that paces the sends must not spend. The engine runs [`EncodeJob::run`] on a worker and
+/// hands the [`Encoded`] result to `Sender::encoder_done`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodeJob {
+    pub(crate) session: u64,
+    pub(crate) object: u32,
+    data: Arc<Vec<u8>>,
+    t: u16,
+}
+
+impl std::fmt::Debug for EncodeJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodeJob")
+            .field("session", &self.session)
+            .field("object", &self.object)
+            .field("len", &self.data.len())
+            .finish()
+    }
+}
+
+impl EncodeJob {
+    pub(crate) fn new(session: u64, object: u32, data: Arc<Vec<u8>>, t: u16) -> Self {
+        Self {
+            session,
+            object,
+            data,
+            t,
+        }
+    }
+
+    /// The object whose encoder it builds.
+    pub fn object(&self) -> u32 {
+        self.object
+    }
+
+    /// Builds the encoder (the expensive part).
+    pub fn run(self) -> Encoded {
+        Encoded {
+            session: self.session,
+            object: self.object,
+            enc: encoder(&self.data, self.t),
+        }
+    }
+}
+
+/// The outcome of an [`EncodeJob`].
+pub struct Encoded {
+    pub(crate) session: u64,
+    pub(crate) object: u32,
+    pub(crate) enc: SourceBlockEncoder,
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoded")
+            .field("session", &self.session)
+            .field("object", &self.object)
+            .finish()
+    }
 }
 
 /// Repair symbols `first..first+n` (ids relative to K) as (esi, bytes).

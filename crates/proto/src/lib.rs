@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 /// Most objects a master keeps in flight (its `window`): receivers bound their buffers with it.
 pub const MAX_WINDOW: u16 = 1024;
 
-pub use fec::{DecodeJob, Decoded, MAX_K};
+pub use fec::{DecodeJob, Decoded, EncodeJob, Encoded, MAX_K};
 pub use key::{KeyError, SessionKey};
 pub use name::{group_addr, NameError, SessionName, MAX_NAME_LEN};
 pub use protect::{PacketKey, TAG_LEN};

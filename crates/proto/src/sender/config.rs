@@ -49,6 +49,11 @@ pub struct SenderConfig {
     pub max_object_len: usize,
     /// What happens to a client that holds the group back (`-slow`); default: move it.
     pub slow: SlowPolicy,
+    /// Hand repair encoder builds to the engine as [`SenderEvent::Encode`] jobs instead of building
+    /// them inside `poll_transmit` (default off: built in place).
+    ///
+    /// [`SenderEvent::Encode`]: super::SenderEvent::Encode
+    pub offload_encoders: bool,
 }
 
 /// What the master does with a client that holds the group back.
@@ -86,6 +91,7 @@ impl SenderConfig {
             max_clients: 4096,
             max_object_len: 16 << 20,
             slow: SlowPolicy::Move,
+            offload_encoders: false,
         }
     }
 

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::fec::MAX_K;
+use crate::fec::{EncodeJob, Encoded, MAX_K};
 use crate::feedback;
 use crate::protect::PacketKey;
 use crate::wire::{
@@ -160,6 +160,10 @@ pub enum SenderEvent {
     },
     /// Every client is done, failed or dropped (and every object was pushed).
     Finished,
+    /// A repair encoder to build (only with `SenderConfig::offload_encoders`): run
+    /// [`EncodeJob::run`] on a worker and give the result to [`Sender::encoder_done`]; that
+    /// object's repair waits for it.
+    Encode(EncodeJob),
     /// Another master of this name wins the tie-break: the engine should become a client.
     ConflictingMaster {
         /// The winner's address.
@@ -252,7 +256,11 @@ impl Sender {
             phase: State::Gathering,
             clients: Clients::new(cfg.max_clients),
             last_registration: None,
-            window: Window::new(symbol_size),
+            window: {
+                let mut w = Window::new(symbol_size);
+                w.offload = cfg.offload_encoders.then_some(cfg.session_id);
+                w
+            },
             trailer: None,
             group_seq: 0,
             unicast_seq: 0,
@@ -907,9 +915,20 @@ impl Sender {
         self.phase == State::Running && self.clients.live() > 0 && self.window.has_data()
     }
 
+    /// An encoder build of an [`SenderEvent::Encode`] job finished (from an earlier session: ignored).
+    pub fn encoder_done(&mut self, now: Instant, done: Encoded) {
+        self.window.encoder_done(now, done, &mut self.stats);
+    }
+
     /// The next datagram to send, if any is due at `now`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         self.on_time(now);
+        if self.window.offload.is_some() {
+            self.window.start_builds();
+            while let Some(job) = self.window.take_job() {
+                self.event(SenderEvent::Encode(job));
+            }
+        }
         if let Some(t) = self.control.pop_front() {
             return Some(self.count(t));
         }

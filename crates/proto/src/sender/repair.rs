@@ -7,11 +7,12 @@
 //! built lazily, cached (at most [`MAX_ENCODERS`]) and freed when idle. Repair goes before new data.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raptorq::SourceBlockEncoder;
 
-use crate::fec;
+use crate::fec::{self, EncodeJob, Encoded};
 use crate::wire::{Need, MAX_ESI, NEED_ALL};
 use crate::Stats;
 
@@ -28,13 +29,16 @@ const MAX_SEQS_PER_OBJECT: usize = 4096;
 const MAX_NEED_ABOVE_K: u32 = 64;
 
 struct Obj {
-    data: Vec<u8>,
+    /// Shared with an encoder build running elsewhere.
+    data: Arc<Vec<u8>>,
     k: u32,
     /// Repair symbols still to send (includes `pending`).
     owed: u32,
     next_repair: u32,
     pending: VecDeque<(u32, Vec<u8>)>,
     enc: Option<(SourceBlockEncoder, Instant)>,
+    /// Its encoder is being built elsewhere (offload).
+    building: bool,
     /// Sequence numbers and send times of the data packets sent for this object, ascending.
     seqs: VecDeque<(u64, Instant)>,
 }
@@ -57,6 +61,11 @@ pub(crate) struct Window {
     pub(crate) next_obj: u32,
     next_esi: u32,
     symbol_size: u16,
+    /// With offload, the session id encoder builds carry; they wait in `jobs` for the engine.
+    pub(crate) offload: Option<u64>,
+    jobs: VecDeque<EncodeJob>,
+    /// Something owed grew, or an encoder went idle, since `start_builds` last looked.
+    look: bool,
 }
 
 impl Window {
@@ -68,6 +77,9 @@ impl Window {
             next_obj: 0,
             next_esi: 0,
             symbol_size,
+            offload: None,
+            jobs: VecDeque::new(),
+            look: false,
         }
     }
 
@@ -80,12 +92,13 @@ impl Window {
     pub(crate) fn push(&mut self, data: Vec<u8>) {
         let k = fec::source_count(data.len() as u32, self.symbol_size);
         self.objects.push_back(Obj {
-            data,
+            data: Arc::new(data),
             k,
             owed: 0,
             next_repair: 0,
             pending: VecDeque::new(),
             enc: None,
+            building: false,
             seqs: VecDeque::new(),
         });
         self.pushed += 1;
@@ -110,7 +123,71 @@ impl Window {
 
     /// Whether a symbol is ready (ignoring pacing).
     pub(crate) fn has_data(&self) -> bool {
-        self.objects.iter().any(|o| o.owed > 0) || self.next_obj < self.pushed
+        self.objects.iter().any(|o| self.ready(o)) || self.next_obj < self.pushed
+    }
+
+    /// Whether repair of `o` can go now: it is owed, and (with offload) its encoder is here.
+    fn ready(&self, o: &Obj) -> bool {
+        o.owed > 0 && (self.offload.is_none() || o.enc.is_some() || !o.pending.is_empty())
+    }
+
+    /// With offload: queues a build for each owed object without an encoder, at most
+    /// [`MAX_ENCODERS`] built or building at once (the least recently used idle one is freed).
+    pub(crate) fn start_builds(&mut self) {
+        let Some(session) = self.offload else { return };
+        if !std::mem::take(&mut self.look) {
+            return;
+        }
+        for pos in 0..self.objects.len() {
+            let o = &self.objects[pos];
+            if o.owed == 0 || o.enc.is_some() || o.building || !o.pending.is_empty() {
+                continue;
+            }
+            let held = self
+                .objects
+                .iter()
+                .filter(|o| o.enc.is_some() || o.building)
+                .count();
+            if held >= MAX_ENCODERS {
+                let victim = self
+                    .objects
+                    .iter_mut()
+                    .filter(|o| o.enc.is_some() && o.owed == 0)
+                    .min_by_key(|o| o.enc.as_ref().map(|(_, t)| *t));
+                match victim {
+                    Some(v) => v.enc = None,
+                    None => return,
+                }
+            }
+            let o = &mut self.objects[pos];
+            o.building = true;
+            let object = self.base + pos as u32;
+            self.jobs.push_back(EncodeJob::new(
+                session,
+                object,
+                o.data.clone(),
+                self.symbol_size,
+            ));
+        }
+    }
+
+    /// The next encoder build for the engine.
+    pub(crate) fn take_job(&mut self) -> Option<EncodeJob> {
+        self.jobs.pop_front()
+    }
+
+    /// A build finished: its object's repair may go (ignored if the object is gone).
+    pub(crate) fn encoder_done(&mut self, now: Instant, done: Encoded, stats: &mut Stats) {
+        if self.offload != Some(done.session) || done.object < self.base {
+            return;
+        }
+        if let Some(o) = self.objects.get_mut((done.object - self.base) as usize) {
+            if o.building {
+                o.building = false;
+                stats.encoders_built += 1;
+                o.enc = Some((done.enc, now));
+            }
+        }
     }
 
     /// One receiver lacks `count` symbols of `object` ([`NEED_ALL`]: all of them), having seen the
@@ -150,6 +227,7 @@ impl Window {
             .min(o.owed + room);
         let raised = extra > o.owed;
         o.owed = o.owed.max(extra);
+        self.look |= raised;
         raised
     }
 
@@ -170,12 +248,13 @@ impl Window {
     /// The next symbol to send: repairs first (they hold the window back), then the first pass.
     pub(crate) fn next(&mut self, now: Instant, stats: &mut Stats) -> Option<Symbol> {
         let symbol_size = self.symbol_size;
-        if let Some(pos) = self.objects.iter().position(|o| o.owed > 0) {
+        if let Some(pos) = self.objects.iter().position(|o| self.ready(o)) {
             if self.objects[pos].pending.is_empty() {
                 self.refill(pos, now, stats);
             }
             let o = &mut self.objects[pos];
             o.owed = o.owed.saturating_sub(1);
+            self.look |= o.owed == 0;
             if let Some((esi, bytes)) = o.pending.pop_front() {
                 stats.repair_sent += 1;
                 return Some(Symbol {
@@ -193,7 +272,7 @@ impl Window {
                 self.next_esi = 0;
                 continue;
             }
-            let bytes = fec::source_symbol(&o.data, self.next_esi, symbol_size);
+            let bytes = fec::source_symbol(o.data.as_slice(), self.next_esi, symbol_size);
             let sym = Symbol {
                 object: self.next_obj,
                 object_len: o.data.len() as u32,
@@ -382,6 +461,52 @@ mod tests {
         w.on_need(0, NEED_ALL, 12, None); // below the base: released
         assert_eq!(w.base, 1);
         assert_eq!(w.held(), 3);
+    }
+
+    #[test]
+    fn offloaded_repair_waits_for_its_encoder_which_is_asked_for_once() {
+        let now = Instant::now();
+        let mut w = window(12, 1000);
+        w.offload = Some(7);
+        first_pass(&mut w, now);
+        let mut stats = Stats::default();
+        w.on_need(0, 2, 1000, None);
+        assert!(!w.has_data(), "nothing to send before the encoder is built");
+        w.start_builds();
+        w.start_builds();
+        let job = w.take_job().expect("one build asked for");
+        assert_eq!((job.session, job.object()), (7, 0));
+        assert!(w.take_job().is_none(), "asked for once");
+        assert!(w.next(now, &mut stats).is_none());
+        // A build of another session is ignored; this one's is used.
+        let mut stale = job.clone();
+        stale.session = 8;
+        w.encoder_done(now, stale.run(), &mut stats);
+        assert!(!w.has_data());
+        w.encoder_done(now, job.run(), &mut stats);
+        let ids: Vec<_> = std::iter::from_fn(|| w.next(now, &mut stats))
+            .map(|s| (s.object, s.esi))
+            .collect();
+        assert_eq!(ids, [(0, 10), (0, 11)]);
+        assert_eq!(stats.encoders_built, 1);
+        // No more than MAX_ENCODERS built or building at once; a released object's build is dropped.
+        for o in 1..12 {
+            w.on_need(o, 1, 1000, None);
+        }
+        w.start_builds();
+        let jobs: Vec<_> = std::iter::from_fn(|| w.take_job()).collect();
+        assert_eq!(
+            jobs.len(),
+            MAX_ENCODERS,
+            "the idle encoder of object 0 made room"
+        );
+        assert_eq!(jobs[0].object(), 1);
+        w.release_below(2);
+        for j in jobs {
+            w.encoder_done(now, j.run(), &mut stats);
+        }
+        assert_eq!(w.encoders(), MAX_ENCODERS - 1);
+        assert_eq!(w.next(now, &mut stats).map(|s| s.object), Some(2));
     }
 
     #[test]

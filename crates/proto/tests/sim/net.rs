@@ -623,6 +623,10 @@ impl Sim {
             let n = &mut self.senders[s];
             while let Some(e) = n.tx.poll_event() {
                 busy = true;
+                // The engine's encoder threads, here at once.
+                if let SenderEvent::Encode(job) = &e {
+                    n.tx.encoder_done(now, job.clone().run());
+                }
                 n.events.push((now, e));
             }
             if !busy {
@@ -847,7 +851,10 @@ impl Sim {
 }
 
 pub(crate) fn sender_cfg(n: &str, id: u64, objects: &[Vec<u8>]) -> SenderConfig {
-    SenderConfig::new(name(n), id, objects.len() as u32)
+    let mut c = SenderConfig::new(name(n), id, objects.len() as u32);
+    // As the engine runs it.
+    c.offload_encoders = true;
+    c
 }
 
 pub(crate) fn receiver_cfg(n: &str, id: u64) -> ReceiverConfig {
