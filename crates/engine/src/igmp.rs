@@ -335,7 +335,7 @@ fn open_raw(iface: &Interface, querier: bool) -> std::io::Result<Socket> {
         Some(Protocol::from(i32::from(IPPROTO_IGMP))),
     )?;
     s.bind_device(Some(iface.name.as_bytes()))?;
-    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    s.set_read_timeout(Some(crate::net::STOP_CHECK))?;
     if querier {
         s.set_header_included_v4(true)?;
         s.set_multicast_if_v4(&iface.addr)?;
@@ -399,7 +399,7 @@ fn run(sock: &Socket, q: &mut Querier, iface: &str, notes: &Sender<String>, stop
         if let Some(n) = step.note {
             let _ = notes.try_send(n);
         }
-        // Bounded by the socket's read timeout: the stop flag is seen within 200 ms.
+        // Bounded by the socket's read timeout: the stop flag is seen within STOP_CHECK.
         let mut reader = sock;
         match reader.read(&mut buf) {
             Ok(n) => {

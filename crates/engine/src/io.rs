@@ -155,7 +155,7 @@ impl Pool {
             });
         }
         while !stop.load(Ordering::Relaxed) {
-            if let Ok(s) = self.free.recv_timeout(Duration::from_millis(200)) {
+            if let Ok(s) = self.free.recv_timeout(net::STOP_CHECK) {
                 return Some(s);
             }
         }
@@ -258,7 +258,10 @@ fn receive_loop(
                 // of earlier sends): wait for more.
                 _ if drain => {
                     let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-                    let _ = poll(&mut fds, PollTimeout::from(200u16));
+                    let _ = poll(
+                        &mut fds,
+                        PollTimeout::try_from(net::STOP_CHECK).unwrap_or(PollTimeout::MAX),
+                    );
                 }
                 // The read timeout passed (or such an error): look at `stop`.
                 _ => {}

@@ -187,6 +187,10 @@ fn ipv4_addresses() -> Result<Vec<(String, Ipv4Addr)>, EngineError> {
     Ok(out)
 }
 
+/// How often a thread blocked on a socket looks at its stop flag: a finished session's process
+/// exits at most this long after it (it was 200 ms, a fifth of a second on every run's end).
+pub(crate) const STOP_CHECK: Duration = Duration::from_millis(20);
+
 /// Receive buffer asked for: a burst of a whole chunk's packets at line rate
 /// must fit while the receive thread is descheduled.
 pub const RECV_BUFFER: usize = 32 << 20;
@@ -215,7 +219,7 @@ pub fn group_socket(
         .map_err(|e| EngineError::io(ctx("IP_MULTICAST_ALL"), e))?;
     s.join_multicast_v4(&group, &iface.addr)
         .map_err(|e| EngineError::io(ctx("joining the multicast group"), e))?;
-    s.set_read_timeout(Some(Duration::from_millis(200)))
+    s.set_read_timeout(Some(STOP_CHECK))
         .map_err(|e| EngineError::io(ctx("socket timeout"), e))?;
     Ok(s.into())
 }
@@ -262,7 +266,7 @@ pub fn unicast_socket(
         .map_err(|e| EngineError::io(ctx("IP_MULTICAST_TTL"), e))?;
     s.set_multicast_loop_v4(multicast_loop)
         .map_err(|e| EngineError::io(ctx("IP_MULTICAST_LOOP"), e))?;
-    s.set_read_timeout(Some(Duration::from_millis(200)))
+    s.set_read_timeout(Some(STOP_CHECK))
         .map_err(|e| EngineError::io(ctx("socket timeout"), e))?;
     Ok(s.into())
 }
