@@ -31,7 +31,10 @@
 # Then ratios imgcast/udpcast for wall time and CPU. Also per run: the host's
 # CPU share (cpu_s over wall_s × CPUs: near 100% the lab itself is the limit,
 # not the network) and, for imgcast, line% = the bytes the master sent (its
-# --json bytes_sent) over what the link carries in the wall time.
+# --json bytes_sent) over what the link carries in the wall time, and xfer% = the
+# same over the session's own seconds (its start to the last client's done, from
+# the master's table: without process start, registration and the master's
+# closing linger).
 #
 # Clients receive wire-size datagrams (lab_wire; `--frames gso` lets a GSO send
 # cross the bridge as one packet, as runs before 2026-12-03 did: imgcast's
@@ -262,12 +265,18 @@ run_case() {
     # (a process killed by the case timeout leaves no figures: master_s is "-")
     master=$(awk 'NF == 3 && $1 ~ /^[0-9.]+$/ { print $1 }' "$LOGS/h0.time" 2>/dev/null || true)
     sent=$(grep -o '"bytes_sent":[0-9]*' "$LOGS/h0.log" 2>/dev/null | head -n 1 | cut -d: -f2 || true)
-    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') ${master:--} $(cpu_sum "$LOGS"/*.time) $ok ${sent:--}"
+    # The session's own seconds (its start to the last client's end), from the master's table.
+    xfer=$(python3 -c 'import json, sys
+for l in sys.stdin:
+    l = l.strip()
+    if l.startswith("{") and "bytes_sent" in l:
+        print(json.loads(l)["seconds"]); break' <"$LOGS/h0.log" 2>/dev/null || true)
+    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') ${master:--} $(cpu_sum "$LOGS"/*.time) $ok ${sent:--} ${xfer:--}"
 }
 
 echo "multicast bench: disk $SIZE_MIB MiB ($DISK), links $RATE, $(nproc) CPUs, outputs in $OUTDIR, $FRAMES frames"
-printf '%-8s %7s %5s %8s %8s %8s %7s %8s %5s %6s\n' tool clients loss wall_s master_s cpu_s ok MB/s cpu% line%
-printf 'tool\tclients\tloss\twall_s\tmaster_s\tcpu_s\tok\tsent_bytes\n' >"$RESULTS"
+printf '%-8s %7s %5s %8s %8s %8s %7s %8s %5s %6s %6s\n' tool clients loss wall_s master_s cpu_s ok MB/s cpu% line% xfer%
+printf 'tool\tclients\tloss\twall_s\tmaster_s\tcpu_s\tok\tsent_bytes\tsession_s\n' >"$RESULTS"
 rate_bps() { awk -v r="$1" 'BEGIN { v = r + 0; u = tolower(r); sub(/^[0-9.]+/, "", u)
     m = (u == "gbit") ? 1e9 : (u == "mbit") ? 1e6 : (u == "kbit") ? 1e3 : 1; printf "%.0f", v * m }'; }
 LINK_BPS=$(rate_bps "$RATE")
@@ -280,7 +289,7 @@ for n in $CLIENTS; do
         for ((rep = 1; rep <= REPS; rep++)); do
             for tool in $TOOLS; do
                 [ -n "${HAVE[$tool]:-}" ] || continue
-                read -r wall master cpu ok sent < <(run_case "$tool" "$n" "$loss")
+                read -r wall master cpu ok sent xfer < <(run_case "$tool" "$n" "$loss")
                 k=$tool/$n/$loss
                 OK[$k]=$((${OK[$k]:-0} + ok)) FAILED[$k]=${FAILED[$k]:-0}
                 if [ "$ok" = "$n" ]; then
@@ -288,11 +297,12 @@ for n in $CLIENTS; do
                 else
                     FAILED[$k]=$((FAILED[$k] + 1))
                 fi
-                printf '%-8s %7s %4s%% %8s %8s %8s %4s/%-2s %8.1f %4.0f%% %6s\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" "$n" \
+                printf '%-8s %7s %4s%% %8s %8s %8s %4s/%-2s %8.1f %4.0f%% %6s %6s\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" "$n" \
                     "$(awk -v w="$wall" -v s="$SIZE_MIB" 'BEGIN { print (w > 0) ? s * 1.048576 / w : 0 }')" \
                     "$(awk -v w="$wall" -v c="$cpu" -v p="$(nproc)" 'BEGIN { print (w > 0) ? 100 * c / (w * p) : 0 }')" \
-                    "$(awk -v w="$wall" -v b="$sent" -v l="$LINK_BPS" 'BEGIN { if (b == "-" || w <= 0) print "-"; else printf "%.0f%%", 100 * b * 8 / (w * l) }')"
-                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" "$sent" >>"$RESULTS"
+                    "$(awk -v w="$wall" -v b="$sent" -v l="$LINK_BPS" 'BEGIN { if (b == "-" || w <= 0) print "-"; else printf "%.0f%%", 100 * b * 8 / (w * l) }')" \
+                    "$(awk -v w="$xfer" -v b="$sent" -v l="$LINK_BPS" 'BEGIN { if (b == "-" || w == "-" || w <= 0) print "-"; else printf "%.0f%%", 100 * b * 8 / (w * l) }')"
+                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$n" "$loss" "$wall" "$master" "$cpu" "$ok" "$sent" "$xfer" >>"$RESULTS"
             done
         done
     done
