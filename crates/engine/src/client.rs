@@ -326,33 +326,8 @@ pub struct ClientCore {
     fec: Option<FecPool>,
 }
 
-/// Threads that run the receiver's RaptorQ decodes: a decode costs milliseconds per MiB, which
-/// the loop that reads the socket cannot spend at line rate. They end when the pool is dropped.
-struct FecPool {
-    work: Sender<proto::DecodeJob>,
-    done: Receiver<proto::Decoded>,
-}
-
-impl FecPool {
-    fn start(threads: usize) -> Result<Self, EngineError> {
-        let (work, jobs) = crossbeam_channel::unbounded::<proto::DecodeJob>();
-        let (results, done) = crossbeam_channel::unbounded();
-        for i in 0..threads.max(1) {
-            let (jobs, results) = (jobs.clone(), results.clone());
-            std::thread::Builder::new()
-                .name(format!("imgcast-fec-{i}"))
-                .spawn(move || {
-                    for job in jobs {
-                        if results.send(job.run()).is_err() {
-                            return;
-                        }
-                    }
-                })
-                .map_err(|e| EngineError::io("starting a RaptorQ decode thread", e))?;
-        }
-        Ok(Self { work, done })
-    }
-}
+/// Threads that run the receiver's RaptorQ decodes (started at the first job).
+type FecPool = crate::workers::Workers<proto::DecodeJob, proto::Decoded>;
 
 impl ClientCore {
     /// A client that will restore onto `target`, decoding on `threads` threads (0: on the caller's
@@ -434,7 +409,11 @@ impl ClientCore {
                     rx.decode_done(now, job.run());
                 } else {
                     if self.fec.is_none() {
-                        self.fec = Some(FecPool::start(self.threads.min(4))?);
+                        self.fec = Some(FecPool::start(
+                            "imgcast-fec",
+                            self.threads.min(4),
+                            proto::DecodeJob::run,
+                        )?);
                     }
                     if let Some(pool) = &self.fec {
                         // The workers live as long as the pool: a send cannot fail before.

@@ -54,6 +54,7 @@ pub mod info;
 mod io;
 mod master;
 mod session;
+mod workers;
 
 pub use client::{run_client, run_undecided, ClientCore, UndecidedOutcome};
 pub use info::SessionInfo;

@@ -151,7 +151,8 @@ fn run_once(
     sc.yield_to_earlier = cfg.may_yield;
     sc.slow = cfg.slow;
     sc.offload_encoders = true;
-    let encoders = EncoderPool::start()?;
+    let encoders =
+        crate::workers::Workers::start("imgcast-enc", ENCODER_THREADS, proto::EncodeJob::run)?;
     let now = Instant::now();
     let give_up_at = deadline.map(|d| now + d);
     let mut waiting: BTreeMap<SocketAddr, ()> = BTreeMap::new();
@@ -415,35 +416,9 @@ fn run_once(
 }
 
 /// Threads that build the repair encoders (a build costs 1-2 ms per MiB, which would stall the
-/// paced sends of the protocol loop). They end when the pool is dropped.
-struct EncoderPool {
-    work: crossbeam_channel::Sender<proto::EncodeJob>,
-    done: Receiver<proto::Encoded>,
-}
-
-impl EncoderPool {
-    /// Repair is needed for a few objects at a time: two threads keep up with a full window.
-    const THREADS: usize = 2;
-
-    fn start() -> Result<Self, EngineError> {
-        let (work, jobs) = crossbeam_channel::unbounded::<proto::EncodeJob>();
-        let (results, done) = crossbeam_channel::unbounded();
-        for i in 0..Self::THREADS {
-            let (jobs, results) = (jobs.clone(), results.clone());
-            std::thread::Builder::new()
-                .name(format!("imgcast-enc-{i}"))
-                .spawn(move || {
-                    for job in jobs {
-                        if results.send(job.run()).is_err() {
-                            return;
-                        }
-                    }
-                })
-                .map_err(|e| EngineError::io("starting a RaptorQ encoder thread", e))?;
-        }
-        Ok(Self { work, done })
-    }
-}
+/// paced sends of the protocol loop). Repair is needed for a few objects at a time: two threads
+/// keep up with a full window.
+const ENCODER_THREADS: usize = 2;
 
 /// Runs a session serves at most (the first and its follow-ups).
 const MAX_RUNS: u32 = 8;
