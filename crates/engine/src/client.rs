@@ -535,6 +535,14 @@ impl ClientCore {
                     "the master aborted the session: {reason}; the target is left marked incomplete"
                 )));
             }
+            // Written, verified and finished: only the acknowledgement of the report is missing.
+            E::MasterLost if self.finished => {
+                return Err(EngineError::Session(
+                    "the copy is written and verified, but the master fell silent before it \
+                     acknowledged this client's report: its table may not list this client as done"
+                        .into(),
+                ));
+            }
             E::MasterLost => {
                 return Err(EngineError::Session(
                     "the master fell silent after the start; the target is left marked incomplete"
@@ -816,4 +824,37 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn master_lost(finished: bool) -> String {
+        let mut core = ClientCore::new(PathBuf::from("/nonexistent/imgcast-target"), 0);
+        core.finished = finished;
+        let name = SessionName::new("t").unwrap();
+        let mut rx = proto::Receiver::new(proto::ReceiverConfig::new(name, 1, "pc"));
+        let result = core.on_event(
+            Instant::now(),
+            &mut rx,
+            proto::ReceiverEvent::MasterLost,
+            &mut |_| {},
+        );
+        match result {
+            Err(e) => e.to_string(),
+            Ok(_) => "no error".into(),
+        }
+    }
+
+    #[test]
+    fn a_master_lost_says_what_state_the_target_is_in() {
+        assert!(master_lost(false).contains("left marked incomplete"));
+        let after_finish = master_lost(true);
+        assert!(
+            after_finish.contains("written and verified"),
+            "{after_finish}"
+        );
+        assert!(!after_finish.contains("incomplete"), "{after_finish}");
+    }
 }

@@ -1045,11 +1045,19 @@ impl Browser {
             .unwrap_or_else(|e| panic!("typing into {css}: {e}"));
     }
 
+    /// Clicks `css`; a live table the page redrew between the find and the click leaves a stale
+    /// element, so the button is found again (at most 20 times).
     fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.rt
-            .block_on(e.click())
-            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+        for attempt in 1..=20 {
+            let e = self.find(css);
+            match self.rt.block_on(e.click()) {
+                Ok(()) => return,
+                Err(e) if e.is_stale_element_reference() && attempt < 20 => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
     }
 
     fn js(&self, script: &str) -> Value {
