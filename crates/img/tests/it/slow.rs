@@ -88,7 +88,7 @@ lab_wait 30 $pids >/dev/null 2>&1
 #[test]
 fn a_100_mbit_bottleneck_below_the_start_rate_is_found_and_held() {
     let lab = lab();
-    lab.sample("disk.raw", 128, 13);
+    lab.sample("disk.raw", 192, 13);
     let out = lab.run(
         r#"
 lab_up 3
@@ -116,11 +116,15 @@ lab_wait 30 $pids >/dev/null 2>&1
     // bottleneck is 87.5 Mbit/s here.
     let r = rates(&lab.log("master.log"));
     assert!(r.len() >= 3, "too few rate lines\n{text}");
+    // The controller probes above the rate it holds and backs off again, so single samples swing
+    // by ±30%; the median of the samples after the first must sit between 90% of the bottleneck
+    // and 125 Mbit/s, well below the 200 Mbit/s start that a controller which never backs off
+    // would keep.
     let mut held: Vec<f64> = r[1..].to_vec();
     held.sort_by(f64::total_cmp);
-    let median = held[held.len() / 2];
+    let median = (held[(held.len() - 1) / 2] + held[held.len() / 2]) / 2.0;
     assert!(
-        (87.5..=112.0).contains(&median),
+        (87.5..=125.0).contains(&median),
         "held {median:.1} Mbit/s at a 100 Mbit/s bottleneck (rates {r:?})\n{text}"
     );
     let t = table(&lab, &text);
