@@ -284,6 +284,8 @@ pub enum AckKind {
     /// The client was moved to the follow-up run (its goodput or its loss set it apart from the
     /// group): wait for the next run, which the master serves right after this one.
     Moved,
+    /// The final report was recorded and no live client is left: the run is over, answer `Bye`.
+    Last,
 }
 
 /// Master to one client.
@@ -405,6 +407,9 @@ pub enum Body {
     },
     /// Type 10.
     Advert(Advert),
+    /// Type 11: the client heard its Report acknowledged as the run's last (`AckKind::Last`) and
+    /// leaves (sent twice): a master need not linger for a repeat of that Report.
+    Bye,
 }
 
 impl Body {
@@ -421,6 +426,7 @@ impl Body {
             Self::Report(_) => 8,
             Self::Abort { .. } => 9,
             Self::Advert(_) => 10,
+            Self::Bye => 11,
         }
     }
 
@@ -456,6 +462,7 @@ impl Body {
                     AckKind::Report => 2,
                     AckKind::Dropped => 3,
                     AckKind::Moved => 4,
+                    AckKind::Last => 5,
                 });
                 out.extend_from_slice(&a.nonce.to_be_bytes());
             }
@@ -497,6 +504,7 @@ impl Body {
             Self::Abort { reason } => {
                 put_bytes16(out, clamp_text(reason, MAX_REASON).as_bytes(), MAX_REASON);
             }
+            Self::Bye => {}
         }
     }
 
@@ -535,6 +543,7 @@ impl Body {
                     2 => AckKind::Report,
                     3 => AckKind::Dropped,
                     4 => AckKind::Moved,
+                    5 => AckKind::Last,
                     _ => return Err(DecodeError::BadValue { field: "ack kind" }),
                 },
                 nonce: r.u64("nonce")?,
@@ -597,6 +606,7 @@ impl Body {
                 pushed: r.u32("pushed")?,
                 owed: read_needs(r)?,
             }),
+            11 => Self::Bye,
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.end()?;
@@ -834,6 +844,7 @@ mod tests {
             Body::Abort {
                 reason: "operator".into(),
             },
+            Body::Bye,
             Body::Advert(Advert {
                 clients: 40,
                 interval_ms: 120,
@@ -848,6 +859,11 @@ mod tests {
                 client_id: 43,
                 kind: AckKind::Moved,
                 nonce: 78,
+            }),
+            Body::Ack(Ack {
+                client_id: 44,
+                kind: AckKind::Last,
+                nonce: 79,
             }),
         ];
         bodies

@@ -833,9 +833,15 @@ impl Receiver {
                     ReceiverEvent::Dropped
                 });
             }
-            (AckKind::Report, State::Reporting) => {
+            (AckKind::Report | AckKind::Last, State::Reporting) => {
                 self.state = State::Completed;
                 self.next_report = None;
+                if kind == AckKind::Last {
+                    // Twice, as the master acks: the master lingers for our Report's repeat
+                    // until it hears this.
+                    self.send(Body::Bye);
+                    self.send(Body::Bye);
+                }
                 self.events.push_back(ReceiverEvent::Completed);
             }
             _ => self.stats.ignored += 1,

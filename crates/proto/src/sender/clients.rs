@@ -117,6 +117,10 @@ pub(crate) struct Client {
     pub(crate) dropped_for: Option<DropReason>,
     /// Its packet numbers seen: a replayed Status or Report is dropped.
     window: ReplayWindow,
+    /// When its Report was last acknowledged.
+    pub(crate) acked_at: Option<Instant>,
+    /// It heard its Report acknowledged as the run's last and said so (`Bye`).
+    pub(crate) left: bool,
 }
 
 impl Client {
@@ -269,6 +273,8 @@ impl Clients {
                 holding_since: None,
                 dropped_for: None,
                 window,
+                acked_at: None,
+                left: false,
             },
         );
         self.live += 1;
@@ -308,6 +314,18 @@ impl Clients {
             .values()
             .filter(|c| c.state == ClientState::Live)
             .count();
+    }
+
+    /// See `Sender::nothing_to_repeat`.
+    pub(crate) fn nothing_to_repeat(&self, now: Instant, quiet: Duration) -> bool {
+        self.map
+            .values()
+            .filter(|c| matches!(c.state, ClientState::Done | ClientState::Failed))
+            .all(|c| {
+                c.left
+                    || c.acked_at
+                        .is_none_or(|t| now.saturating_duration_since(t) > quiet)
+            })
     }
 
     /// The lowest `low` of the live clients: objects below it can be released.
@@ -581,5 +599,39 @@ mod tests {
         assert!(c2.sweep(t, wait).is_empty());
         tick(&mut c2, later);
         assert!(c2.sweep(later, wait).is_empty());
+    }
+
+    #[test]
+    fn a_reported_client_is_waited_for_until_it_left_or_a_repeat_would_have_come() {
+        let t = Instant::now();
+        let quiet = Duration::from_millis(400);
+        let mut c = Clients::new(8);
+        for id in 1..=2 {
+            c.register(t, true, id, addr(id as u8), 1, 0);
+        }
+        assert!(c.nothing_to_repeat(t, quiet), "nobody reported");
+        for id in 1..=2 {
+            if let Some(x) = c.map.get_mut(&id) {
+                x.state = ClientState::Done;
+                x.acked_at = Some(t);
+            }
+        }
+        let soon = t + Duration::from_millis(100);
+        assert!(!c.nothing_to_repeat(soon, quiet), "its acks may be lost");
+        if let Some(x) = c.map.get_mut(&2) {
+            x.left = true;
+        }
+        assert!(
+            !c.nothing_to_repeat(soon, quiet),
+            "client 1 did not say Bye"
+        );
+        if let Some(x) = c.map.get_mut(&1) {
+            x.left = true;
+        }
+        assert!(c.nothing_to_repeat(soon, quiet), "both left");
+        if let Some(x) = c.map.get_mut(&1) {
+            x.left = false;
+        }
+        assert!(c.nothing_to_repeat(t + quiet + Duration::from_millis(1), quiet));
     }
 }

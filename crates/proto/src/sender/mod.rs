@@ -412,6 +412,13 @@ impl Sender {
             && self.control.is_empty()
     }
 
+    /// Whether no client can still be repeating its Report for want of an acknowledgement: each
+    /// one either said it heard the run's last (`Bye`) or was acknowledged more than `quiet` ago
+    /// (a longer time than it waits before it repeats). The engine lingers until then.
+    pub fn nothing_to_repeat(&self, now: Instant, quiet: Duration) -> bool {
+        self.clients.nothing_to_repeat(now, quiet)
+    }
+
     /// The next event for the engine.
     pub fn poll_event(&mut self) -> Option<SenderEvent> {
         self.events.pop_front()
@@ -565,6 +572,12 @@ impl Sender {
         match packet.body {
             Body::Status(s) => self.on_status(now, from, id, &s),
             Body::Report(r) => self.on_report(now, from, id, r.ok, r.reason),
+            Body::Bye => match self.clients.get_mut(id) {
+                Some(c) if matches!(c.state, ClientState::Done | ClientState::Failed) => {
+                    c.left = true;
+                }
+                _ => self.stats.ignored += 1,
+            },
             _ => self.stats.ignored += 1,
         }
     }
@@ -762,11 +775,19 @@ impl Sender {
                 AckKind::Report
             }
         };
+        let kind = if kind == AckKind::Report && self.clients.live() == 0 {
+            AckKind::Last
+        } else {
+            kind
+        };
         self.ack(now, from, client_id, kind, nonce);
-        if kind == AckKind::Report {
+        if matches!(kind, AckKind::Report | AckKind::Last) {
             // Twice: after the last client the engine's master lingers only about one report
             // period (`linger`), so a single lost ack must not leave a client unanswered.
             self.ack(now, from, client_id, kind, nonce);
+            if let Some(c) = self.clients.get_mut(client_id) {
+                c.acked_at = Some(now);
+            }
         }
     }
 

@@ -104,6 +104,21 @@ fn one_receiver_clean_link_sends_each_symbol_once() {
 }
 
 #[test]
+fn the_run_s_last_client_says_bye_and_the_master_need_not_linger() {
+    let objs = objects(2, &mixed_sizes(12));
+    let mut sim = session(2, 1, objs, Link::clean(), Link::clean());
+    sim.drive_bounded(200_000, |s| s.finished(0));
+    let quiet = Duration::from_millis(400);
+    let t = sim.now + Duration::from_millis(50);
+    sim.run_until(t);
+    assert_eq!(sim.counters.feedback.bye, 2, "{:?}", sim.counters.feedback);
+    assert!(
+        sim.senders[0].tx.nothing_to_repeat(sim.now, quiet),
+        "the client said Bye within 50 ms"
+    );
+}
+
+#[test]
 fn four_receivers_with_loss_reorder_and_duplication() {
     let objs = objects(2, &mixed_sizes(30));
     let mut sim = session(2, 4, objs, Link::lossy(0.10), Link::lossy(0.10));

@@ -31,6 +31,7 @@ const KIND_REGISTER: u8 = 2;
 const KIND_DATA: u8 = 5;
 const KIND_STATUS: u8 = 6;
 const KIND_REPORT: u8 = 8;
+const KIND_BYE: u8 = 11;
 
 /// What a simulated client's engine does.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +117,8 @@ pub(crate) struct Feedback {
     pub(crate) register: u64,
     pub(crate) status: u64,
     pub(crate) report: u64,
+    /// Byes of the run's last clients.
+    pub(crate) bye: u64,
     /// Anything else (or unreadable).
     pub(crate) other: u64,
     pub(crate) bytes: u64,
@@ -123,7 +126,7 @@ pub(crate) struct Feedback {
 
 impl Feedback {
     pub(crate) fn packets(&self) -> u64 {
-        self.register + self.status + self.report + self.other
+        self.register + self.status + self.report + self.bye + self.other
     }
 }
 
@@ -528,6 +531,7 @@ impl Sim {
             KIND_REGISTER => f.register += 1,
             KIND_STATUS => f.status += 1,
             KIND_REPORT => f.report += 1,
+            KIND_BYE => f.bye += 1,
             _ => f.other += 1,
         }
         if let Some(s) = self.senders.iter().position(|n| n.addr == a) {
