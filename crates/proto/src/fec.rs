@@ -1,11 +1,12 @@
 //! Systematic RaptorQ per object: source symbols are the object itself; repair symbols come from a
 //! lazily built encoder. One object is one source block (K ≤ [`MAX_K`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use raptorq::{
-    EncodingPacket, ObjectTransmissionInformation, PayloadId, SourceBlockDecoder,
-    SourceBlockEncoder,
+    extended_source_block_symbols, EncodingPacket, ObjectTransmissionInformation, PayloadId,
+    SourceBlockDecoder, SourceBlockEncoder, SourceBlockEncodingPlan,
 };
 
 /// Most source symbols in one block (RFC 6330 K'max).
@@ -32,12 +33,92 @@ pub(crate) fn source_symbol(data: &[u8], esi: u32, t: u16) -> Vec<u8> {
     s
 }
 
+/// The repair encoder of one object of `k` source symbols.
+///
+/// RaptorQ solves for the intermediate symbols over K' (RFC 6330's extended block: the next
+/// supported size ≥ K, padded with zero symbols), and the plan of that solve depends only on K'.
+/// raptorq 2 caches plans by K, 64 of them first in first out, and compressed 1 MiB objects have
+/// hundreds of distinct K over 66 distinct K' above 200: nearly every build generated its plan again, which
+/// costs as much as the build. So the block is handed over padded to K', with a plan from
+/// [`PlanCache`]. Its intermediate symbols, and so each repair symbol, are the same bytes; only
+/// the ESIs raptorq labels them with start at K' instead of K.
+pub(crate) struct Encoder {
+    inner: SourceBlockEncoder,
+    k: u32,
+}
+
+/// Encoding plans by K', least recently used out, within a budget of summed K' (a plan takes
+/// about 1 KB per symbol of K', more for large blocks: 32 MB for the 66 sizes from 200 to 800).
+struct PlanCache {
+    plans: HashMap<u32, (Arc<SourceBlockEncodingPlan>, u64)>,
+    clock: u64,
+}
+
+/// Summed K' of the cached plans: every size of objects up to 1 MiB fits (103 sizes, summed
+/// 34,596).
+const PLAN_BUDGET: u64 = 64 * 1024;
+
+impl PlanCache {
+    fn global() -> &'static Mutex<Self> {
+        static CACHE: OnceLock<Mutex<PlanCache>> = OnceLock::new();
+        CACHE.get_or_init(|| {
+            Mutex::new(Self {
+                plans: HashMap::new(),
+                clock: 0,
+            })
+        })
+    }
+
+    /// The plan for `extended` (a K'), generated outside the lock when missing.
+    fn get(extended: u32) -> Arc<SourceBlockEncodingPlan> {
+        let lock = || {
+            Self::global()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        {
+            let mut c = lock();
+            c.clock += 1;
+            let now = c.clock;
+            if let Some((plan, used)) = c.plans.get_mut(&extended) {
+                *used = now;
+                return Arc::clone(plan);
+            }
+        }
+        // K' ≤ MAX_K < 2^16.
+        let plan = Arc::new(SourceBlockEncodingPlan::generate(extended as u16));
+        if u64::from(extended) > PLAN_BUDGET {
+            return plan;
+        }
+        let mut c = lock();
+        let now = c.clock;
+        c.plans.insert(extended, (Arc::clone(&plan), now));
+        while c.plans.keys().map(|&k| u64::from(k)).sum::<u64>() > PLAN_BUDGET {
+            let Some(oldest) = c
+                .plans
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            c.plans.remove(&oldest);
+        }
+        plan
+    }
+}
+
 /// Builds the (expensive) repair encoder of one object.
-pub(crate) fn encoder(data: &[u8], t: u16) -> SourceBlockEncoder {
+pub(crate) fn encoder(data: &[u8], t: u16) -> Encoder {
     let k = source_count(data.len() as u32, t);
+    let extended = extended_source_block_symbols(k);
     let mut padded = data.to_vec();
-    padded.resize(k as usize * usize::from(t), 0);
-    SourceBlockEncoder::new(0, &oti(k, t), &padded)
+    padded.resize(extended as usize * usize::from(t), 0);
+    let plan = PlanCache::get(extended);
+    Encoder {
+        inner: SourceBlockEncoder::with_encoding_plan(0, &oti(extended, t), &padded, &plan),
+        k,
+    }
 }
 
 /// A repair encoder the master wants built, handed to the engine when
@@ -91,7 +172,7 @@ impl EncodeJob {
 pub struct Encoded {
     pub(crate) session: u64,
     pub(crate) object: u32,
-    pub(crate) enc: SourceBlockEncoder,
+    pub(crate) enc: Encoder,
 }
 
 impl std::fmt::Debug for Encoded {
@@ -104,13 +185,12 @@ impl std::fmt::Debug for Encoded {
 }
 
 /// Repair symbols `first..first+n` (ids relative to K) as (esi, bytes).
-pub(crate) fn repair(enc: &SourceBlockEncoder, first: u32, n: u32) -> Vec<(u32, Vec<u8>)> {
-    enc.repair_packets(first, n)
+pub(crate) fn repair(enc: &Encoder, first: u32, n: u32) -> Vec<(u32, Vec<u8>)> {
+    enc.inner
+        .repair_packets(first, n)
         .into_iter()
-        .map(|p| {
-            let (id, data) = p.split();
-            (id.encoding_symbol_id(), data)
-        })
+        .zip(first..)
+        .map(|(p, i)| (enc.k + i, p.split().1))
         .collect()
 }
 
@@ -306,6 +386,30 @@ mod tests {
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn an_encoder_padded_to_k_prime_makes_the_repairs_of_the_unpadded_block() {
+        let t = 48u16;
+        // 10 and 101 are extended sizes themselves; the rest are padded.
+        for k in [1u32, 7, 10, 11, 100, 101, 102, 333] {
+            let d = data(k as usize * usize::from(t) - 5);
+            let plain = SourceBlockEncoder::new(0, &oti(k, t), &{
+                let mut p = d.clone();
+                p.resize(k as usize * usize::from(t), 0);
+                p
+            });
+            let want: Vec<(u32, Vec<u8>)> = plain
+                .repair_packets(3, 20)
+                .into_iter()
+                .map(|p| {
+                    let (id, bytes) = p.split();
+                    (id.encoding_symbol_id(), bytes)
+                })
+                .collect();
+            assert_eq!(want[0].0, k + 3);
+            assert_eq!(repair(&encoder(&d, t), 3, 20), want, "k {k}");
+        }
     }
 
     #[test]

@@ -10,8 +10,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raptorq::SourceBlockEncoder;
-
 use crate::fec::{self, EncodeJob, Encoded};
 use crate::wire::{Need, MAX_ESI, NEED_ALL};
 use crate::Stats;
@@ -36,7 +34,7 @@ struct Obj {
     owed: u32,
     next_repair: u32,
     pending: VecDeque<(u32, Vec<u8>)>,
-    enc: Option<(SourceBlockEncoder, Instant)>,
+    enc: Option<(fec::Encoder, Instant)>,
     /// Its encoder is being built elsewhere (offload).
     building: bool,
     /// Sequence numbers and send times of the data packets sent for this object, ascending.
