@@ -195,23 +195,44 @@ pub(crate) fn repair(enc: &Encoder, first: u32, n: u32) -> Vec<(u32, Vec<u8>)> {
 }
 
 /// A receiver's partial object.
+///
+/// Its symbols are copied once, from the datagram: source symbols into `buf`, in place, and repair
+/// symbols into `pending`. The first decode job takes both away (moved, not copied); a failed
+/// decode hands back its RaptorQ decoder, which keeps every symbol it was given, so a retry gives
+/// it only what arrived since.
 #[derive(Debug)]
 pub(crate) struct Assembly {
     pub(crate) len: u32,
     pub(crate) k: u32,
     t: u16,
+    /// The object in place, source symbols where they belong; empty once handed to a decode.
     buf: Vec<u8>,
+    /// Source symbols held (in `buf`, `pending` or a decoder).
     have: Vec<bool>,
     sources: u32,
-    repairs: Vec<(u32, Vec<u8>)>,
+    /// Ids of the repair symbols held, wherever their bytes are.
+    repair_ids: Vec<u32>,
+    /// Symbols held but neither in `buf` nor given to a decoder.
+    pending: Vec<(u32, Vec<u8>)>,
+    /// The decoder of a failed attempt, holding every symbol given to it.
+    decoder: Option<Box<SourceBlockDecoder>>,
     extra: u32,
-    /// A decode of what it holds runs elsewhere ([`DecodeJob`]); symbols are still kept.
+    /// A decode of what it holds runs elsewhere ([`DecodeJob`]); new symbols are still kept.
     decoding: bool,
 }
 
-/// A RaptorQ decode to run off the protocol thread: the symbols of one object (copied), enough
-/// to try. The engine runs [`DecodeJob::run`] on a worker and hands the [`Decoded`] result to
-/// `Receiver::decode_done`.
+/// What a decode starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Feed {
+    /// The object in place with its holes, and which source symbols it holds.
+    Fresh { buf: Vec<u8>, have: Vec<bool> },
+    /// The decoder of a failed attempt.
+    Resume(Box<SourceBlockDecoder>),
+}
+
+/// A RaptorQ decode to run off the protocol thread: the symbols of one object, enough to try,
+/// moved out of its assembly. The engine runs [`DecodeJob::run`] on a worker and hands the
+/// [`Decoded`] result to `Receiver::decode_done`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeJob {
     pub(crate) session: u64,
@@ -219,6 +240,8 @@ pub struct DecodeJob {
     len: u32,
     k: u32,
     t: u16,
+    feed: Feed,
+    /// Symbols beyond the feed's.
     packets: Vec<(u32, Vec<u8>)>,
 }
 
@@ -228,8 +251,8 @@ pub struct Decoded {
     pub(crate) session: u64,
     pub(crate) object: u32,
     pub(crate) len: u32,
-    /// The object, or `None` when RaptorQ needs a symbol more.
-    pub(crate) bytes: Option<Vec<u8>>,
+    /// The object, or the decoder when RaptorQ needs a symbol more.
+    pub(crate) outcome: Result<Vec<u8>, Box<SourceBlockDecoder>>,
 }
 
 impl DecodeJob {
@@ -240,24 +263,45 @@ impl DecodeJob {
 
     /// Decodes (the expensive part: milliseconds per MiB).
     pub fn run(self) -> Decoded {
-        let packets = self
+        let t = usize::from(self.t);
+        let extra = self
             .packets
             .into_iter()
             .map(|(e, d)| EncodingPacket::new(PayloadId::new(0, e), d));
-        let mut dec = SourceBlockDecoder::new(
-            0,
-            &oti(self.k, self.t),
-            u64::from(self.k) * u64::from(self.t),
-        );
-        let bytes = dec.decode(packets).map(|mut out| {
-            out.truncate(self.len as usize);
-            out
-        });
+        let (dec, bytes) = match self.feed {
+            Feed::Fresh { buf, have } => {
+                let mut dec = Box::new(SourceBlockDecoder::new(
+                    0,
+                    &oti(self.k, self.t),
+                    u64::from(self.k) * u64::from(self.t),
+                ));
+                // RaptorQ wants each symbol as its own vector: cut here, on the worker.
+                let sources = have.iter().enumerate().filter(|(_, h)| **h).map(|(i, _)| {
+                    EncodingPacket::new(
+                        PayloadId::new(0, i as u32),
+                        buf[i * t..(i + 1) * t].to_vec(),
+                    )
+                });
+                let bytes = dec.decode(sources.chain(extra));
+                (dec, bytes)
+            }
+            Feed::Resume(mut dec) => {
+                let bytes = dec.decode(extra);
+                (dec, bytes)
+            }
+        };
+        let outcome = match bytes {
+            Some(mut out) => {
+                out.truncate(self.len as usize);
+                Ok(out)
+            }
+            None => Err(dec),
+        };
         Decoded {
             session: self.session,
             object: self.object,
             len: self.len,
-            bytes,
+            outcome,
         }
     }
 }
@@ -286,7 +330,9 @@ impl Assembly {
             buf: vec![0; k as usize * usize::from(t)],
             have: vec![false; k as usize],
             sources: 0,
-            repairs: Vec::new(),
+            repair_ids: Vec::new(),
+            pending: Vec::new(),
+            decoder: None,
             extra: 0,
             decoding: false,
         }
@@ -294,12 +340,17 @@ impl Assembly {
 
     /// Distinct symbols held.
     pub(crate) fn held(&self) -> u32 {
-        self.sources + self.repairs.len() as u32
+        self.sources + self.repair_ids.len() as u32
     }
 
     /// Symbols still needed before a decode is worth trying.
     pub(crate) fn need(&self) -> u32 {
-        (self.k + self.extra).saturating_sub(self.sources + self.repairs.len() as u32)
+        (self.k + self.extra).saturating_sub(self.held())
+    }
+
+    /// Whether the source symbols still lie in `buf` (no decode has taken them).
+    fn in_place(&self) -> bool {
+        self.buf.len() == self.k as usize * usize::from(self.t)
     }
 
     /// Adds symbol `esi` (exactly `t` bytes). With `offload` (the session id of the job), a
@@ -313,17 +364,22 @@ impl Assembly {
             }
             self.have[i] = true;
             self.sources += 1;
-            self.buf[i * t..(i + 1) * t].copy_from_slice(symbol);
-            if self.sources == self.k {
-                let mut out = std::mem::take(&mut self.buf);
-                out.truncate(self.len as usize);
-                return Added::Complete(out);
+            if !self.in_place() {
+                self.pending.push((esi, symbol.to_vec()));
+            } else {
+                self.buf[i * t..(i + 1) * t].copy_from_slice(symbol);
+                if self.sources == self.k {
+                    let mut out = std::mem::take(&mut self.buf);
+                    out.truncate(self.len as usize);
+                    return Added::Complete(out);
+                }
             }
         } else {
-            if self.repairs.iter().any(|(e, _)| *e == esi) {
+            if self.repair_ids.contains(&esi) {
                 return Added::Duplicate;
             }
-            self.repairs.push((esi, symbol.to_vec()));
+            self.repair_ids.push(esi);
+            self.pending.push((esi, symbol.to_vec()));
         }
         self.try_decode(offload)
     }
@@ -338,46 +394,63 @@ impl Assembly {
             self.decoding = true;
             return Added::Decode(job);
         }
-        match job.run().bytes {
-            Some(out) => Added::Complete(out),
-            None => {
-                self.decode_failed();
+        match job.run().outcome {
+            Ok(out) => Added::Complete(out),
+            Err(dec) => {
+                self.decode_failed(dec);
                 Added::Stored
             }
         }
     }
 
     /// A decode needed more: RaptorQ occasionally needs a symbol or two beyond K, so ask for one
-    /// more; with `offload`, try again at once if more arrived meanwhile.
-    pub(crate) fn decode_failed_then(&mut self, offload: Option<u64>) -> Added {
-        self.decode_failed();
+    /// more; with `offload`, try again at once if more arrived meanwhile. `dec` holds the symbols
+    /// the failed attempt had.
+    pub(crate) fn decode_failed_then(
+        &mut self,
+        dec: Box<SourceBlockDecoder>,
+        offload: Option<u64>,
+    ) -> Added {
+        self.decode_failed(dec);
         self.try_decode(offload)
     }
 
-    fn decode_failed(&mut self) {
+    fn decode_failed(&mut self, dec: Box<SourceBlockDecoder>) {
+        self.decoder = Some(dec);
         self.decoding = false;
         self.extra = (self.extra + 1).min(MAX_EXTRA);
     }
 
-    fn job(&self, session: u64) -> DecodeJob {
-        let t = usize::from(self.t);
-        let packets = self
-            .have
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| **h)
-            .map(|(i, _)| (i as u32, self.buf[i * t..(i + 1) * t].to_vec()))
-            .chain(self.repairs.iter().cloned())
-            .collect();
+    /// The next decode: everything held not yet given to a decoder, moved into the job.
+    fn job(&mut self, session: u64) -> DecodeJob {
+        let feed = match self.decoder.take() {
+            Some(dec) => Feed::Resume(dec),
+            None => Feed::Fresh {
+                buf: std::mem::take(&mut self.buf),
+                have: self.have.clone(),
+            },
+        };
         DecodeJob {
             session,
             object: 0,
             len: self.len,
             k: self.k,
             t: self.t,
-            packets,
+            feed,
+            packets: std::mem::take(&mut self.pending),
         }
     }
+}
+
+/// A decoder holding no symbol, as a failed decode would hand back (tests).
+#[cfg(test)]
+pub(crate) fn empty_decoder(len: u32, t: u16) -> Box<SourceBlockDecoder> {
+    let k = source_count(len, t);
+    Box::new(SourceBlockDecoder::new(
+        0,
+        &oti(k, t),
+        u64::from(k) * u64::from(t),
+    ))
 }
 
 #[cfg(test)]
@@ -446,5 +519,75 @@ mod tests {
             }
             assert_eq!(got.as_deref(), Some(&d[..]), "len {len}");
         }
+    }
+
+    /// A decode that fails with exactly K symbols goes on from its decoder: the retry gets only
+    /// the symbol that arrived since and still yields the object, offloaded or not.
+    #[test]
+    fn a_failed_decode_resumes_from_its_decoder() {
+        let t = 16u16;
+        let k = 12u32;
+        let d = data(k as usize * usize::from(t) - 3);
+        let enc = encoder(&d, t);
+        let mut failures = 0;
+        // Lose the first four sources and heal with four repairs from varying offsets: about one
+        // set in a hundred does not decode with K symbols.
+        for first in 0..2_000 {
+            for offload in [None, Some(7)] {
+                let mut a = Assembly::new(d.len() as u32, t);
+                for esi in 4..k {
+                    assert_eq!(
+                        a.add(esi, &source_symbol(&d, esi, t), offload),
+                        Added::Stored
+                    );
+                }
+                let r = repair(&enc, first, 5);
+                let mut added = Added::Stored;
+                for (esi, sym) in &r[..4] {
+                    added = a.add(*esi, sym, offload);
+                }
+                let failed = match (added, offload) {
+                    (Added::Complete(v), None) => {
+                        assert_eq!(v, d);
+                        false
+                    }
+                    (Added::Stored, None) => true,
+                    (Added::Decode(job), Some(_)) => {
+                        assert_eq!(a.add(r[3].0, &r[3].1, offload), Added::Duplicate);
+                        match job.run().outcome {
+                            Ok(v) => {
+                                assert_eq!(v, d);
+                                false
+                            }
+                            Err(dec) => {
+                                assert_eq!(a.decode_failed_then(dec, offload), Added::Stored);
+                                true
+                            }
+                        }
+                    }
+                    (other, _) => panic!("{other:?}"),
+                };
+                if !failed {
+                    continue;
+                }
+                failures += 1;
+                assert_eq!(a.need(), 1);
+                // The decoder kept what it had: one more symbol is all the retry carries.
+                let got = match a.add(r[4].0, &r[4].1, offload) {
+                    Added::Complete(v) => v,
+                    Added::Decode(job) => {
+                        assert_eq!(job.packets.len(), 1);
+                        assert!(matches!(job.feed, Feed::Resume(_)));
+                        job.run().outcome.expect("K + 1 symbols decode")
+                    }
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(got, d, "first {first}");
+            }
+            if failures >= 4 {
+                return;
+            }
+        }
+        panic!("only {failures} decodes failed with K symbols");
     }
 }

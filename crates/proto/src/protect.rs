@@ -145,6 +145,22 @@ impl PacketKey {
         }
     }
 
+    /// Checks a keyless packet where it lies (`None` when keyed or when its tag is wrong): the
+    /// receive path need not copy it, as [`PacketKey::open`] must to decrypt.
+    pub(crate) fn check(&self, packet: &[u8], header_len: usize) -> Option<usize> {
+        let end = packet
+            .len()
+            .checked_sub(TAG_LEN)
+            .filter(|&e| e >= header_len)?;
+        match &self.0 {
+            Inner::Check(secret) => {
+                let want = xxhash_rust::xxh3::xxh3_128_with_secret(&packet[..end], &secret[..]);
+                (packet[end..] == want.to_be_bytes()).then_some(end)
+            }
+            Inner::Aead { .. } => None,
+        }
+    }
+
     /// Checks the tag at the end of `packet` of `sender` and, when keyed, decrypts the body in
     /// place. Returns the length without the tag; `None` when the packet is not authentic.
     pub(crate) fn open(
@@ -159,10 +175,7 @@ impl PacketKey {
             .checked_sub(TAG_LEN)
             .filter(|&e| e >= header_len)?;
         match &self.0 {
-            Inner::Check(secret) => {
-                let want = xxhash_rust::xxh3::xxh3_128_with_secret(&packet[..end], &secret[..]);
-                (packet[end..] == want.to_be_bytes()).then_some(end)
-            }
+            Inner::Check(_) => self.check(packet, header_len),
             Inner::Aead { run, master } => {
                 let (content, tag) = packet.split_at_mut(end);
                 let (header, body) = content.split_at_mut(header_len);

@@ -315,6 +315,57 @@ pub struct Data {
     pub symbol: Vec<u8>,
 }
 
+/// A [`Data`] body borrowed from its datagram: the receiver's per-symbol path parses this, so a
+/// symbol is copied once, into its object, and not into a packet first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataRef<'a> {
+    /// Object index.
+    pub object: u32,
+    /// Object length in bytes.
+    pub object_len: u32,
+    /// RaptorQ encoding symbol id.
+    pub esi: u32,
+    /// See [`Data::sent_through`].
+    pub sent_through: u32,
+    /// The symbol's bytes.
+    pub symbol: &'a [u8],
+}
+
+impl<'a> DataRef<'a> {
+    /// Parses a Data body; the symbol is the rest of the body and never empty.
+    fn read(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let object = r.u32("object")?;
+        let object_len = r.u32("object length")?;
+        let esi = r.u32("symbol id")?;
+        if esi >= MAX_ESI {
+            return Err(DecodeError::BadValue { field: "symbol id" });
+        }
+        let sent_through = r.u32("sent through")?;
+        let symbol = r.take(r.buf.len(), "symbol")?;
+        if symbol.is_empty() {
+            return Err(DecodeError::Truncated { field: "symbol" });
+        }
+        Ok(Self {
+            object,
+            object_len,
+            esi,
+            sent_through,
+            symbol,
+        })
+    }
+
+    /// The owned form.
+    pub fn to_data(&self) -> Data {
+        Data {
+            object: self.object,
+            object_len: self.object_len,
+            esi: self.esi,
+            sent_through: self.sent_through,
+            symbol: self.symbol.to_vec(),
+        }
+    }
+}
+
 /// "I still lack `count` symbols of `object`".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Need {
@@ -413,6 +464,9 @@ pub enum Body {
 }
 
 impl Body {
+    /// The type code of [`Body::Data`], the one type parsed by borrowing ([`Opened::data`]).
+    pub const DATA: u8 = 5;
+
     /// The type code on the wire.
     pub fn kind(&self) -> u8 {
         match self {
@@ -420,7 +474,7 @@ impl Body {
             Self::Register(_) => 2,
             Self::Ack(_) => 3,
             Self::Start { .. } => 4,
-            Self::Data(_) => 5,
+            Self::Data(_) => Self::DATA,
             Self::Status(_) => 6,
             Self::End { .. } => 7,
             Self::Report(_) => 8,
@@ -551,26 +605,7 @@ impl Body {
             4 => Self::Start {
                 clients: r.u32("clients")?,
             },
-            5 => {
-                let object = r.u32("object")?;
-                let object_len = r.u32("object length")?;
-                let esi = r.u32("symbol id")?;
-                if esi >= MAX_ESI {
-                    return Err(DecodeError::BadValue { field: "symbol id" });
-                }
-                let sent_through = r.u32("sent through")?;
-                let symbol = r.take(r.buf.len(), "symbol")?.to_vec();
-                if symbol.is_empty() {
-                    return Err(DecodeError::Truncated { field: "symbol" });
-                }
-                Self::Data(Data {
-                    object,
-                    object_len,
-                    esi,
-                    sent_through,
-                    symbol,
-                })
-            }
+            Self::DATA => Self::Data(DataRef::read(r)?.to_data()),
             6 => {
                 let s = Status {
                     low: r.u32("low")?,
@@ -760,19 +795,62 @@ pub enum OpenError {
 /// Checks `buf`'s protection with `key` (the key of the run its header names) and decodes it.
 /// Nothing but the header is parsed before the tag has been verified.
 pub fn open(buf: &[u8], key: &PacketKey) -> Result<Packet, OpenError> {
-    let h = Header::peek(buf)?;
-    if h.keyed() != key.keyed() {
+    let mut scratch = Vec::new();
+    Ok(open_borrowed(buf, key, &mut scratch)?.packet()?)
+}
+
+/// A datagram whose protection has been checked, its body not yet parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened<'a> {
+    /// Its header.
+    pub header: Header,
+    /// The body's plain bytes.
+    body: &'a [u8],
+}
+
+impl<'a> Opened<'a> {
+    /// Parses the body into an owned packet.
+    pub fn packet(&self) -> Result<Packet, DecodeError> {
+        let body = Body::read(self.header.kind, &mut Reader { buf: self.body })?;
+        Ok(Packet::from_parts(&self.header, body))
+    }
+
+    /// Parses a Data body by borrowing (`None` for other types).
+    pub fn data(&self) -> Option<Result<DataRef<'a>, DecodeError>> {
+        (self.header.kind == Body::DATA).then(|| {
+            let mut r = Reader { buf: self.body };
+            let d = DataRef::read(&mut r)?;
+            r.end()?;
+            Ok(d)
+        })
+    }
+}
+
+/// [`open`] without copying: a keyless datagram is checked where it lies and its body borrowed
+/// from it; a keyed one is decrypted into `scratch` (reused by the caller, so nothing is
+/// allocated per packet).
+pub fn open_borrowed<'a>(
+    buf: &'a [u8],
+    key: &PacketKey,
+    scratch: &'a mut Vec<u8>,
+) -> Result<Opened<'a>, OpenError> {
+    let header = Header::peek(buf)?;
+    if header.keyed() != key.keyed() {
         return Err(OpenError::KeyMismatch);
     }
-    let mut copy = buf.to_vec();
-    let len = key
-        .open(&mut copy, HEADER_LEN, h.sender, h.nonce())
-        .ok_or(OpenError::BadTag)?;
-    let mut r = Reader {
-        buf: &copy[HEADER_LEN..len],
+    let body = if key.keyed() {
+        scratch.clear();
+        scratch.extend_from_slice(buf);
+        let len = key
+            .open(scratch, HEADER_LEN, header.sender, header.nonce())
+            .ok_or(OpenError::BadTag)?;
+        let scratch: &'a Vec<u8> = scratch;
+        &scratch[HEADER_LEN..len]
+    } else {
+        let len = key.check(buf, HEADER_LEN).ok_or(OpenError::BadTag)?;
+        &buf[HEADER_LEN..len]
     };
-    let body = Body::read(h.kind, &mut r)?;
-    Ok(Packet::from_parts(&h, body))
+    Ok(Opened { header, body })
 }
 
 #[cfg(test)]
@@ -953,6 +1031,56 @@ mod tests {
         let sealed = seal(reg, &keyed);
         assert!(!sealed.windows(5).any(|w| w == b"pc-12"));
         assert!(seal(reg, &check).windows(5).any(|w| w == b"pc-12"));
+    }
+
+    /// The receive path's borrowed parse agrees with the owned one for every packet, keyed or
+    /// not, with a scratch buffer that still holds an earlier (longer) packet.
+    #[test]
+    fn borrowed_opening_agrees_with_open() {
+        let [check, keyed] = keys();
+        let mut scratch = vec![0xa5; 4000];
+        for p in samples() {
+            for key in [&check, &keyed] {
+                let sealed = seal(&p, key);
+                let opened = open_borrowed(&sealed, key, &mut scratch).expect("opens");
+                assert_eq!(opened.packet(), Ok(p.clone()));
+                match (&p.body, opened.data()) {
+                    (Body::Data(d), Some(Ok(r))) => assert_eq!(&r.to_data(), d),
+                    (Body::Data(_), other) => panic!("{other:?}"),
+                    (_, None) => {}
+                    (_, Some(r)) => panic!("{:?} parsed as data: {r:?}", p.body),
+                }
+                // A refused datagram is refused the same way borrowed.
+                let mut bad = sealed.clone();
+                bad[HEADER_LEN] ^= 4;
+                assert_eq!(
+                    open_borrowed(&bad, key, &mut scratch).err(),
+                    open(&bad, key).err()
+                );
+                assert!(open(&bad, key).is_err());
+            }
+        }
+        // An authentic Data packet without a symbol is malformed on both paths.
+        let empty = Packet {
+            body: Body::Data(Data {
+                object: 0,
+                object_len: 1,
+                esi: 0,
+                sent_through: 0,
+                symbol: vec![1],
+            }),
+            ..samples()[0].clone()
+        };
+        let mut plain = Vec::new();
+        empty.encode(&mut plain);
+        plain.pop();
+        for key in [&check, &keyed] {
+            let sealed = seal_encoded(&plain, key).expect("a header");
+            let opened = open_borrowed(&sealed, key, &mut scratch).expect("authentic");
+            let want = DecodeError::Truncated { field: "symbol" };
+            assert_eq!(opened.data(), Some(Err(want.clone())));
+            assert_eq!(opened.packet(), Err(want));
+        }
     }
 
     #[test]

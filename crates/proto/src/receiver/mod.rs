@@ -20,8 +20,8 @@ use crate::protect::PacketKey;
 use crate::replay::ReplayWindow;
 use crate::sender::tie_break;
 use crate::wire::{
-    self, AckKind, Announce, Body, Data, Header, Need, OpenError, Packet, Phase, Register, Report,
-    Status, MASTER, MAX_SESSION_INFO, NEED_ALL,
+    self, AckKind, Announce, Body, DataRef, Header, Need, OpenError, Packet, Phase, Register,
+    Report, Status, MASTER, MAX_SESSION_INFO, NEED_ALL,
 };
 use crate::{Dest, Rng, Stats, Transmit, MAX_WINDOW};
 use objects::{Objects, Offer};
@@ -322,6 +322,14 @@ pub struct Receiver {
     events: VecDeque<ReceiverEvent>,
     rng: Rng,
     stats: Stats,
+    /// Where keyed packets are decrypted, reused for every packet.
+    scratch: Vec<u8>,
+}
+
+/// A checked packet's body: Data borrowed from the datagram, anything else owned.
+enum Parsed<'a> {
+    Data(DataRef<'a>),
+    Other(Body),
 }
 
 impl Receiver {
@@ -364,6 +372,7 @@ impl Receiver {
             control: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            scratch: Vec::new(),
         }
     }
 
@@ -585,22 +594,45 @@ impl Receiver {
             }
             return;
         }
+        // The scratch buffer (for decrypting keyed packets) is lent out so the packet, which may
+        // borrow it, can be handled by methods of `self`.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.handle_ours(now, datagram, keyed, &mut scratch);
+        self.scratch = scratch;
+    }
+
+    /// [`Receiver::handle`] for a datagram of our run.
+    fn handle_ours(&mut self, now: Instant, datagram: &[u8], keyed: bool, scratch: &mut Vec<u8>) {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        let packet = match wire::open(datagram, &s.key) {
-            Ok(p) => p,
+        let opened = match wire::open_borrowed(datagram, &s.key, scratch) {
+            Ok(o) => o,
             Err(e) => {
                 self.count_open_error(&e, keyed);
                 return;
             }
         };
-        let window = if packet.unicast {
+        // Data, nearly every packet, is parsed by borrowing; its symbol is copied only into its
+        // object.
+        let parsed = match opened.data() {
+            Some(d) => d.map(Parsed::Data),
+            None => opened.packet().map(|p| Parsed::Other(p.body)),
+        };
+        let body = match parsed {
+            Ok(b) => b,
+            Err(e) => {
+                self.count_open_error(&OpenError::Decode(e), keyed);
+                return;
+            }
+        };
+        let (seq, unicast) = (opened.header.seq, opened.header.unicast());
+        let window = if unicast {
             &mut s.unicast
         } else {
             &mut s.group
         };
-        if !window.accept(packet.seq) {
+        if !window.accept(seq) {
             self.stats.replays += 1;
             return;
         }
@@ -609,20 +641,23 @@ impl Receiver {
             return;
         }
         self.last_master = Some(now);
-        if !packet.unicast {
-            self.count_group_packet(now, packet.seq);
+        if !unicast {
+            self.count_group_packet(now, seq);
         }
-        match packet.body {
+        let body = match body {
+            Parsed::Data(d) => return self.on_data(now, d),
+            Parsed::Other(b) => b,
+        };
+        match body {
             Body::Announce(a) => {
                 if a.phase == Phase::Running {
                     self.on_start(now);
                 }
             }
-            Body::Ack(a) if a.client_id == self.cfg.client_id && packet.unicast => {
+            Body::Ack(a) if a.client_id == self.cfg.client_id && unicast => {
                 self.on_ack(now, a.kind, a.nonce);
             }
             Body::Start { .. } => self.on_start(now),
-            Body::Data(d) => self.on_data(now, d),
             Body::Advert(a) => {
                 let interval = Duration::from_millis(u64::from(a.interval_ms))
                     .clamp(feedback::MIN_INTERVAL, feedback::MAX_INTERVAL);
@@ -863,7 +898,7 @@ impl Receiver {
         }
     }
 
-    fn on_data(&mut self, now: Instant, d: Data) {
+    fn on_data(&mut self, now: Instant, d: DataRef<'_>) {
         // Data implies start; while our registration is unanswered we keep it in case we are in.
         self.on_start(now);
         if !matches!(self.state, State::Registering | State::Running) {
@@ -895,7 +930,7 @@ impl Receiver {
             d.object,
             d.object_len,
             d.esi,
-            &d.symbol,
+            d.symbol,
             symbol_size,
             offload,
         );
@@ -938,7 +973,7 @@ impl Receiver {
         let object = done.object;
         let offer = self
             .objects
-            .decode_done(object, done.len, done.bytes, offload);
+            .decode_done(object, done.len, done.outcome, offload);
         self.on_offer(now, object, offer);
     }
 

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::fec::{Added, Assembly, DecodeJob};
 use crate::wire::{Need, MAX_NEEDS, NEED_ALL};
+use raptorq::SourceBlockDecoder;
 
 /// Candidate assemblies (distinct object lengths) kept per object.
 pub(crate) const MAX_CANDIDATES: usize = 2;
@@ -140,12 +141,13 @@ impl Objects {
         }
     }
 
-    /// An offloaded decode of `object` at length `len` ended: `bytes` when it worked.
+    /// An offloaded decode of `object` at length `len` ended: the bytes when it worked, else its
+    /// decoder, to go on with.
     pub(crate) fn decode_done(
         &mut self,
         object: u32,
         len: u32,
-        bytes: Option<Vec<u8>>,
+        outcome: Result<Vec<u8>, Box<SourceBlockDecoder>>,
         offload: Option<u64>,
     ) -> Offer {
         if self.decoded.contains(object) {
@@ -159,10 +161,10 @@ impl Objects {
             // Evicted or thrown away meanwhile.
             return Offer::Duplicate;
         };
-        let added = match bytes {
-            Some(b) => Added::Complete(b),
-            None => match self.partial.get_mut(&object) {
-                Some(c) => c[pos].decode_failed_then(offload),
+        let added = match outcome {
+            Ok(b) => Added::Complete(b),
+            Err(dec) => match self.partial.get_mut(&object) {
+                Some(c) => c[pos].decode_failed_then(dec, offload),
                 None => Added::Stored,
             },
         };
@@ -375,13 +377,14 @@ mod tests {
         let done = job.run();
         assert_eq!(done.session, 9);
         assert_eq!(
-            o.decode_done(5, 640, done.bytes, Some(9)),
+            o.decode_done(5, 640, done.outcome, Some(9)),
             Offer::Complete(data.clone())
         );
         assert!(o.decoded.contains(5));
         // A late result of the same object, or of an object not held, changes nothing.
-        assert_eq!(o.decode_done(5, 640, None, Some(9)), Offer::Duplicate);
-        assert_eq!(o.decode_done(6, 640, None, Some(9)), Offer::Duplicate);
+        let failed = || Err(fec::empty_decoder(640, T));
+        assert_eq!(o.decode_done(5, 640, failed(), Some(9)), Offer::Duplicate);
+        assert_eq!(o.decode_done(6, 640, failed(), Some(9)), Offer::Duplicate);
         // A failed decode asks for one symbol more, then tries again.
         let mut o = Objects::default();
         for (e, sym) in syms.iter().enumerate().skip(1) {
@@ -392,7 +395,7 @@ mod tests {
             o.offer(1, 640, r[0].0, &r[0].1, T, Some(9)),
             Offer::Decode(_)
         ));
-        assert_eq!(o.decode_done(1, 640, None, Some(9)), Offer::Stored);
+        assert_eq!(o.decode_done(1, 640, failed(), Some(9)), Offer::Stored);
         assert!(matches!(
             o.offer(1, 640, r[1].0, &r[1].1, T, Some(9)),
             Offer::Decode(_)
