@@ -58,6 +58,9 @@
 #                       hook (this kernel has no netem). PCT 0 removes it.
 #                       The rule counts what it sees and what it drops:
 #                       `nft list table inet lab_loss` in HOST shows both.
+#                       `lab_loss HOST PCT MINLEN` drops only packets of at
+#                       least MINLEN bytes (IP length): data, not the small
+#                       control packets of the protocol under test.
 #   lab_wire HOST       The bridge port towards HOST cuts GSO super-packets
 #                       into wire-size datagrams (gso_max_segs 1), as a NIC
 #                       puts them on the wire. Without it a sender's UDP GSO
@@ -332,16 +335,21 @@ lab_wire() {
 }
 
 lab_loss() {
-    local h=${1:?lab_loss HOST PCT} pct=${2:?lab_loss HOST PCT} thr
+    local h=${1:?lab_loss HOST PCT [MINLEN]} pct=${2:?lab_loss HOST PCT [MINLEN]} min=${3:-0} thr sized=
     thr=$(echo "$pct" | awk '/^[0-9]+(\.[0-9]+)?$/ && $1 <= 100 { printf "%d\n", $1 * 100 + 0.5; ok = 1 } END { exit !ok }') ||
         { lab__err "lab_loss: bad percentage '$pct'"; return 1; }
+    case $min in '' | *[!0-9]*) lab__err "lab_loss: bad minimum length '$min'"; return 1 ;; esac
+    [ "$min" -gt 0 ] && sized="meta length >= $min"
+    # numgen's values are 0..9999: at 100% there is nothing to draw
+    local draw="numgen random mod 10000 < $thr counter"
+    [ "$thr" -ge 10000 ] && draw=
     lab_exec "$h" nft delete table inet lab_loss 2>/dev/null || true
     [ "$thr" = 0 ] && return 0
     lab_exec "$h" nft -f - <<EOF
 table inet lab_loss {
     chain input {
         type filter hook input priority -10; policy accept;
-        iifname != "lo" meta l4proto udp counter numgen random mod 10000 < $thr counter drop
+        iifname != "lo" meta l4proto udp $sized counter $draw drop
     }
 }
 EOF

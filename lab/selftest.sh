@@ -10,7 +10,8 @@
 #   - hosts h0..h3 get their addresses; unicast UDP from h1..h3 reaches h0;
 #   - multicast from h0 to 231.1.2.3:9000 on eth0 reaches h1 and h2 (joined),
 #     and not h3 (listening on the port but not joined);
-#   - lab_loss: h1 at 10% and h2 at 30% lose about that share, h3 at 0% none
+#   - lab_loss: h1 at 10% and h2 at 30% lose about that share, h3 at 0% none;
+#     with a minimum length, shorter datagrams pass and longer ones are lost
 #     (and h1's rule counts what it dropped); lab_wire sets its port's gso_max_segs;
 #   - lab_rate: with h0 at 100mbit a blasting sender is held to ~100 Mbit/s
 #     without losing packets; at 1gbit the reached rate is reported.
@@ -229,6 +230,22 @@ if [ $quick = 0 ]; then
         ok "lab_loss h1 10: its rule counted $dropped dropped of $seen"
     else
         bad "lab_loss h1 10: its rule counted ${dropped:-?} dropped of ${seen:-?}"
+    fi
+    # with a minimum length only datagrams that long are lost: the probe's 1,000-byte
+    # payloads (1,028-byte IP packets) pass a 2,000-byte floor and meet a 1,000-byte one
+    N=500
+    lab_loss h1 100 2000
+    lab_loss h2 100 1000
+    recv_start h1 1 30 1
+    recv_start h2 1 3 1 # hears nothing: ends after 3 s
+    recv_ready h1 h2
+    send h0 231.1.2.3 $N 1000 10000
+    recv_done h1 h2
+    c1=$(probe_field unique "$work/h1.out"); c2=$(probe_field unique "$work/h2.out")
+    if [ "$c1" -ge $((N * 98 / 100)) ] && [ "${c2:-0}" = 0 ]; then
+        ok "lab_loss HOST 100 MINLEN: shorter datagrams pass (h1 got $c1/$N), longer ones are lost (h2 got 0)"
+    else
+        bad "lab_loss HOST 100 MINLEN: h1 got $c1/$N (want all), h2 got ${c2:-?} (want 0)"
     fi
     lab_loss h1 0
     lab_loss h2 0
