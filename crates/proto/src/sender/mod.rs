@@ -659,6 +659,14 @@ impl Sender {
             .ok()
             .and_then(|i| self.sent_log.get(i))
             .map(|(_, t)| *t);
+        // How long the `expected` packets the report covers took to send: from the one before
+        // them (the previous report's newest) to its newest.
+        let sent_over = sent_at.and_then(|t| {
+            let first = s.highest_seq.checked_sub(u64::from(s.expected))?;
+            let i = self.sent_log.partition_point(|(q, _)| *q < first);
+            let &(q, t0) = self.sent_log.get(i)?;
+            (q == first).then(|| t.saturating_duration_since(t0))
+        });
         let gathering = self.phase == State::Gathering;
         let steers = self.clients.steers_rate(client_id, s.lost, s.expected);
         let Some(c) = self.clients.get_mut(client_id) else {
@@ -691,6 +699,7 @@ impl Sender {
         c.bytes = c.bytes.max(s.bytes);
         c.rejected = c.rejected.max(s.rejected);
         c.note_loss(s.lost, s.expected);
+        let loss = c.loss.unwrap_or(0.0);
         // A loss outlier's needs do not set the repair for everyone, nor its bottleneck the rate:
         // it gets its own in the follow-up run.
         let moving = self.cfg.slow == SlowPolicy::Move;
@@ -705,8 +714,12 @@ impl Sender {
                 .saturating_sub(Duration::from_micros(u64::from(s.held_us)));
             c.srtt = Some(c.srtt.map_or(rtt, |v| (v * 7 + rtt) / 8));
             if !moving || steers {
-                self.pacer
-                    .on_report(&mut c.rate, s.lost, s.expected, rtt, now);
+                let report = pacing::Sample {
+                    lost: s.lost,
+                    expected: s.expected,
+                    sent_over,
+                };
+                self.pacer.on_report(&mut c.rate, report, rtt, now);
             }
         }
         let in_flight_for =
@@ -726,9 +739,8 @@ impl Sender {
         let recent = now.checked_sub(in_flight_for);
         if counts_for_repair {
             for need in &s.needs {
-                self.advert_soon |= self
-                    .window
-                    .on_need(need.object, need.count, highest, recent);
+                let count = repair::with_loss(need.count, loss);
+                self.advert_soon |= self.window.on_need(need.object, count, highest, recent);
             }
         }
         self.advance_window();
@@ -962,6 +974,8 @@ impl Sender {
             return None;
         }
         let sym = self.window.next(now, &mut self.stats)?;
+        // Soon an advertisement without it, so what of its repair was lost is asked for at once.
+        self.advert_soon |= self.window.take_paid();
         let gap = self.pacer.gap(self.packet_len);
         // Some credit absorbs a late wake-up (on a busy host a woken thread runs milliseconds
         // late; with only 1 ms, a 1 Gbit/s master reached 55-75% of its target), without

@@ -113,6 +113,27 @@ impl Trial {
     }
 }
 
+/// What one report says of the packets since the receiver's last one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    pub(crate) lost: u32,
+    pub(crate) expected: u32,
+    /// How long the master took to send them, if its send log still knows.
+    pub(crate) sent_over: Option<Duration>,
+}
+
+impl Sample {
+    /// `lost` of `expected`, their send times unknown.
+    #[cfg(test)]
+    pub(crate) fn of(lost: u32, expected: u32) -> Self {
+        Self {
+            lost,
+            expected,
+            sent_over: None,
+        }
+    }
+}
+
 /// Per-receiver congestion memory.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PeerRate {
@@ -277,25 +298,35 @@ impl Pacer {
         self.achieved.map_or(self.rate, |a| a.min(self.rate))
     }
 
-    /// One receiver's report: `lost` of `expected` packets since its last one, and its round trip.
+    /// One receiver's report and its round trip.
     pub(crate) fn on_report(
         &mut self,
         peer: &mut PeerRate,
-        lost: u32,
-        expected: u32,
+        report: Sample,
         lag: Duration,
         now: Instant,
     ) {
         if self.fixed.is_some() {
             return;
         }
+        let Sample {
+            lost,
+            expected,
+            sent_over,
+        } = report;
         let mut cut: Option<f64> = None;
         let previous = peer.last_report.replace(now);
-        peer.deliveries
-            .push_back((now, expected.saturating_sub(lost)));
-        let delivered = peer
-            .delivery_rate(now)
-            .map(|pps| pps * self.packet_bytes as f64 * 8.0)
+        let got = expected.saturating_sub(lost);
+        peer.deliveries.push_back((now, got));
+        let bits = self.packet_bytes as f64 * 8.0;
+        // Per packet sent: behind a full queue what passes of a stretch sent at any rate above
+        // its capacity is that capacity, and this report's stretch is the newest there is (the
+        // receiver's own arrival times would mix in the slower stretches before it).
+        let per_sent = sent_over
+            .filter(|s| !s.is_zero() && expected >= MIN_EXPECTED)
+            .map(|s| f64::from(got) * bits / s.as_secs_f64());
+        let delivered = per_sent
+            .or_else(|| peer.delivery_rate(now).map(|pps| pps * bits))
             .filter(|&bits| bits > 0.0);
         if expected >= MIN_EXPECTED {
             let sample = f64::from(lost.min(expected)) / f64::from(expected);
@@ -353,8 +384,17 @@ impl Pacer {
                 // ran far past a queue before the first report came back.
                 // (Less the path's own loss, which comes after any queue.)
                 let through = delivered.map(|d| d / (1.0 - accepted).max(0.01));
+                // Measured on the newest stretch by its send times it is the capacity itself;
+                // the lost share of a rate far past it would cut below (a probe step of 1.5x
+                // loses a third at once).
                 let target = through.map_or(target, |t| {
-                    target.min(t * DRAIN).max(base * MAX_DELIVERY_CUT)
+                    let by_delivery = t * DRAIN;
+                    let t = if per_sent.is_some() {
+                        by_delivery.min(base)
+                    } else {
+                        target.min(by_delivery)
+                    };
+                    t.max(base * MAX_DELIVERY_CUT)
                 });
                 cut = Some(target);
                 peer.trial = Some(Trial {
@@ -435,7 +475,17 @@ mod tests {
             let loss = 1.0 - (1.0 - over) * (1.0 - random);
             let expected = (rate * 0.05 / (1448.0 * 8.0)) as u32;
             let lost = (f64::from(expected) * loss) as u32;
-            p.on_report(&mut peer, lost, expected, MS, now);
+            let sent_over = Some(MS * 50);
+            p.on_report(
+                &mut peer,
+                Sample {
+                    lost,
+                    expected,
+                    sent_over,
+                },
+                MS,
+                now,
+            );
             if i >= secs * 10 {
                 sum += p.rate(1448) as f64;
                 n += 1;
@@ -480,7 +530,12 @@ mod tests {
                 let from = to - every_ms as usize;
                 let e: f64 = sent[from..to].iter().sum();
                 let l: f64 = lost[from..to].iter().sum();
-                p.on_report(peer, l as u32, e as u32, MS * delay_ms as u32, now);
+                let report = Sample {
+                    lost: l as u32,
+                    expected: e as u32,
+                    sent_over: Some(MS * every_ms as u32),
+                };
+                p.on_report(peer, report, MS * delay_ms as u32, now);
             }
             if ms >= secs * 500 {
                 sum += rate;
@@ -570,14 +625,45 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_past_a_queue_is_cut_to_what_its_newest_packets_delivered() {
+        // A 1 Gbit/s queue. The report covers 50 ms sent at 1.5 Gbit/s (a third lost) and comes
+        // back after the probe's next step, at 2.25 Gbit/s.
+        let cut_with = |sent_over: Option<Duration>| {
+            let t0 = Instant::now();
+            let mut p = Pacer::new(None, 2_250_000_000, 1_000_000, 10_000_000_000, 1448);
+            let mut peer = PeerRate::default();
+            p.on_sent(2_250_000_000 / 8 / 20);
+            busy_for_50ms(&mut p, t0);
+            let expected = (1.5e9 * 0.05 / (1448.0 * 8.0)) as u32;
+            let report = Sample {
+                lost: expected / 3,
+                expected,
+                sent_over,
+            };
+            p.on_report(&mut peer, report, MS, t0 + MS * 50);
+            p.rate(1448) as f64
+        };
+        let by_send_times = cut_with(Some(MS * 50));
+        assert!(
+            (0.9e9..=1.0e9).contains(&by_send_times),
+            "cut to {:.0} Mbit/s",
+            by_send_times / 1e6
+        );
+        // Without send times only the lost share guides it (the receiver's arrivals span too
+        // little yet), and a third off the newer rate stays above the queue.
+        let by_share = cut_with(None);
+        assert!(by_share > 1.2e9, "cut to {:.0} Mbit/s", by_share / 1e6);
+    }
+
+    #[test]
     fn a_growing_delay_is_congestion() {
         let t0 = Instant::now();
         let mut p = Pacer::new(None, 100_000_000, 1_000_000, 1_000_000_000, 1448);
         let mut peer = PeerRate::default();
-        p.on_report(&mut peer, 0, 100, MS, t0);
+        p.on_report(&mut peer, Sample::of(0, 100), MS, t0);
         let before = p.rate(1448);
         for i in 1..10u32 {
-            p.on_report(&mut peer, 0, 100, MS * 200, t0 + MS * 50 * i);
+            p.on_report(&mut peer, Sample::of(0, 100), MS * 200, t0 + MS * 50 * i);
         }
         assert!(
             p.rate(1448) < before,
@@ -622,13 +708,8 @@ mod tests {
             busy_for_50ms(&mut p, now);
             let expected = (rate * 0.05 / (1448.0 * 8.0)) as u32;
             let share = [0.0, 0.20, 0.05, 0.15][i as usize % 4];
-            p.on_report(
-                &mut peer,
-                (f64::from(expected) * share) as u32,
-                expected,
-                MS,
-                now,
-            );
+            let lost = (f64::from(expected) * share) as u32;
+            p.on_report(&mut peer, Sample::of(lost, expected), MS, now);
             if i >= 100 {
                 late.push(p.rate(1448) as f64);
             }

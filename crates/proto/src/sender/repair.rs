@@ -26,6 +26,19 @@ const MAX_SEQS_PER_OBJECT: usize = 4096;
 /// or two beyond K now and then; more is a receiver that threw the object away).
 const MAX_NEED_ABOVE_K: u32 = 64;
 
+/// Loss above this is not planned for in a receiver's repair (an outlier's is its follow-up's).
+const MAX_PLANNED_LOSS: f64 = 0.5;
+
+/// What to send so that `count` symbols reach a receiver that loses `loss` of them: `count`
+/// alone would leave that share for another round of feedback.
+pub(crate) fn with_loss(count: u16, loss: f64) -> u16 {
+    if count == NEED_ALL || loss <= 0.0 {
+        return count;
+    }
+    let planned = (f64::from(count) / (1.0 - loss.min(MAX_PLANNED_LOSS))).ceil();
+    planned.min(f64::from(NEED_ALL - 1)) as u16
+}
+
 struct Obj {
     /// Shared with an encoder build running elsewhere.
     data: Arc<Vec<u8>>,
@@ -64,6 +77,8 @@ pub(crate) struct Window {
     jobs: VecDeque<EncodeJob>,
     /// Something owed grew, or an encoder went idle, since `start_builds` last looked.
     look: bool,
+    /// An object's repair was all sent since the engine last asked ([`Window::take_paid`]).
+    paid: bool,
 }
 
 impl Window {
@@ -78,6 +93,7 @@ impl Window {
             offload: None,
             jobs: VecDeque::new(),
             look: false,
+            paid: false,
         }
     }
 
@@ -169,6 +185,12 @@ impl Window {
         }
     }
 
+    /// Whether some object's repair was all sent since the last call: the advertisement that
+    /// still lists it would keep its receivers from asking for what of it was lost.
+    pub(crate) fn take_paid(&mut self) -> bool {
+        std::mem::take(&mut self.paid)
+    }
+
     /// The next encoder build for the engine.
     pub(crate) fn take_job(&mut self) -> Option<EncodeJob> {
         self.jobs.pop_front()
@@ -253,6 +275,7 @@ impl Window {
             let o = &mut self.objects[pos];
             o.owed = o.owed.saturating_sub(1);
             self.look |= o.owed == 0;
+            self.paid |= o.owed == 0;
             if let Some((esi, bytes)) = o.pending.pop_front() {
                 stats.repair_sent += 1;
                 return Some(Symbol {
@@ -521,5 +544,34 @@ mod tests {
         assert_eq!(w.encoders(), MAX_ENCODERS);
         w.free_idle_encoders(now + ENCODER_IDLE);
         assert_eq!(w.encoders(), 0);
+    }
+
+    #[test]
+    fn repair_is_planned_for_the_receiver_s_loss() {
+        assert_eq!(with_loss(100, 0.0), 100);
+        assert_eq!(with_loss(100, 0.10), 112);
+        assert_eq!(with_loss(1, 0.01), 2, "any loss plans a spare symbol");
+        assert_eq!(with_loss(NEED_ALL, 0.2), NEED_ALL, "all of them stays all");
+        assert_eq!(
+            with_loss(10, 0.9),
+            20,
+            "an outlier's loss is planned only up to half"
+        );
+        assert_eq!(with_loss(NEED_ALL - 1, 0.3), NEED_ALL - 1);
+    }
+
+    #[test]
+    fn a_paid_repair_is_told_once() {
+        let now = Instant::now();
+        let mut w = window(2, 1000); // K = 10
+        first_pass(&mut w, now);
+        assert!(!w.take_paid(), "a first pass pays no repair");
+        w.on_need(0, 2, 20, None);
+        let mut stats = Stats::default();
+        assert!(w.next(now, &mut stats).is_some());
+        assert!(!w.take_paid(), "one of two sent");
+        assert!(w.next(now, &mut stats).is_some());
+        assert!(w.take_paid());
+        assert!(!w.take_paid());
     }
 }

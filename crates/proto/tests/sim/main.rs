@@ -1613,3 +1613,61 @@ fn a_bottleneck_is_held_to_the_end() {
         top / 1e6
     );
 }
+
+/// One client behind the master's 1 Gbit/s uplink at 10% loss, the first pass and the last
+/// repairs timed apart; then the same without loss.
+fn one_lossy_client(loss: f64) -> (Duration, Duration, imgcast_proto::Stats) {
+    let objs = objects(70, &[1_000_000; 150]);
+    let mut link = Link::lossy(loss * 2.0); // receiver 0 of `session` gets half the nominal loss
+    link.dup = 0.0;
+    link.reorder = 0.0;
+    let mut sim = session(70, 1, objs, link, Link::clean());
+    sim.senders[0].uplink = Some(Bottleneck::new(1_000_000_000, QueueLimit::Bytes(500_000)));
+    let sources = 150 * 1_000_000u64.div_ceil(u64::from(sim.senders[0].tx.symbol_size()));
+    let mut first_pass = None;
+    let mut t = sim.now;
+    for _ in 0..10_000 {
+        t += Duration::from_millis(1);
+        sim.run_until(t);
+        let st = sim.senders[0].tx.stats();
+        if first_pass.is_none() && st.source_sent >= sources {
+            first_pass = Some(sim.now);
+        }
+        if sim.finished(0) {
+            break;
+        }
+    }
+    assert!(sim.finished(0), "not finished in 10 s");
+    sim.assert_exact(0, 0);
+    let start = started_at(&sim).expect("started");
+    let fin = sim
+        .sender_saw(0, |e| matches!(e, SenderEvent::Finished))
+        .expect("finished");
+    let first_pass = first_pass.expect("first pass ended");
+    let st = sim.senders[0].tx.stats().clone();
+    (first_pass - start, fin - first_pass, st)
+}
+
+#[test]
+fn a_lossy_client_s_last_repairs_take_a_round_or_two_not_an_advertisement_each() {
+    let (clean_pass, clean_tail, clean) = one_lossy_client(0.0);
+    let (pass, tail, lossy) = one_lossy_client(0.10);
+    println!(
+        "clean: first pass {clean_pass:?}, then {clean_tail:?}; 10% loss: {pass:?}, then {tail:?}; \
+         repair {} of {} source symbols (clean: {})",
+        lossy.repair_sent, lossy.source_sent, clean.repair_sent
+    );
+    // Each round of repair used to wait for the next periodic advertisement (100 ms) that no
+    // longer listed the object, and sent only what was asked, so 10% of it was asked again.
+    assert!(
+        tail <= Duration::from_millis(150),
+        "last repairs took {tail:?}"
+    );
+    // What is planned for the loss is needed: about 1/0.9 of the sources, not much more.
+    let needed = lossy.source_sent as f64 / 0.9 - lossy.source_sent as f64;
+    assert!(
+        (lossy.repair_sent as f64) < needed * 1.6,
+        "{} repair symbols for about {needed:.0} lost",
+        lossy.repair_sent
+    );
+}
