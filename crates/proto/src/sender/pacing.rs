@@ -5,8 +5,9 @@
 //! the signs of a full queue, never on a steady random loss that repair absorbs (DESIGN §4):
 //!
 //! * **Loss that grows with the rate.** A receiver's loss above its accepted level (at first
-//!   none) cuts the rate to what that receiver's reports say it got (its delivery rate; or, before
-//!   it has two reports, what its loss share says). The cut is judged on the reports sent after
+//!   none) cuts the rate to what that receiver's reports say it got (what its newest report's
+//!   packets delivered per second of their send times; else its delivery rate over its recent
+//!   reports; or, before it has two, what its loss share says). The cut is judged on the reports sent after
 //!   it, while the rate holds (no growth, no other receiver's loss cut): behind a queue the
 //!   delivered share rises as the rate falls, behind a random loss it stays. If it stayed, the loss
 //!   was not the rate's doing: it becomes the accepted level of that receiver and of all (at most
