@@ -13,7 +13,10 @@
 //!   was not the rate's doing: it becomes the accepted level of that receiver and of all (at most
 //!   a quarter), and the rate goes back to where it was. A loss that rose at the lower rate gives
 //!   no verdict (the sample before the cut was taken while the rate still climbed). Above the
-//!   capacity a confirmed queue showed, the rate grows only 1% a step.
+//!   capacity a confirmed queue showed, the rate grows only 1% a step. While the rate still
+//!   probes up and reports come often, a first loss of at most a quarter is tested by the probe's
+//!   own next step instead: a stretch sent 1.2× faster that loses no more makes it accepted,
+//!   one that loses more (as behind a queue) cuts.
 //! * **A growing delay**: a receiver's round-trip time (from the send log, minus the time it held
 //!   the packet) well above the lowest seen from it.
 //!
