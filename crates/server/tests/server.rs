@@ -2244,6 +2244,12 @@ fn boot_files_plans_orders_and_late_reports() {
         "{}",
         srv.log()
     );
+    // The scan thread verifies the image while the API already answers: plan only once listed.
+    let end = Instant::now() + Duration::from_secs(20);
+    while !names(&srv.req("GET", "/api/images", None).json()).contains(&"pxe.img".into()) {
+        assert!(Instant::now() < end, "pxe.img not listed: {}", srv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let get = |path: &str| client::request(&srv.addr, "GET", path, None, None).expect("get");
 
     // The files, whole and in a range, with no token; nothing outside the directory.
