@@ -154,6 +154,16 @@ fn names(list: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits (at most 20 s) until the scan thread has verified and listed `name`: the API answers
+/// before the scan ends.
+fn wait_listed(srv: &Server, name: &str) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !names(&srv.req("GET", "/api/images", None).json()).contains(&name.to_string()) {
+        assert!(Instant::now() < end, "{name} not listed: {}", srv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn token_images_uploads_and_traversal() {
     let work = tempfile::tempdir().expect("tempdir");
@@ -205,11 +215,7 @@ fn token_images_uploads_and_traversal() {
         .is_some_and(|c| c.contains("HttpOnly")));
 
     // The scan lists the good image once verified, never the junk.
-    let end = Instant::now() + Duration::from_secs(20);
-    while !names(&srv.req("GET", "/api/images", None).json()).contains(&"base.img".into()) {
-        assert!(Instant::now() < end, "base.img not listed: {}", srv.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listed(&srv, "base.img");
     assert_eq!(
         names(&srv.req("GET", "/api/images", None).json()),
         ["base.img"]
@@ -2245,11 +2251,7 @@ fn boot_files_plans_orders_and_late_reports() {
         srv.log()
     );
     // The scan thread verifies the image while the API already answers: plan only once listed.
-    let end = Instant::now() + Duration::from_secs(20);
-    while !names(&srv.req("GET", "/api/images", None).json()).contains(&"pxe.img".into()) {
-        assert!(Instant::now() < end, "pxe.img not listed: {}", srv.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listed(&srv, "pxe.img");
     let get = |path: &str| client::request(&srv.addr, "GET", path, None, None).expect("get");
 
     // The files, whole and in a range, with no token; nothing outside the directory.
