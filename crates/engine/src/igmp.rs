@@ -313,12 +313,25 @@ fn window() -> Duration {
 /// The raw socket's thread; stops and joins when dropped.
 pub(crate) struct Watch {
     stop: Arc<AtomicBool>,
+    /// The thread's socket, to wake its blocked read when stopping.
+    wake: Option<Socket>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Tells the thread to stop and wakes its read at once (see [`crate::net::wake_reader`]),
+    /// without waiting for it.
+    pub(crate) fn signal(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(s) = &self.wake {
+            let _ = s.shutdown(std::net::Shutdown::Read);
+        }
+    }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.signal();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -366,6 +379,7 @@ pub(crate) fn start(iface: &Interface, querier: bool, notes: &Sender<String>) ->
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let wake = sock.try_clone().ok();
     let mut q = Querier::new(&iface.name, iface.addr, querier, window(), Instant::now());
     let (name, notes, flag) = (iface.name.clone(), notes.clone(), stop.clone());
     let thread = std::thread::Builder::new()
@@ -374,6 +388,7 @@ pub(crate) fn start(iface: &Interface, querier: bool, notes: &Sender<String>) ->
         .ok()?;
     Some(Watch {
         stop,
+        wake,
         thread: Some(thread),
     })
 }

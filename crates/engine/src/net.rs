@@ -191,6 +191,13 @@ fn ipv4_addresses() -> Result<Vec<(String, Ipv4Addr)>, EngineError> {
 /// exits at most this long after it (it was 200 ms, a fifth of a second on every run's end).
 pub(crate) const STOP_CHECK: Duration = Duration::from_millis(20);
 
+/// Wakes a thread blocked reading `sock` (its read returns at once, empty): Linux marks even an
+/// unconnected UDP or raw socket shut for reading and wakes its readers, though the call itself
+/// reports `ENOTCONN`. Sending on the socket is not affected.
+pub(crate) fn wake_reader(sock: &UdpSocket) {
+    let _ = socket2::SockRef::from(sock).shutdown(std::net::Shutdown::Read);
+}
+
 /// Receive buffer asked for: a burst of a whole chunk's packets at line rate
 /// must fit while the receive thread is descheduled.
 pub const RECV_BUFFER: usize = 32 << 20;
@@ -302,5 +309,33 @@ mod mac_tests {
             mtu: 65536,
         };
         assert_eq!(lo.mac(), None);
+    }
+}
+
+#[cfg(test)]
+mod wake_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_blocked_read_returns_at_once_when_woken() {
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let reader = sock.try_clone().expect("clone");
+        let t0 = Instant::now();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let _ = reader.recv(&mut buf);
+            t0.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        wake_reader(&sock);
+        let took = thread.join().expect("reader");
+        assert!(took < Duration::from_secs(2), "the read waited {took:?}");
+        // The socket still sends.
+        let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        sock.send_to(b"x", peer.local_addr().expect("addr"))
+            .expect("send after the wake");
     }
 }
