@@ -396,8 +396,11 @@ fn run_once(
         let tick = now + Duration::from_millis(if busy { 0 } else { 20 });
         let deadline = sender.poll_timeout().map_or(tick, |t| t.min(tick));
         if deadline > Instant::now() {
+            // Woken by a chunk from the reader as well, while the window has room for it: the
+            // first one otherwise waited for the 20 ms tick, with the session already started.
+            let feed = (!feed_done && sender.want_objects() > 0).then_some(&feeder_rx);
             for d in net
-                .wait_batch_or(deadline, &encoders.done)?
+                .wait_batch_or_either(deadline, &encoders.done, feed)?
                 .unwrap_or_default()
             {
                 sender.handle(d.at, d.from, &d.data);
