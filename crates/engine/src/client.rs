@@ -258,7 +258,8 @@ fn write_one(
 
 /// The steps after a restore, on their own thread (or done at once, for the fuzz target).
 enum AfterRun {
-    Thread(Option<JoinHandle<imgcast_retarget::AfterReport>>),
+    /// The thread sends its report here; the client's loop wakes on it (see [`ClientCore::after_rx`]).
+    Thread(Receiver<imgcast_retarget::AfterReport>),
     Done(Option<imgcast_retarget::AfterReport>),
 }
 
@@ -273,23 +274,21 @@ impl AfterRun {
                 &target, &opts,
             ))));
         }
-        let h = std::thread::Builder::new()
+        let (tx, rx) = bounded(1);
+        std::thread::Builder::new()
             .name("imgcast-after-restore".into())
-            .spawn(move || imgcast_retarget::after_restore(&target, &opts))
+            .spawn(move || {
+                let _ = tx.send(imgcast_retarget::after_restore(&target, &opts));
+            })
             .map_err(|e| EngineError::io("starting the after-restore thread", e))?;
-        Ok(Self::Thread(Some(h)))
+        Ok(Self::Thread(rx))
     }
 
     /// The report, once the steps are done (once).
     fn take(&mut self) -> Option<imgcast_retarget::AfterReport> {
         match self {
             Self::Done(r) => r.take(),
-            Self::Thread(h) => {
-                if !h.as_ref().is_some_and(JoinHandle::is_finished) {
-                    return None;
-                }
-                h.take().and_then(|h| h.join().ok())
-            }
+            Self::Thread(rx) => rx.try_recv().ok(),
         }
     }
 }
@@ -582,6 +581,15 @@ impl ClientCore {
         Ok(None)
     }
 
+    /// Where the after-restore thread's report comes: the loop wakes on it rather than at its
+    /// next tick (20 ms of every run's end).
+    fn after_rx(&self) -> Option<&Receiver<imgcast_retarget::AfterReport>> {
+        match &self.after {
+            Some(AfterRun::Thread(rx)) => Some(rx),
+            _ => None,
+        }
+    }
+
     /// Collects the decode pool's results, reports progress, and finishes the target once every
     /// chunk is written and an End's root hash matches them.
     pub fn poll(
@@ -801,7 +809,11 @@ fn run(
         let tick = now + Duration::from_millis(20);
         let deadline = receiver.poll_timeout().map_or(tick, |t| t.min(tick));
         if deadline > Instant::now() {
-            for d in net.wait_batch(deadline)?.unwrap_or_default() {
+            let batch = match core.after_rx() {
+                Some(after) => net.wait_batch_or(deadline, after)?,
+                None => net.wait_batch(deadline)?,
+            };
+            for d in batch.unwrap_or_default() {
                 receiver.handle(d.at, d.from, &d.data);
             }
         }
