@@ -784,6 +784,10 @@ impl Sender {
                 self.event(e);
                 self.clients.recount();
                 self.advance_window();
+                if self.clients.live() == 0 {
+                    // The run is over: end it now, not at the next tick up to 100 ms later.
+                    self.next_tick = now;
+                }
                 AckKind::Report
             }
         };
@@ -1077,6 +1081,7 @@ mod tests {
             (([10, 0, 0, 1], 1).into(), ([10, 0, 0, 2], 2).into());
         let mut got = Vec::new();
         let mut now = t0;
+        let mut done_at = None;
         for step in 0..10_000 {
             now += Duration::from_millis(1);
             while tx.want_objects() > 0 {
@@ -1110,8 +1115,20 @@ mod tests {
                 SenderEvent::ClientRegistered { label, mac, .. } => Some((label.clone(), *mac)),
                 _ => None,
             }));
+            if events
+                .iter()
+                .any(|e| matches!(e, SenderEvent::ClientDone { .. }))
+            {
+                done_at.get_or_insert(step);
+            }
             if events.contains(&SenderEvent::Finished) {
                 assert!(step < 5000);
+                let done = done_at.expect("the client's report came first");
+                assert!(
+                    step - done <= 2,
+                    "the run ended {} ms after its last client was done, not at once",
+                    step - done
+                );
                 break;
             }
         }
