@@ -296,6 +296,7 @@ pub fn spawn_encoder(source: DiskSource, opts: &EncodeOptions) -> Result<ChunkSt
         let done_tx = done_tx.clone();
         let pool = pool.clone();
         handles.push(std::thread::spawn(move || {
+            imgcast_disk::lower_thread_priority();
             let mut compressor = Compressor::new();
             for (index, raw, used) in job_rx {
                 let (chunk, spare) = EncodedChunk::encode_owned(
