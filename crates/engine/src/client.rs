@@ -155,6 +155,8 @@ impl Restore {
                 let h = std::thread::Builder::new()
                     .name(format!("imgcast-decode-{i}"))
                     .spawn(move || {
+                        // Bulk work: the receive and protocol threads go first when they wake.
+                        imgcast_disk::lower_thread_priority();
                         let mut raw = Vec::new();
                         let mut dec = image::Decompressor::new();
                         for (index, wire) in rx {

@@ -22,6 +22,8 @@ impl<J: Send + 'static, R: Send + 'static> Workers<J, R> {
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
+                    // Bulk work: the loop that paces or receives goes first when it wakes.
+                    imgcast_disk::lower_thread_priority();
                     for job in jobs {
                         if results.send(run(job)).is_err() {
                             return;
