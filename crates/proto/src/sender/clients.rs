@@ -307,6 +307,11 @@ impl Clients {
         self.live
     }
 
+    /// The lower median of the live clients' smoothed loss, as of the last sweep (0 before one).
+    pub(crate) fn group_loss(&self) -> f64 {
+        self.group_loss.unwrap_or(0.0)
+    }
+
     /// Counts the live clients again: after any client's state changed.
     pub(crate) fn recount(&mut self) {
         self.live = self

@@ -34,6 +34,14 @@ const REPEATS: u8 = 5;
 const END_EVERY: Duration = Duration::from_millis(500);
 /// Housekeeping period (drops, window, finish check).
 const TICK: Duration = Duration::from_millis(100);
+/// A round trip's allowance beside the feedback interval, for the objects the end's repair ahead
+/// covers.
+const TAIL_RTT: Duration = Duration::from_millis(20);
+/// The end's repair ahead is sent to groups of at most this many: one lab client at 10% loss
+/// finished 80 ms sooner, while the simulator's 200 receivers at 1% finished no sooner and were
+/// sent 1.4% more symbols (their lossiest members' needs set the end, and the interval grows
+/// with the group).
+const TAIL_MAX_GROUP: usize = 16;
 /// Progress events per client at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// Control packets waiting to be sent (acks...); beyond it the oldest are dropped.
@@ -952,6 +960,34 @@ impl Sender {
         self.phase == State::Running && self.clients.live() > 0 && self.window.has_data()
     }
 
+    /// With every object pushed and sent and nothing owed: the repair sent ahead of the last
+    /// objects' needs ([`Window::owe_tail`]). Returns whether data is now ready.
+    fn owe_tail(&mut self, now: Instant) -> bool {
+        if self.phase != State::Running
+            || !(1..=TAIL_MAX_GROUP).contains(&self.clients.live())
+            || self.window.pushed < self.cfg.object_count
+        {
+            return false;
+        }
+        // What most receivers lose: the lossiest get the rest by their needs, as before (the
+        // highest loss of 200 receivers at 1% planned 2.5% of the image ahead for nothing).
+        let loss = self.clients.group_loss();
+        // Sent within two feedback intervals: a need for it may still be on the way.
+        let since = now
+            .checked_sub(self.feedback_interval() * 2 + TAIL_RTT)
+            .unwrap_or(now);
+        if !self.window.owe_tail(loss, since) {
+            return false;
+        }
+        if self.window.offload.is_some() {
+            self.window.start_builds();
+            while let Some(job) = self.window.take_job() {
+                self.event(SenderEvent::Encode(job));
+            }
+        }
+        self.has_data()
+    }
+
     /// An encoder build of an [`SenderEvent::Encode`] job finished (from an earlier session: ignored).
     pub fn encoder_done(&mut self, now: Instant, done: Encoded) {
         self.window.encoder_done(now, done, &mut self.stats);
@@ -969,7 +1005,7 @@ impl Sender {
         if let Some(t) = self.control.pop_front() {
             return Some(self.count(t));
         }
-        if !self.has_data() {
+        if !self.has_data() && !self.owe_tail(now) {
             self.pacer.on_idle();
             return None;
         }

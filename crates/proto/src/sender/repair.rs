@@ -29,6 +29,10 @@ const MAX_NEED_ABOVE_K: u32 = 64;
 /// Loss above this is not planned for in a receiver's repair (an outlier's is its follow-up's).
 const MAX_PLANNED_LOSS: f64 = 0.5;
 
+/// The repair sent ahead at the end, over what the loss alone says a receiver lacks: a receiver
+/// whose loss ran above its average on an object still finishes without a round.
+const TAIL_MARGIN: f64 = 1.5;
+
 /// What to send so that `count` symbols reach a receiver that loses `loss` of them: `count`
 /// alone would leave that share for another round of feedback.
 pub(crate) fn with_loss(count: u16, loss: f64) -> u16 {
@@ -52,6 +56,8 @@ struct Obj {
     building: bool,
     /// Sequence numbers and send times of the data packets sent for this object, ascending.
     seqs: VecDeque<(u64, Instant)>,
+    /// It got its share of the repair sent ahead of the needs at the end ([`Window::owe_tail`]).
+    tail: bool,
 }
 
 /// One symbol ready to go.
@@ -114,6 +120,7 @@ impl Window {
             enc: None,
             building: false,
             seqs: VecDeque::new(),
+            tail: false,
         });
         self.pushed += 1;
     }
@@ -249,6 +256,33 @@ impl Window {
         o.owed = o.owed.max(extra);
         self.look |= raised;
         raised
+    }
+
+    /// At the end of the run, once every object's first pass is sent and nothing is owed, the
+    /// link would stand idle for a feedback round while the last objects' needs come back: each
+    /// object last sent after `since` (whose needs cannot all be back yet) and owed nothing gets,
+    /// once, the repair a receiver losing `loss` would ask for, and a margin, so a typical receiver
+    /// finishes a round earlier. What a receiver then still lacks comes by its needs as before,
+    /// less what of this is in flight to it. Returns whether any was owed.
+    pub(crate) fn owe_tail(&mut self, loss: f64, since: Instant) -> bool {
+        if loss <= 0.0 || self.next_obj < self.pushed {
+            return false;
+        }
+        let mut owed = false;
+        for o in self.objects.iter_mut().filter(|o| !o.tail) {
+            o.tail = true;
+            // Owed: its repair is on the way, planned for the loss (`with_loss`).
+            if o.owed > 0 || o.seqs.back().is_none_or(|&(_, t)| t < since) {
+                continue;
+            }
+            let want =
+                (f64::from(o.k) * loss.min(MAX_PLANNED_LOSS) * TAIL_MARGIN).ceil() as u32 + 1;
+            let room = (MAX_ESI - o.k).saturating_sub(o.next_repair);
+            o.owed = want.min(room);
+            owed |= o.owed > 0;
+        }
+        self.look |= owed;
+        owed
     }
 
     /// What is still owed, oldest object first (at most `max` objects), for the advertisement.
@@ -482,6 +516,37 @@ mod tests {
         w.on_need(0, NEED_ALL, 12, None); // below the base: released
         assert_eq!(w.base, 1);
         assert_eq!(w.held(), 3);
+    }
+
+    #[test]
+    fn the_tail_s_repair_is_owed_once_per_object_after_the_first_pass() {
+        let now = Instant::now();
+        let later = now + Duration::from_millis(100);
+        let mut w = window(4, 1000);
+        let k = w.objects[0].k;
+        let mut stats = Stats::default();
+        let mut seq = 0;
+        let mut send = |w: &mut Window, stats: &mut Stats| {
+            let s = w.next(now, stats)?;
+            seq += 1;
+            // Object 0 went out long ago, the others just now.
+            w.record_seq(s.object, seq, if s.object == 0 { now } else { later });
+            Some(())
+        };
+        send(&mut w, &mut stats);
+        assert!(!w.owe_tail(0.1, now), "the first pass is not over");
+        while send(&mut w, &mut stats).is_some() {}
+        assert!(!w.owe_tail(0.0, later), "no loss: nothing ahead");
+        w.on_need(2, 2, 1000, None);
+        assert!(w.owe_tail(0.1, later));
+        let want = (f64::from(k) * 0.1 * TAIL_MARGIN).ceil() as u32 + 1;
+        assert_eq!(
+            (w.owed(0), w.owed(1), w.owed(2), w.owed(3)),
+            (0, want, 2, want),
+            "an old object gets none, an owed one keeps its need"
+        );
+        while w.next(later, &mut stats).is_some() {}
+        assert!(!w.owe_tail(0.1, now), "once per object");
     }
 
     #[test]
