@@ -48,7 +48,8 @@
 # cross the bridge as one packet, as runs before 2026-12-03 did: imgcast's
 # sends of up to 41 datagrams were then lost whole, a burst loss udpcast, which
 # sends one datagram per call, never saw). KEEP_LOGS=1 keeps every run's logs
-# under $WORK/logs/TOOL-nN-lossL-rREP with each host's UDP, qdisc and loss-rule counters appended.
+# under $WORK/logs/TOOL-nN-lossL-rREP with each host's UDP, qdisc and loss-rule
+# counters appended.
 #
 # udpcast: udp-sender --min-receivers N --rexmit-hello-interval 200 (without
 # it a client that loses the one HELLO never joins) --mcast-rdv-address (the
@@ -201,12 +202,12 @@ cpu_sum() { cat "$@" 2>/dev/null | awk 'NF == 3 && $1 ~ /^[0-9.]+$/ { s += $2 + 
 img_of() { if [ "$1" = imgcast-before ]; then echo "$IMG_BEFORE"; else echo "$IMG"; fi; }
 key_of() { if [ "$1" = imgcast-keyed ]; then echo "-key=bench-passphrase"; fi; }
 
-# warm_memory N: touches and frees N disks' worth of memory in $OUTDIR (a tmpfs) just before a run. This
-# machine is a VM whose balloon takes freed pages back a few seconds after they are freed; the
-# first touch of such a page costs the guest about 2.5x the kernel time of a warm one (4 GiB
-# written to tmpfs: 5.7 s of system time cold, 2.3 s warm). Without this, whichever tool ran
-# first after a pause (imgcast, in every repetition) paid up to 5 CPU s more with 8 clients, and
-# the first run of a case took up to 50% longer than the next.
+# warm_memory N: touches and frees N disks' worth of memory in $OUTDIR (a tmpfs) just before a
+# run. The lab VM's balloon takes freed pages back within about 3 s, and the first touch of such
+# a page costs the guest 1.6-2.5x the kernel time of a warm one (4 GiB written to tmpfs: 1.9-5.7 s
+# of system time cold, 1.2-2.3 s warm). Without this, the first run of a case (imgcast's, in
+# every repetition) paid up to 5 CPU s more with 8 clients and took up to 50% longer than the
+# next. Later runs of a case are unchanged by it (8 clients at 10%: 10.1-10.3 s either way).
 warm_memory() {
     local f=$OUTDIR/.warm
     [ "$(stat -f -c %T "$OUTDIR" 2>/dev/null)" = tmpfs ] || return 0
@@ -277,8 +278,9 @@ run_case() {
         for h in "$LOGS"/*.log; do echo "  == $h" >&2; tail -n 5 "$h" | tr '\r' '\n' | tail -n 5 >&2; done
     fi
     if [ $rc != 0 ] || [ -n "${KEEP_LOGS:-}" ]; then
-        mkdir -p "$WORK/logs/$tool-n$n-loss$loss-r$rep"
-        cp "$LOGS"/* "$WORK/logs/$tool-n$n-loss$loss-r$rep/"
+        # rep: the repetition of the main loop that called us.
+        mkdir -p "$WORK/logs/$tool-n$n-loss$loss-r${rep:-1}"
+        cp "$LOGS"/* "$WORK/logs/$tool-n$n-loss$loss-r${rep:-1}/"
     fi
     for ((i = 1; i <= n; i++)); do
         if [ -f "$OUTDIR/out-h$i" ] && [ "$(b2sum "$OUTDIR/out-h$i" | awk '{print $1}')" = "$WANT" ]; then
