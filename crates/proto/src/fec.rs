@@ -590,4 +590,52 @@ mod tests {
         }
         panic!("only {failures} decodes failed with K symbols");
     }
+
+    /// How long one decode of a 1 MiB object takes here (`cargo test --release -p imgcast-proto
+    /// --lib decode_cost -- --ignored --nocapture`): a measurement, not a check.
+    #[test]
+    #[ignore]
+    fn decode_cost() {
+        let t = 1377u16;
+        let d: Vec<u8> = (0..1usize << 20)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0])
+            .collect();
+        let k = source_count(d.len() as u32, t);
+        let enc = encoder(&d, t);
+        for loss in [2u32, 10] {
+            let mut total = std::time::Duration::ZERO;
+            let mut seed = 0x9e37_79b9_u32;
+            let rounds = 30;
+            for _ in 0..rounds {
+                let mut a = Assembly::new(d.len() as u32, t);
+                let mut lost = 0;
+                for esi in 0..k {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    if (seed >> 16) % 100 < loss {
+                        lost += 1;
+                    } else {
+                        a.add(esi, &source_symbol(&d, esi, t), Some(1));
+                    }
+                }
+                let mut job = None;
+                for (esi, sym) in repair(&enc, 0, lost + 8) {
+                    if let Added::Decode(j) = a.add(esi, &sym, Some(1)) {
+                        job = Some(j);
+                        break;
+                    }
+                }
+                let job = job.expect("a decode job");
+                let start = std::time::Instant::now();
+                let out = job.run();
+                total += start.elapsed();
+                if let Ok(v) = out.outcome {
+                    assert_eq!(v, d);
+                }
+            }
+            eprintln!(
+                "{loss}% loss, K {k}: {:.2} ms per MiB",
+                total.as_secs_f64() * 1e3 / f64::from(rounds)
+            );
+        }
+    }
 }
