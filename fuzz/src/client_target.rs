@@ -249,11 +249,14 @@ pub(crate) fn run(data: &[u8]) -> End {
         };
         let mut d = datagram;
         if d.len() >= HEADER_LEN {
-            if op & 0x10 != 0 {
+            // A short header (flag bit 2) has the session id where a long one has the name.
+            let short = d[6] & 4 != 0;
+            if op & 0x10 != 0 && !short {
                 d[7..15].copy_from_slice(&name.hash());
             }
             if op & 0x20 != 0 {
-                d[15..23].copy_from_slice(&SESSION_ID.to_be_bytes());
+                let at = if short { 7 } else { 15 };
+                d[at..at + 8].copy_from_slice(&SESSION_ID.to_be_bytes());
             }
             if op & 0x40 != 0 {
                 // Drop the tag a captured packet carries, then seal again.

@@ -31,7 +31,7 @@ pub(crate) fn run(data: &[u8]) {
         assert!(wire::open(data, &keyed).is_err());
         return;
     };
-    for k in keys(&h.name_hash, h.session_id) {
+    for k in keys(&h.name_hash.unwrap_or_default(), h.session_id) {
         let _ = wire::open(data, &k);
         // With a valid tag, the body parser is reached through open.
         if let Ok(sealed) = wire::seal_encoded(data, &k) {
@@ -45,7 +45,7 @@ pub(crate) fn run(data: &[u8]) {
         let mut again = Vec::new();
         p.encode(&mut again);
         assert_eq!(again, data);
-        for k in keys(&h.name_hash, h.session_id) {
+        for k in keys(&h.name_hash.unwrap_or_default(), h.session_id) {
             assert_eq!(wire::open(&wire::seal(&p, &k), &k), Ok(p.clone()));
         }
     }

@@ -596,7 +596,7 @@ mod tests {
     #[test]
     #[ignore]
     fn decode_cost() {
-        let t = 1377u16;
+        let t = 1395u16;
         let d: Vec<u8> = (0..1usize << 20)
             .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0])
             .collect();

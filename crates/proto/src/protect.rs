@@ -37,7 +37,12 @@ const SECRET_LEN: usize = 192;
 
 /// The protection of one run's packets (one session id of one session name).
 #[derive(Clone)]
-pub struct PacketKey(Inner);
+pub struct PacketKey {
+    /// The session's name hash: short headers leave it out, and the tag, made under a key derived
+    /// from it, still binds it.
+    name_hash: [u8; 8],
+    inner: Inner,
+}
 
 #[derive(Clone)]
 enum Inner {
@@ -82,22 +87,33 @@ impl PacketKey {
                 let mut h = blake3::Hasher::new_derive_key(CHECK_CONTEXT);
                 h.update(&run[..16]);
                 h.finalize_xof().fill(&mut secret[..]);
-                Self(Inner::Check(secret))
+                Self {
+                    name_hash: *name_hash,
+                    inner: Inner::Check(secret),
+                }
             }
             Some(k) => {
                 run[16..].copy_from_slice(k.bytes());
                 let run = blake3::derive_key(RUN_CONTEXT, &run);
-                Self(Inner::Aead {
-                    master: Box::new(sender_key(&run, MASTER)),
-                    run,
-                })
+                Self {
+                    name_hash: *name_hash,
+                    inner: Inner::Aead {
+                        master: Box::new(sender_key(&run, MASTER)),
+                        run,
+                    },
+                }
             }
         }
     }
 
+    /// The name hash of the session this key protects.
+    pub fn name_hash(&self) -> [u8; 8] {
+        self.name_hash
+    }
+
     /// Whether packets are encrypted and authenticated with the session key.
     pub fn keyed(&self) -> bool {
-        matches!(self.0, Inner::Aead { .. })
+        matches!(self.inner, Inner::Aead { .. })
     }
 
     fn with_sender_key<T>(
@@ -122,7 +138,7 @@ impl PacketKey {
         sender: u64,
         nonce: [u8; 12],
     ) {
-        match &self.0 {
+        match &self.inner {
             Inner::Check(secret) => {
                 let tag = xxhash_rust::xxh3::xxh3_128_with_secret(packet, &secret[..]);
                 packet.extend_from_slice(&tag.to_be_bytes());
@@ -152,7 +168,7 @@ impl PacketKey {
             .len()
             .checked_sub(TAG_LEN)
             .filter(|&e| e >= header_len)?;
-        match &self.0 {
+        match &self.inner {
             Inner::Check(secret) => {
                 let want = xxhash_rust::xxh3::xxh3_128_with_secret(&packet[..end], &secret[..]);
                 (packet[end..] == want.to_be_bytes()).then_some(end)
@@ -174,7 +190,7 @@ impl PacketKey {
             .len()
             .checked_sub(TAG_LEN)
             .filter(|&e| e >= header_len)?;
-        match &self.0 {
+        match &self.inner {
             Inner::Check(_) => self.check(packet, header_len),
             Inner::Aead { run, master } => {
                 let (content, tag) = packet.split_at_mut(end);

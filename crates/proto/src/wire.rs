@@ -8,13 +8,17 @@ use crate::protect::{PacketKey, TAG_LEN};
 
 /// First four bytes of every packet.
 pub const MAGIC: [u8; 4] = *b"IMGC";
-/// Protocol version carried by every packet.
-pub const VERSION: u8 = 2;
-/// Bytes of the common header: magic, version, type, flags, name hash, session id, sender, seq.
+/// Protocol version carried by every packet (3: the master's Data packets have a short header).
+pub const VERSION: u8 = 3;
+/// Bytes of the long header: magic, version, type, flags, name hash, session id, sender, seq.
 pub const HEADER_LEN: usize = 4 + 1 + 1 + 1 + 8 + 8 + 8 + 8;
-/// Bytes of a data packet around its symbol: header, object, object length, symbol id,
+/// Bytes of the short header of the master's Data packets: magic, version, type, flags, session
+/// id and a 48-bit seq. The name hash is bound by the tag (its key is derived from it) and the
+/// sender is the master, so the 18 bytes they take are spared on nearly every packet.
+pub const SHORT_HEADER_LEN: usize = 4 + 1 + 1 + 1 + 8 + 6;
+/// Bytes of a data packet around its symbol: short header, object, object length, symbol id,
 /// sent-through, and the tag.
-pub const DATA_OVERHEAD: usize = HEADER_LEN + 4 + 4 + 4 + 4 + TAG_LEN;
+pub const DATA_OVERHEAD: usize = SHORT_HEADER_LEN + 4 + 4 + 4 + 4 + TAG_LEN;
 /// Largest opaque session info carried by an Announce.
 pub const MAX_SESSION_INFO: usize = 512;
 /// Largest opaque trailer carried by an End packet.
@@ -37,7 +41,18 @@ const FLAG_KEYED: u8 = 1;
 /// Flag bit 1: the packet went to one peer, not to the group. Group and unicast packets of the
 /// master are numbered separately, so a receiver can measure group loss from the gaps.
 const FLAG_UNICAST: u8 = 2;
-const KNOWN_FLAGS: u8 = FLAG_KEYED | FLAG_UNICAST;
+/// Flag bit 2: the short header (no name hash, no sender, 48-bit seq). Sealed packets use it
+/// exactly when [`short_form`] says so, so every packet has one encoding.
+const FLAG_SHORT: u8 = 4;
+const KNOWN_FLAGS: u8 = FLAG_KEYED | FLAG_UNICAST | FLAG_SHORT;
+/// Sequence numbers the short header can carry.
+const SHORT_SEQ_LIMIT: u64 = 1 << 48;
+
+/// Whether a sealed packet of this type, sender and number has the short header: the master's
+/// Data, while its number fits in 48 bits.
+fn short_form(kind: u8, sender: u64, seq: u64) -> bool {
+    kind == Body::DATA && sender == MASTER && seq < SHORT_SEQ_LIMIT
+}
 
 /// Why bytes are not a valid packet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,13 +173,14 @@ pub(crate) fn clamp_text(s: &str, max: usize) -> String {
 pub struct Header {
     /// Packet type code (see [`Body::kind`]).
     pub kind: u8,
-    /// Bit 0: keyed (encrypted); bit 1: unicast. Other bits must be 0.
+    /// Bit 0: keyed (encrypted); bit 1: unicast; bit 2: short header. Other bits must be 0.
     pub flags: u8,
-    /// First 8 bytes of BLAKE3 of the session name.
-    pub name_hash: [u8; 8],
+    /// First 8 bytes of BLAKE3 of the session name; `None` in a short header, whose receiver
+    /// knows its session by the session id (and [`open`] fills it in from the key).
+    pub name_hash: Option<[u8; 8]>,
     /// The master's random per-run session id (client packets carry their master's).
     pub session_id: u64,
-    /// [`MASTER`] (0) for the master; the client id for a client.
+    /// [`MASTER`] (0) for the master; the client id for a client. Implied by a short header.
     pub sender: u64,
     /// The sender's packet number, from 1, one sequence per sender and channel (group or unicast).
     pub seq: u64,
@@ -181,6 +197,20 @@ impl Header {
         self.flags & FLAG_UNICAST != 0
     }
 
+    /// Whether this is a short header.
+    pub fn short(&self) -> bool {
+        self.flags & FLAG_SHORT != 0
+    }
+
+    /// Bytes of this header on the wire.
+    pub fn encoded_len(&self) -> usize {
+        if self.short() {
+            SHORT_HEADER_LEN
+        } else {
+            HEADER_LEN
+        }
+    }
+
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         if r.array::<4>("magic")? != MAGIC {
             return Err(DecodeError::BadMagic);
@@ -194,25 +224,64 @@ impl Header {
         if flags & !KNOWN_FLAGS != 0 {
             return Err(DecodeError::BadValue { field: "flags" });
         }
+        if flags & FLAG_SHORT != 0 {
+            if kind != Body::DATA {
+                return Err(DecodeError::BadValue { field: "flags" });
+            }
+            let session_id = r.u64("session id")?;
+            let mut seq = [0u8; 8];
+            seq[2..].copy_from_slice(r.take(6, "seq")?);
+            return Ok(Self {
+                kind,
+                flags,
+                name_hash: None,
+                session_id,
+                sender: MASTER,
+                seq: u64::from_be_bytes(seq),
+            });
+        }
         Ok(Self {
             kind,
             flags,
-            name_hash: r.array("name hash")?,
+            name_hash: Some(r.array("name hash")?),
             session_id: r.u64("session id")?,
             sender: r.u64("sender")?,
             seq: r.u64("seq")?,
         })
     }
 
+    /// Writes the header in the form its flags name (a long header without a name hash, which
+    /// only a caller's mistake makes, gets zeros).
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         out.push(self.kind);
         out.push(self.flags);
-        out.extend_from_slice(&self.name_hash);
+        if self.short() {
+            out.extend_from_slice(&self.session_id.to_be_bytes());
+            out.extend_from_slice(&self.seq.to_be_bytes()[2..]);
+            return;
+        }
+        out.extend_from_slice(&self.name_hash.unwrap_or_default());
         out.extend_from_slice(&self.session_id.to_be_bytes());
         out.extend_from_slice(&self.sender.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
+    }
+
+    /// The header a sealed packet carries: the short form where [`short_form`] says so, the
+    /// keyed flag as the key's, and a missing name hash from the key.
+    fn canonical(mut self, key: &PacketKey) -> Self {
+        self.flags &= FLAG_UNICAST;
+        if key.keyed() {
+            self.flags |= FLAG_KEYED;
+        }
+        if short_form(self.kind, self.sender, self.seq) {
+            self.flags |= FLAG_SHORT;
+            self.name_hash = None;
+        } else {
+            self.name_hash = Some(self.name_hash.unwrap_or(key.name_hash()));
+        }
+        self
     }
 
     /// Parses only the header, to find the run's key and filter by name before any further work.
@@ -715,16 +784,16 @@ impl Packet {
         Header {
             kind: self.body.kind(),
             flags,
-            name_hash: self.name_hash,
+            name_hash: Some(self.name_hash),
             session_id: self.session_id,
             sender: self.sender,
             seq: self.seq,
         }
     }
 
-    fn from_parts(h: &Header, body: Body) -> Self {
+    fn from_parts(h: &Header, name_hash: [u8; 8], body: Body) -> Self {
         Self {
-            name_hash: h.name_hash,
+            name_hash,
             session_id: h.session_id,
             sender: h.sender,
             seq: h.seq,
@@ -735,45 +804,52 @@ impl Packet {
 }
 
 impl Codec for Packet {
-    /// The unprotected form: header and body, no tag (tests and fuzzing; [`seal`] is what is sent).
+    /// The unprotected form: long header and body, no tag (tests and fuzzing; [`seal`] is what is
+    /// sent).
     fn encode(&self, out: &mut Vec<u8>) {
         self.header(false).write(out);
         self.body.encode(out);
     }
 
-    /// Parses the unprotected form; a packet flagged keyed is refused (use [`open`]).
+    /// Parses the unprotected form; a packet flagged keyed or short is refused (use [`open`]).
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader { buf };
         let h = Header::read(&mut r)?;
-        if h.keyed() {
+        let Some(name_hash) = h.name_hash.filter(|_| !h.keyed()) else {
             return Err(DecodeError::BadValue { field: "flags" });
-        }
+        };
         let body = Body::read(h.kind, &mut r)?;
-        Ok(Self::from_parts(&h, body))
+        Ok(Self::from_parts(&h, name_hash, body))
     }
 }
 
 /// Encodes `packet` and protects it with its run's key: the tag is appended and, when keyed, the
 /// body encrypted.
 pub fn seal(packet: &Packet, key: &PacketKey) -> Vec<u8> {
-    let header = packet.header(key.keyed());
+    let header = packet.header(key.keyed()).canonical(key);
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
     header.write(&mut out);
     packet.body.encode(&mut out);
-    key.seal(&mut out, HEADER_LEN, header.sender, header.nonce());
+    key.seal(
+        &mut out,
+        header.encoded_len(),
+        header.sender,
+        header.nonce(),
+    );
     out
 }
 
-/// Protects an already encoded packet (header and body, as [`Codec::encode`] writes them, with any
-/// body bytes): sets the keyed flag to match `key` and appends the tag. For tools and tests that
-/// build packets byte by byte; [`seal`] is the normal way.
+/// Protects an already encoded packet (a long or short header and body, with any body bytes):
+/// writes the header as [`seal`] would (keyed flag to match `key`, short or long form, a short
+/// header's name hash from `key`) and appends the tag. For tools and tests that build packets
+/// byte by byte; [`seal`] is the normal way.
 pub fn seal_encoded(encoded: &[u8], key: &PacketKey) -> Result<Vec<u8>, DecodeError> {
-    let mut h = Header::peek(encoded)?;
-    h.flags = (h.flags & !FLAG_KEYED) | if key.keyed() { FLAG_KEYED } else { 0 };
+    let peeked = Header::peek(encoded)?;
+    let h = peeked.canonical(key);
     let mut out = Vec::with_capacity(encoded.len() + TAG_LEN);
     h.write(&mut out);
-    out.extend_from_slice(&encoded[HEADER_LEN..]);
-    key.seal(&mut out, HEADER_LEN, h.sender, h.nonce());
+    out.extend_from_slice(&encoded[peeked.encoded_len()..]);
+    key.seal(&mut out, h.encoded_len(), h.sender, h.nonce());
     Ok(out)
 }
 
@@ -802,7 +878,8 @@ pub fn open(buf: &[u8], key: &PacketKey) -> Result<Packet, OpenError> {
 /// A datagram whose protection has been checked, its body not yet parsed.
 #[derive(Debug, Clone, Copy)]
 pub struct Opened<'a> {
-    /// Its header.
+    /// Its header, with the key's name hash filled in where a short header leaves it out (the
+    /// tag proved it).
     pub header: Header,
     /// The body's plain bytes.
     body: &'a [u8],
@@ -812,7 +889,8 @@ impl<'a> Opened<'a> {
     /// Parses the body into an owned packet.
     pub fn packet(&self) -> Result<Packet, DecodeError> {
         let body = Body::read(self.header.kind, &mut Reader { buf: self.body })?;
-        Ok(Packet::from_parts(&self.header, body))
+        let name_hash = self.header.name_hash.unwrap_or_default();
+        Ok(Packet::from_parts(&self.header, name_hash, body))
     }
 
     /// Parses a Data body by borrowing (`None` for other types).
@@ -834,22 +912,28 @@ pub fn open_borrowed<'a>(
     key: &PacketKey,
     scratch: &'a mut Vec<u8>,
 ) -> Result<Opened<'a>, OpenError> {
-    let header = Header::peek(buf)?;
+    let mut header = Header::peek(buf)?;
     if header.keyed() != key.keyed() {
         return Err(OpenError::KeyMismatch);
     }
+    // One encoding per packet: the short form exactly where seal uses it.
+    if header.short() != short_form(header.kind, header.sender, header.seq) {
+        return Err(DecodeError::BadValue { field: "flags" }.into());
+    }
+    let header_len = header.encoded_len();
     let body = if key.keyed() {
         scratch.clear();
         scratch.extend_from_slice(buf);
         let len = key
-            .open(scratch, HEADER_LEN, header.sender, header.nonce())
+            .open(scratch, header_len, header.sender, header.nonce())
             .ok_or(OpenError::BadTag)?;
         let scratch: &'a Vec<u8> = scratch;
-        &scratch[HEADER_LEN..len]
+        &scratch[header_len..len]
     } else {
-        let len = key.check(buf, HEADER_LEN).ok_or(OpenError::BadTag)?;
-        &buf[HEADER_LEN..len]
+        let len = key.check(buf, header_len).ok_or(OpenError::BadTag)?;
+        &buf[header_len..len]
     };
+    header.name_hash.get_or_insert(key.name_hash());
     Ok(Opened { header, body })
 }
 
@@ -1080,6 +1164,103 @@ mod tests {
             let want = DecodeError::Truncated { field: "symbol" };
             assert_eq!(opened.data(), Some(Err(want.clone())));
             assert_eq!(opened.packet(), Err(want));
+        }
+    }
+
+    /// The master's Data goes out with the short header, which still binds the session name:
+    /// opened under another name's key (same session id) it fails its tag.
+    #[test]
+    fn master_data_has_the_short_header_and_one_encoding() {
+        let [check, keyed] = keys();
+        let data = Data {
+            object: 9,
+            object_len: 5000,
+            esi: 4,
+            sent_through: 8,
+            symbol: vec![0x5a; 1395],
+        };
+        let mut p = Packet {
+            name_hash: [1, 2, 3, 4, 5, 6, 7, 8],
+            session_id: 0xdead_beef,
+            sender: MASTER,
+            seq: (1 << 48) - 1,
+            unicast: false,
+            body: Body::Data(data.clone()),
+        };
+        for key in [&check, &keyed] {
+            let sealed = seal(&p, key);
+            assert_eq!(sealed.len(), DATA_OVERHEAD + 1395);
+            let h = Header::peek(&sealed).expect("a header");
+            assert!(h.short());
+            assert_eq!((h.name_hash, h.sender, h.seq), (None, MASTER, p.seq));
+            assert_eq!(open(&sealed, key), Ok(p.clone()));
+            let other_name = PacketKey::new(
+                key.keyed()
+                    .then(|| SessionKey::from_bytes([3; 32]))
+                    .as_ref(),
+                &[8, 7, 6, 5, 4, 3, 2, 1],
+                0xdead_beef,
+            );
+            assert_eq!(open(&sealed, &other_name), Err(OpenError::BadTag));
+
+            // The same packet in the long form, with a valid tag, is refused: one encoding.
+            let mut long = Vec::new();
+            p.encode(&mut long);
+            long[6] |= u8::from(key.keyed()) * FLAG_KEYED;
+            key.seal(&mut long, HEADER_LEN, MASTER, p.header(key.keyed()).nonce());
+            assert_eq!(
+                open(&long, key),
+                Err(OpenError::Decode(DecodeError::BadValue { field: "flags" }))
+            );
+        }
+        // Past 48 bits the long form carries the number.
+        p.seq = 1 << 48;
+        for key in [&check, &keyed] {
+            let sealed = seal(&p, key);
+            assert_eq!(
+                sealed.len(),
+                DATA_OVERHEAD + 1395 + HEADER_LEN - SHORT_HEADER_LEN
+            );
+            assert!(!Header::peek(&sealed).expect("a header").short());
+            assert_eq!(open(&sealed, key), Ok(p.clone()));
+        }
+        // A client's Data (none is sent, but it parses) and every other type are long; a short
+        // flag on another type is refused before any key is looked for.
+        for q in samples() {
+            let sealed = seal(&q, &check);
+            let short = matches!(q.body, Body::Data(_)) && q.sender == MASTER;
+            assert_eq!(Header::peek(&sealed).map(|h| h.short()), Ok(short));
+            if !matches!(q.body, Body::Data(_)) {
+                let mut bad = sealed.clone();
+                bad[6] |= FLAG_SHORT;
+                assert_eq!(
+                    Header::peek(&bad),
+                    Err(DecodeError::BadValue { field: "flags" })
+                );
+            }
+        }
+        // The unprotected form is always long: a short header there is refused.
+        let sealed = seal(&p_short(), &check);
+        assert_eq!(
+            Packet::decode(&sealed[..sealed.len() - TAG_LEN]),
+            Err(DecodeError::BadValue { field: "flags" })
+        );
+    }
+
+    fn p_short() -> Packet {
+        Packet {
+            name_hash: [1, 2, 3, 4, 5, 6, 7, 8],
+            session_id: 0xdead_beef,
+            sender: MASTER,
+            seq: 7,
+            unicast: true,
+            body: Body::Data(Data {
+                object: 0,
+                object_len: 10,
+                esi: 0,
+                sent_through: 0,
+                symbol: vec![1; 10],
+            }),
         }
     }
 

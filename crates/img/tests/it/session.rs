@@ -797,9 +797,11 @@ mod hostile {
             }
             if let Some(h) = last.filter(|_| Instant::now() >= next_forge) {
                 next_forge = Instant::now() + Duration::from_millis(50);
-                let key = PacketKey::new(None, &h.name_hash, h.session_id);
+                // Data has the short header, without the name hash: the forger knows the name.
+                let name_hash = SessionName::new(name)?.hash();
+                let key = PacketKey::new(None, &name_hash, h.session_id);
                 let p = Packet {
-                    name_hash: h.name_hash,
+                    name_hash,
                     session_id: h.session_id,
                     sender: MASTER,
                     seq: h.seq + 1,

@@ -560,7 +560,9 @@ impl Receiver {
             self.stats.dropped_malformed += 1;
             return;
         };
-        if header.name_hash != self.name_hash || header.sender != MASTER {
+        // A short header (the master's Data) names no session: it is ours by its session id or
+        // stray. Its name hash is bound by the tag, which is checked under our run's key.
+        if header.name_hash.is_some_and(|h| h != self.name_hash) || header.sender != MASTER {
             self.stats.dropped_stray += 1;
             return;
         }
@@ -572,8 +574,9 @@ impl Receiver {
         if !ours {
             // From another run only an Announce can matter; it is checked under that run's key.
             // Until the wrong-key warning is out, other packets of our name are checked too, so a
-            // client with a wrong -key says so within a few packets.
-            let warn_pending = self.auth_failures < AUTH_EVENT_AFTER;
+            // client with a wrong -key says so within a few packets. Short headers are not tried:
+            // one may be of another session sharing our group, and Announces show a wrong key.
+            let warn_pending = self.auth_failures < AUTH_EVENT_AFTER && !header.short();
             if (header.kind != 1 && !warn_pending)
                 || self.state.terminal()
                 || self.is_ignored(header.session_id, now)

@@ -525,7 +525,8 @@ impl Sender {
             self.stats.dropped_malformed += 1;
             return;
         };
-        if header.name_hash != self.name_hash {
+        // A short header is the master's Data: another master's, or our own looped back.
+        if header.name_hash.is_some_and(|h| h != self.name_hash) {
             self.stats.dropped_stray += 1;
             return;
         }

@@ -18,6 +18,9 @@ use links::{Bottleneck, GilbertElliott, QueueLimit, Rng, FRAME_OVERHEAD};
 use net::{addr, name, objects, receiver_cfg, sender_cfg, Link, Sim};
 use proptest::prelude::*;
 
+/// Bytes per symbol of the sessions here: the default 1448-byte payload less the data overhead.
+const SYMBOL: usize = 1448 - wire::DATA_OVERHEAD;
+
 /// A mix of hole-sized, odd and multi-symbol objects.
 fn mixed_sizes(n: usize) -> Vec<usize> {
     [50, 3000, 1, 20_000, 0, 1401, 1402, 9000, 50, 6000]
@@ -522,7 +525,7 @@ fn stray_garbage_replayed_and_mutated_datagrams_cost_only_bandwidth() {
             object_len: 5000,
             esi: 0,
             sent_through: 0,
-            symbol: vec![0; 1377],
+            symbol: vec![0; SYMBOL],
         });
         sim.inject(
             Some(0),
@@ -577,9 +580,13 @@ fn stray_garbage_replayed_and_mutated_datagrams_cost_only_bandwidth() {
         let st = sim.receivers[r].rx.stats();
         println!("receiver {r}: {st:?}");
         assert!(st.dropped_malformed > 500, "{st:?}");
-        assert!(st.dropped_stray >= 1500, "{st:?}");
+        // Receiver 0 got Data of another run (stray by its session id); receiver 1 got Data of
+        // our run's id under another session's name: a short header carries no name, so that
+        // fails the tag instead (its key is derived from the name).
+        let (stray, failures) = if r == 0 { (1500, 1000) } else { (0, 2500) };
+        assert!(st.dropped_stray >= stray, "{st:?}");
         assert!(
-            st.check_failures >= 1000,
+            st.check_failures >= failures,
             "flipped, cut and padded copies: {st:?}"
         );
         assert!(st.replays >= 500, "replayed copies: {st:?}");
@@ -698,7 +705,7 @@ fn a_forged_end_and_forged_lengths_do_not_derail_the_session() {
                 object_len: 1234,
                 esi: 0,
                 sent_through: 0,
-                symbol: vec![0xEE; 1377],
+                symbol: vec![0xEE; SYMBOL],
             });
             for r in 0..2 {
                 sim.inject(
@@ -879,7 +886,7 @@ fn an_announce_the_protocol_cannot_follow_is_refused() {
     sim.inject(
         Some(0),
         addr(9),
-        sealed(lab3, 5, MASTER, 1, false, bad(60_000, 1377)),
+        sealed(lab3, 5, MASTER, 1, false, bad(60_000, SYMBOL as u16)),
     );
     sim.inject(
         Some(0),
@@ -1013,7 +1020,7 @@ fn steady_random_loss_does_not_collapse_the_rate() {
 
 #[test]
 fn throttle_paces_data_exactly() {
-    let objs = objects(19, &[13_770; 4]); // 10 symbols of 1377 bytes each
+    let objs = objects(19, &[10 * SYMBOL; 4]); // 10 symbols each
     let mut sim = Sim::new(19);
     let mut cfg = sender_cfg("lab3", 3, &objs);
     cfg.min_clients = Some(1);

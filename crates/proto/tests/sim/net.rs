@@ -178,6 +178,9 @@ struct Wire {
     free: Vec<u32>,
     order: u64,
     rng: Rng,
+    /// Name hash of each run seen in a long header, as a forger on the wire learns it (a short
+    /// header leaves it out).
+    names: Vec<(u64, [u8; 8])>,
 }
 
 impl Wire {
@@ -188,6 +191,7 @@ impl Wire {
             free: Vec::new(),
             order: 0,
             rng: Rng::new(seed),
+            names: Vec::new(),
         }
     }
 
@@ -235,9 +239,12 @@ impl Wire {
             v[i] ^= 1 << (self.rng.next_u64() % 8);
             bytes = v.into();
         }
-        if link.forge > 0.0 && self.rng.unit() < link.forge {
-            if let Some(f) = self.forged(&bytes) {
-                bytes = f.into();
+        if link.forge > 0.0 {
+            self.learn_name(&bytes);
+            if self.rng.unit() < link.forge {
+                if let Some(f) = self.forged(&bytes) {
+                    bytes = f.into();
+                }
             }
         }
         let copies = if self.rng.unit() < link.dup { 2 } else { 1 };
@@ -255,11 +262,29 @@ impl Wire {
         }
     }
 
+    /// Remembers the name hash of a run from a long header (its Announces carry one).
+    fn learn_name(&mut self, bytes: &[u8]) {
+        if let Ok(Header {
+            name_hash: Some(n),
+            session_id,
+            ..
+        }) = Header::peek(bytes)
+        {
+            if !self.names.iter().any(|&(id, _)| id == session_id) && self.names.len() < 64 {
+                self.names.push((session_id, n));
+            }
+        }
+    }
+
     /// A keyless data packet with its symbol changed, re-sealed under the run's check key with its
     /// original header: it passes the packet check and the replay window.
     fn forged(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
         let h = Header::peek(bytes).ok()?;
-        let key = PacketKey::new(None, &h.name_hash, h.session_id);
+        let name_hash = match h.name_hash {
+            Some(n) => n,
+            None => self.names.iter().find(|&&(id, _)| id == h.session_id)?.1,
+        };
+        let key = PacketKey::new(None, &name_hash, h.session_id);
         let mut p = wire::open(bytes, &key).ok()?;
         let Body::Data(d) = &mut p.body else {
             return None;
