@@ -550,6 +550,9 @@ impl ClientCore {
                         .into(),
                 ));
             }
+            E::OtherVersion { version, from } => {
+                on_event(SessionEvent::Note(crate::net::other_version_note(version, from)));
+            }
             E::AuthFailures { count } if !self.auth_warned => {
                 self.auth_warned = true;
                 on_event(SessionEvent::Note(format!(

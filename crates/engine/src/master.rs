@@ -348,6 +348,11 @@ fn run_once(
                     };
                     end_client(&mut clients, client_id, result, started_at, 0, on_event);
                 }
+                proto::SenderEvent::OtherVersion { version, from } => {
+                    on_event(SessionEvent::Note(crate::net::other_version_note(
+                        version, from,
+                    )));
+                }
                 proto::SenderEvent::ConflictingMaster { .. } => {
                     outcome = Some(MasterOutcome::Yielded);
                 }

@@ -231,6 +231,17 @@ pub fn group_socket(
     Ok(s.into())
 }
 
+/// What an endpoint says, once, when imgcast packets of another protocol version reach it: they
+/// are refused, so without this a mixed room would only wait.
+pub(crate) fn other_version_note(version: u8, from: SocketAddr) -> String {
+    format!(
+        "{from} sends imgcast protocol version {version}, this img speaks version {}: it is another \
+         imgcast release and cannot join this session; run the same release on the master and the \
+         clients",
+        imgcast_proto::wire::VERSION
+    )
+}
+
 /// When the group socket got less receive buffer than [`RECV_BUFFER`] (the
 /// kernel caps `SO_RCVBUF` at `net.core.rmem_max`), the line that tells the
 /// admin, with the sysctl that lifts the cap.

@@ -94,6 +94,28 @@ pub enum DecodeError {
     TrailingBytes(usize),
 }
 
+/// Counts datagrams of another protocol version, so that an endpoint says once that a peer runs
+/// another imgcast release: they are refused as malformed, and a session would otherwise wait in
+/// silence (boot media of an older release beside a newer master, say).
+#[derive(Debug, Default)]
+pub(crate) struct OtherVersions {
+    seen: u64,
+}
+
+impl OtherVersions {
+    /// Datagrams of another version before it is reported: one alone may be a corrupted packet.
+    const REPORT_AFTER: u64 = 3;
+
+    /// Notes why a datagram's header was refused; returns the version to report, once.
+    pub(crate) fn note(&mut self, err: &DecodeError) -> Option<u8> {
+        let DecodeError::Version(v) = *err else {
+            return None;
+        };
+        self.seen += 1;
+        (self.seen == Self::REPORT_AFTER).then_some(v)
+    }
+}
+
 /// One codec for every wire type, so every parser is fuzzable the same way.
 pub trait Codec: Sized {
     /// Appends the wire form to `out`.

@@ -209,6 +209,14 @@ pub enum ReceiverEvent {
         /// Failures so far.
         count: u64,
     },
+    /// imgcast packets of another protocol version reach us: a master of another release, whose
+    /// session we cannot join; reported once.
+    OtherVersion {
+        /// Their version ([`wire::VERSION`] is ours).
+        version: u8,
+        /// Where the third of them came from.
+        from: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,6 +326,7 @@ pub struct Receiver {
     report: Option<(bool, String)>,
     next_report: Option<Instant>,
     auth_failures: u64,
+    other_versions: wire::OtherVersions,
     control: VecDeque<Transmit>,
     events: VecDeque<ReceiverEvent>,
     rng: Rng,
@@ -369,6 +378,7 @@ impl Receiver {
             report: None,
             next_report: None,
             auth_failures: 0,
+            other_versions: wire::OtherVersions::default(),
             control: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -556,9 +566,16 @@ impl Receiver {
     pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
-        let Ok(header) = Header::peek(datagram) else {
-            self.stats.dropped_malformed += 1;
-            return;
+        let header = match Header::peek(datagram) {
+            Ok(h) => h,
+            Err(e) => {
+                self.stats.dropped_malformed += 1;
+                if let Some(version) = self.other_versions.note(&e) {
+                    self.events
+                        .push_back(ReceiverEvent::OtherVersion { version, from });
+                }
+                return;
+            }
         };
         // A short header (the master's Data) names no session: it is ours by its session id or
         // stray. Its name hash is bound by the tag, which is checked under our run's key.

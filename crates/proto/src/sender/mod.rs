@@ -179,6 +179,14 @@ pub enum SenderEvent {
         /// The winner's session id.
         winner_session: u64,
     },
+    /// imgcast packets of another protocol version reach us: a client (or master) of another
+    /// release, which cannot join this session; reported once.
+    OtherVersion {
+        /// Their version ([`wire::VERSION`] is ours).
+        version: u8,
+        /// Where the third of them came from.
+        from: SocketAddr,
+    },
 }
 
 /// Whether session `a` wins over session `b` when two masters of one name meet: the lower id wins.
@@ -229,6 +237,7 @@ pub struct Sender {
     longest_interval: Duration,
     pacer: Pacer,
     stats: Stats,
+    other_versions: wire::OtherVersions,
 }
 
 impl std::fmt::Debug for Sender {
@@ -288,6 +297,7 @@ impl Sender {
             longest_interval: Duration::ZERO,
             pacer,
             stats: Stats::default(),
+            other_versions: wire::OtherVersions::default(),
             cfg,
         })
     }
@@ -521,9 +531,15 @@ impl Sender {
     pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
-        let Ok(header) = Header::peek(datagram) else {
-            self.stats.dropped_malformed += 1;
-            return;
+        let header = match Header::peek(datagram) {
+            Ok(h) => h,
+            Err(e) => {
+                self.stats.dropped_malformed += 1;
+                if let Some(version) = self.other_versions.note(&e) {
+                    self.event(SenderEvent::OtherVersion { version, from });
+                }
+                return;
+            }
         };
         // A short header is the master's Data: another master's, or our own looped back.
         if header.name_hash.is_some_and(|h| h != self.name_hash) {

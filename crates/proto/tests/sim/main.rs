@@ -1681,3 +1681,48 @@ fn a_lossy_client_s_last_repairs_take_a_round_or_two_not_an_advertisement_each()
         lossy.repair_sent
     );
 }
+
+/// Packets of another protocol version (another imgcast release on the group) are refused, and
+/// each side says so once, after the third: a mixed room must not only wait.
+#[test]
+fn another_protocol_version_is_reported_once_by_each_side() {
+    let objs = objects(41, &[5000; 8]);
+    let mut sim = session_with(41, 1, objs, Link::clean(), Link::clean(), |c| {
+        c.throttle = Some(Duration::from_micros(300));
+    });
+    let stranger = addr(4343);
+    let lab3 = name("lab3").hash();
+    let mut old = sealed(lab3, 7, MASTER, 1, false, Body::Start { clients: 1 });
+    old[4] = wire::VERSION - 1;
+    let other_version = |e: &ReceiverEvent| {
+        matches!(e, ReceiverEvent::OtherVersion { version, from }
+            if *version == wire::VERSION - 1 && *from == stranger)
+    };
+    let master_other = |e: &SenderEvent| {
+        matches!(e, SenderEvent::OtherVersion { version, from }
+            if *version == wire::VERSION - 1 && *from == stranger)
+    };
+    for i in 0..8 {
+        sim.inject(Some(0), stranger, old.clone());
+        sim.inject(None, stranger, old.clone());
+        for _ in 0..5 {
+            sim.step();
+        }
+        let told = sim.receivers[0]
+            .events
+            .iter()
+            .filter(|(_, e)| other_version(e))
+            .count();
+        let master_told = sim.senders[0]
+            .events
+            .iter()
+            .filter(|(_, e)| master_other(e))
+            .count();
+        // A single odd packet may be a corrupted one: the third is the sign.
+        let want = usize::from(i >= 2);
+        assert_eq!((told, master_told), (want, want), "after {} packets", i + 1);
+    }
+    run_to_finish(&mut sim, 2_000_000);
+    sim.assert_exact(0, 0);
+    assert!(sim.receivers[0].rx.stats().dropped_malformed >= 8);
+}
