@@ -458,6 +458,52 @@ lab_wait 10 $forger >/dev/null 2>&1
     }
 }
 
+/// Another imgcast release on the group (its packets carry another protocol version) cannot join:
+/// a client alone with it, and then a master alone with it, each say so once instead of only
+/// waiting, and the client's target is left alone.
+#[test]
+fn another_release_on_the_group_is_named_by_master_and_client() {
+    let lab = lab();
+    lab.sample("disk.raw", 4, 25);
+    let before = precious(&lab, "c.raw", 6);
+    let old = imgcast_proto::wire::VERSION - 1;
+    let script = format!(
+        r#"{prelude}
+lab_up 3
+hostile h2 "$DIR/old.log" old-release vers 8471 8
+old=$LAB_LAST_PID
+# Until it sends (a loaded host starts the helper slowly), at most 20 s.
+for _ in $(seq 100); do grep -q sending "$DIR/old.log" 2>/dev/null && break; sleep 0.2; done
+lab_exec h1 timeout 3 "$IMG" -session vers -client -disk="$DIR/c.raw" -yes >"$DIR/c.out" 2>"$DIR/c.log"
+echo "client exit $?"
+lab_exec h0 timeout 3 "$IMG" -session vers -master -clients=1 -disk="$DIR/disk.raw" >"$DIR/m.out" 2>"$DIR/m.log"
+echo "master exit $?"
+lab_wait 20 $old >/dev/null 2>&1
+"#,
+        prelude = hostile_prelude()
+    );
+    let out = lab.run(&script);
+    let text = lab.show(&out, &["c.log", "m.out", "m.log", "old.log"]);
+    assert!(text.contains("client exit 124"), "{text}");
+    assert!(text.contains("master exit 124"), "{text}");
+    let note = format!(
+        "sends imgcast protocol version {old}, this img speaks version {}",
+        old + 1
+    );
+    for log in ["m.log", "c.log"] {
+        assert_eq!(
+            lab.log(log).matches(&note).count(),
+            1,
+            "{log} names the other release once\n{text}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(lab.path("c.raw")).expect("target"),
+        before,
+        "no session started: the target is untouched"
+    );
+}
+
 #[test]
 fn a_replayed_announce_of_an_earlier_keyed_run_registers_nobody() {
     let lab = lab();
@@ -640,6 +686,7 @@ mod hostile {
                 announce(name, port.parse()?, kind, size.parse()?)
             }
             ["forge-end", name, port, secs] => forge_end(name, port.parse()?, secs.parse()?),
+            ["old-release", name, port, secs] => old_release(name, port.parse()?, secs.parse()?),
             ["capture", name, port, file] => capture(name, port.parse()?, file),
             ["replay", name, port, file, secs] => replay(name, port.parse()?, file, secs.parse()?),
             _ => Err(format!("unknown hostile command {args:?}").into()),
@@ -767,6 +814,35 @@ mod hostile {
             std::thread::sleep(Duration::from_millis(200));
         }
         println!("announced {kind} {} times", seq - 1);
+        Ok(())
+    }
+
+    /// Announces the session as a master of the previous protocol version would, every 100 ms
+    /// for `secs` seconds: a sealed Announce of this release with the version byte one lower.
+    fn old_release(name: &str, port: u16, secs: f64) -> Result<()> {
+        let (s, group) = group_socket(name, port)?;
+        let n = SessionName::new(name)?;
+        let sid = 0x01D0_0001;
+        let key = PacketKey::new(None, &n.hash(), sid);
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let mut seq = 1;
+        println!("sending");
+        while Instant::now() < end {
+            let p = Packet {
+                name_hash: n.hash(),
+                session_id: sid,
+                sender: MASTER,
+                seq,
+                unicast: false,
+                body: Body::Start { clients: 1 },
+            };
+            let mut d = wire::seal(&p, &key);
+            d[4] = wire::VERSION - 1;
+            s.send_to(&d, group)?;
+            seq += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        println!("sent {} packets of version {}", seq - 1, wire::VERSION - 1);
         Ok(())
     }
 
