@@ -7,7 +7,8 @@
 //! * **Loss that grows with the rate.** A receiver's loss above its accepted level (at first
 //!   none) cuts the rate to what that receiver's reports say it got (what its newest report's
 //!   packets delivered per second of their send times; else its delivery rate over its recent
-//!   reports; or, before it has two, what its loss share says). The cut is judged on the reports sent after
+//!   reports; or, before it has two, or when that stretch was sent too slowly to have met a
+//!   queue, what its loss share says). The cut is judged on the reports sent after
 //!   it, while the rate holds (no growth, no other receiver's loss cut): behind a queue the
 //!   delivered share rises as the rate falls, behind a random loss it stays. If it stayed, the loss
 //!   was not the rate's doing: it becomes the accepted level of that receiver and of all (at most
@@ -46,6 +47,14 @@ const DRAIN: f64 = 0.95;
 const MAX_CUT: f64 = 0.5;
 /// A cut to what a receiver's reports say it got never goes below this share of the rate.
 const MAX_DELIVERY_CUT: f64 = 0.05;
+/// A report's stretch sent below this share of the rate being cut, and losing no more than a
+/// path may of its own ([`MAX_ACCEPTED`]), says nothing of a queue above its own rate (what it
+/// delivered is what it was sent at, less a random loss): its loss cuts by the lost share alone.
+/// A master that stalled on its CPU or disk sends such stretches, and a random-loss draw on one
+/// had cut a 2%-lossy session to a twentieth of its rate, then climbed back for 2 s. (A stretch
+/// of a probe past a queue is sent slower than the rate the probe has reached by then too, but
+/// loses far more.)
+const INFORMATIVE_STRETCH: f64 = 0.5;
 /// A receiver's delivery rate is measured over its newest reports that span at least this...
 const DELIVERY_SPAN: Duration = Duration::from_millis(150);
 /// ...and none older than this.
@@ -401,9 +410,10 @@ impl Pacer {
         // Per packet sent: behind a full queue what passes of a stretch sent at any rate above
         // its capacity is that capacity, and this report's stretch is the newest there is (the
         // receiver's own arrival times would mix in the slower stretches before it).
-        let per_sent = sent_over
-            .filter(|s| !s.is_zero() && expected >= MIN_EXPECTED)
-            .map(|s| f64::from(got) * bits / s.as_secs_f64());
+        let stretch = sent_over.filter(|s| !s.is_zero() && expected >= MIN_EXPECTED);
+        let per_sent = stretch.map(|s| f64::from(got) * bits / s.as_secs_f64());
+        // What the stretch was sent at.
+        let stretch_rate = stretch.map(|s| f64::from(expected) * bits / s.as_secs_f64());
         let delivered = per_sent
             .or_else(|| peer.delivery_rate(now).map(|pps| pps * bits))
             .filter(|&bits| bits > 0.0);
@@ -492,7 +502,12 @@ impl Pacer {
                 // What it got is the better guide: the share lost says little when the rate
                 // ran far past a queue before the first report came back.
                 // (Less the path's own loss, which comes after any queue.)
-                let through = delivered.map(|d| d / (1.0 - accepted).max(0.01));
+                // (Not from a stretch sent too slowly to have met a queue above its own rate.)
+                let slow = sample <= MAX_ACCEPTED
+                    && stretch_rate.is_some_and(|r| r < base * INFORMATIVE_STRETCH);
+                let through = delivered
+                    .filter(|_| !slow)
+                    .map(|d| d / (1.0 - accepted).max(0.01));
                 // Measured on the newest stretch by its send times it is the capacity itself;
                 // the lost share of a rate far past it would cut below (a probe step of 1.5x
                 // loses a third at once).
@@ -677,6 +692,47 @@ mod tests {
             rates.push(rate);
         }
         rates
+    }
+
+    #[test]
+    fn a_loss_on_a_stretch_sent_slowly_cuts_by_the_lost_share_alone() {
+        // Past the probe at 400 Mbit/s with 2% random loss, the master stalls: a report's 71
+        // packets went out over 60 ms (14 Mbit/s), and 4 of them were lost. What that stretch
+        // delivered is its own rate, not a queue's capacity: the cut keeps at least half.
+        let t0 = Instant::now();
+        let mut p = Pacer::new(None, 400_000_000, 1_000_000, 10_000_000_000, 1448);
+        p.probing = false;
+        let mut peer = PeerRate::default();
+        let mut now = t0;
+        for _ in 0..4 {
+            p.on_sent(2_500_000);
+            busy_for_50ms(&mut p, now);
+            now += MS * 50;
+            let sample = Sample {
+                lost: 34,
+                expected: 1727,
+                sent_over: Some(MS * 50),
+            };
+            p.on_report(&mut peer, sample, MS, now);
+        }
+        let before = p.rate(1448) as f64;
+        assert!(before >= 380e6, "{before}");
+        for _ in 0..3 {
+            now += MS * 60;
+            let slow = Sample {
+                lost: 4,
+                expected: 71,
+                sent_over: Some(MS * 60),
+            };
+            p.on_report(&mut peer, slow, MS, now);
+        }
+        let after = p.rate(1448) as f64;
+        assert!(after < before, "the loss above the slack cuts: {after}");
+        assert!(
+            after >= before * MAX_CUT * 0.99,
+            "cut to {:.1} Mbit/s",
+            after / 1e6
+        );
     }
 
     #[test]
