@@ -535,14 +535,18 @@ mod direct {
         let ts = usize::from(t);
         let missing: Vec<usize> = (0..k as usize).filter(|&i| !have[i]).collect();
         let m = missing.len();
+        let extended = extended_source_block_symbols(k);
+        // raptorq labels the repair symbols of a padded block from K' and asserts 24-bit ids:
+        // an id near the top (no master sends one; a stranger may) is left to the decoder.
         let rows: Vec<&(u32, Vec<u8>)> = repairs
             .iter()
-            .filter(|(e, d)| *e >= k && d.len() == ts)
+            .filter(|(e, d)| {
+                *e >= k && d.len() == ts && u64::from(*e - k) + u64::from(extended) < 1 << 24
+            })
             .collect();
         if m == 0 || m > MAX_MISSING || rows.len() < m || buf.len() != k as usize * ts {
             return false;
         }
-        let extended = extended_source_block_symbols(k);
         let plan = PlanCache::get(extended);
         // One build over symbols widened by m bytes: the object with its holes zeroed, and after
         // each symbol the lanes of the coefficients (a 1 in byte j of missing symbol j). Each
@@ -856,6 +860,24 @@ mod tests {
             solved * 10 >= tried * 9,
             "only {solved} of {tried} solved with K symbols"
         );
+    }
+
+    #[test]
+    fn a_repair_id_at_the_top_of_the_range_is_left_to_the_decoder() {
+        // A stranger's symbol with the highest id the wire allows: raptorq would panic on the id
+        // it gives it in a padded block; the direct solve skips it and solves with the rest.
+        let (len, t) = (5000usize, 64u16);
+        let k = source_count(len as u32, t);
+        let Holed {
+            d,
+            mut buf,
+            have,
+            mut repairs,
+        } = holed(len, t, 3, 5);
+        repairs.insert(0, (crate::wire::MAX_ESI - 1, vec![0xa5; usize::from(t)]));
+        assert!(direct::solve(&mut buf, &have, k, t, &repairs[..8]));
+        buf.truncate(len);
+        assert_eq!(buf, d);
     }
 
     #[test]
