@@ -469,6 +469,14 @@ mod direct {
     /// Most missing source symbols solved for directly.
     pub(super) const MAX_MISSING: usize = 32;
 
+    /// The widened block is kept for the next solve on the thread up to this size (a 1 MiB
+    /// object's is 1.1 MB): a fresh one per object cost page faults and the kernel's zeroing.
+    const KEEP_WIDE: usize = 4 << 20;
+
+    thread_local! {
+        static WIDE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
     /// GF(256) of RFC 6330 §5.7 (x⁸ + x⁴ + x³ + x² + 1), as exp and log tables.
     struct Field {
         exp: [u8; 512],
@@ -553,18 +561,26 @@ mod direct {
         // repair symbol of it is then that of the zeroed object followed by its coefficient of
         // each missing symbol.
         let wide_t = ts + m;
-        let mut wide = vec![0u8; extended as usize * wide_t];
-        for (i, sym) in buf.chunks_exact(ts).enumerate() {
-            wide[i * wide_t..i * wide_t + ts].copy_from_slice(sym);
-        }
-        for (j, &i) in missing.iter().enumerate() {
-            wide[i * wide_t + ts + j] = 1;
-        }
         let Ok(wide_t16) = u16::try_from(wide_t) else {
             return false;
         };
-        let enc = SourceBlockEncoder::with_encoding_plan(0, &oti(extended, wide_t16), &wide, &plan);
-        drop(wide);
+        let enc = WIDE.with_borrow_mut(|wide| {
+            wide.clear();
+            for sym in buf.chunks_exact(ts) {
+                wide.extend_from_slice(sym);
+                wide.resize(wide.len() + m, 0);
+            }
+            wide.resize(extended as usize * wide_t, 0);
+            for (j, &i) in missing.iter().enumerate() {
+                wide[i * wide_t + ts + j] = 1;
+            }
+            let enc =
+                SourceBlockEncoder::with_encoding_plan(0, &oti(extended, wide_t16), wide, &plan);
+            if wide.capacity() > KEEP_WIDE {
+                *wide = Vec::new();
+            }
+            enc
+        });
         // Gauss-Jordan on the coefficient rows, with what each row became as a combination of
         // the rows taken (so the symbols are combined only once, at the end).
         let n = rows.len().min(m + 4);
