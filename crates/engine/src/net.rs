@@ -231,6 +231,12 @@ pub fn group_socket(
     Ok(s.into())
 }
 
+/// Asks the kernel to hand over GRO aggregates on `sock` (Linux 5.0 and
+/// later); false where it cannot, and the socket reads datagram by datagram.
+pub(crate) fn enable_gro(sock: &UdpSocket) -> bool {
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::UdpGroSegment, &true).is_ok()
+}
+
 /// What an endpoint says, once, when imgcast packets of another protocol version reach it: they
 /// are refused, so without this a mixed room would only wait.
 pub(crate) fn other_version_note(version: u8, from: SocketAddr) -> String {
