@@ -6,7 +6,7 @@
 #   bench/multicast.sh [--tools "udpcast udpcast-zstd imgcast"] [--clients "1 4 8"]
 #                      [--loss "0 2 10"] [--size-mib 512] [--rate 1gbit]
 #                      [--timeout 900] [--reps 1] [--disk mixed|random]
-#                      [--frames wire|gso] [--loss-on all|data]
+#                      [--frames wire|gso|gro] [--loss-on all|data]
 #
 # Tools: udpcast (udp-sender/udp-receiver on the raw disk), udpcast-zstd (the
 # same with --pipe "zstd -1 -T0" on the sender and --pipe "zstd -d" on the
@@ -47,7 +47,12 @@
 # Clients receive wire-size datagrams (lab_wire; `--frames gso` lets a GSO send
 # cross the bridge as one packet, as runs before 2026-12-03 did: imgcast's
 # sends of up to 41 datagrams were then lost whole, a burst loss udpcast, which
-# sends one datagram per call, never saw). KEEP_LOGS=1 keeps every run's logs
+# sends one datagram per call, never saw). `--frames gro` is a LAN of NICs that
+# aggregate (GRO, on by default on real NICs): the master's eth0 cuts its GSO
+# sends into wire datagrams (lab_segment), each client's eth0 joins what it
+# receives for sockets that ask (lab_gro; imgcast's client asks, udp-receiver
+# does not), and the loss is drawn per wire datagram on the bridge port, before
+# the join (lab_loss_port; needs ethtool). KEEP_LOGS=1 keeps every run's logs
 # under $WORK/logs/TOOL-nN-lossL-rREP with each host's UDP, qdisc and loss-rule
 # counters appended.
 #
@@ -105,7 +110,7 @@ case $DISK_KIND in
     random) DISK=$WORK/disk-${SIZE_MIB}m-random.raw ;;
     *) echo "--disk is mixed or random" >&2; exit 2 ;;
 esac
-case $FRAMES in wire | gso) ;; *) echo "--frames is wire or gso" >&2; exit 2 ;; esac
+case $FRAMES in wire | gso | gro) ;; *) echo "--frames is wire, gso or gro" >&2; exit 2 ;; esac
 case $LOSS_ON in all) LOSS_MIN=0 ;; data) LOSS_MIN=512 ;; *) echo "--loss-on is all or data" >&2; exit 2 ;; esac
 TIME=/usr/bin/time # Debian package `time`; installed below if missing
 
@@ -115,8 +120,10 @@ if [ -z "${LAB_INSIDE:-}" ]; then
         echo "installing the 'time' package for /usr/bin/time" >&2
         apt-get install -y time >/dev/null
     fi
-    for t in udp-sender udp-receiver b2sum openssl awk nft tc; do
-        command -v $t >/dev/null || { echo "missing $t (apt-get install udpcast coreutils openssl nftables iproute2)" >&2; exit 1; }
+    tools="udp-sender udp-receiver b2sum openssl awk nft tc"
+    [ "$FRAMES" = gro ] && tools="$tools ethtool"
+    for t in $tools; do
+        command -v $t >/dev/null || { echo "missing $t (apt-get install udpcast coreutils openssl nftables iproute2 ethtool)" >&2; exit 1; }
     done
     mkdir -p "$WORK"
     if [ "$DISK_KIND" = random ] && { [ ! -s "$DISK" ] || [ "$(stat -c %s "$DISK")" != $((SIZE_MIB << 20)) ]; }; then
@@ -220,8 +227,16 @@ run_case() {
     local tool=$1 n=$2 loss=$3 i pids=() mpid t0 t1 rc ok=0 h master frames
     lab_up $((n + 1))
     for ((i = 0; i <= n; i++)); do lab_rate h$i "$RATE"; done
-    if [ "$FRAMES" = wire ]; then for ((i = 1; i <= n; i++)); do lab_wire h$i; done; fi
-    for ((i = 1; i <= n; i++)); do lab_loss h$i "$loss" "$LOSS_MIN"; done
+    case $FRAMES in
+    wire) for ((i = 1; i <= n; i++)); do lab_wire h$i; done ;;
+    gro)
+        lab_segment h0
+        for ((i = 1; i <= n; i++)); do lab_gro h$i; done
+        ;;
+    esac
+    for ((i = 1; i <= n; i++)); do
+        if [ "$FRAMES" = gro ]; then lab_loss_port h$i "$loss" "$LOSS_MIN"; else lab_loss h$i "$loss" "$LOSS_MIN"; fi
+    done
     rm -f "$LOGS"/*
     for ((i = 1; i <= n; i++)); do rm -f "$OUTDIR/out-h$i"; done
     warm_memory "$n"
@@ -270,6 +285,7 @@ run_case() {
                 lab_exec h$i tc -s qdisc show dev eth0
                 tc -s qdisc show dev lab-h$i
                 lab_exec h$i nft list table inet lab_loss 2>/dev/null
+                nft list table bridge lab_loss_h$i 2>/dev/null
             } >>"$LOGS/h$i.log" 2>&1 || true
         done
     fi

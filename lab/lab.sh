@@ -68,6 +68,17 @@
 #                       one packet, and lab_loss drops all of it or none: a
 #                       burst loss no real LAN has, that tools without GSO
 #                       never see.
+#   lab_gro HOST        HOST's eth0 aggregates what it receives (GRO, as a NIC
+#                       does): NAPI on its veth, and the bridge port towards
+#                       HOST without TSO (a veth hands a forwarded packet to
+#                       GRO only then). Sockets that ask (UDP_GRO) then get
+#                       runs of datagrams in one buffer.
+#   lab_segment HOST    HOST's own UDP GSO sends are cut into wire datagrams on
+#                       its eth0 (tx-udp-segmentation off), before the bridge.
+#   lab_loss_port HOST PCT [MINLEN]  As lab_loss, but the bridge drops the
+#                       packets on their way to HOST's port: before HOST's GRO
+#                       (lab_gro) joins them, so each wire datagram is lost
+#                       alone. Wire-size packets need lab_segment on senders.
 #   lab_rate HOST RATE [both|out|in]  Limit HOST's link with tbf: `out` shapes
 #                       HOST's eth0 egress, `in` the bridge port's egress
 #                       towards HOST. RATE in tc units (1gbit, 100mbit, 500kbit).
@@ -346,22 +357,56 @@ lab_wire() {
     ip link set dev "lab-${1:?lab_wire HOST}" gso_max_segs 1
 }
 
-lab_loss() {
-    local h=${1:?lab_loss HOST PCT [MINLEN]} pct=${2:?lab_loss HOST PCT [MINLEN]} min=${3:-0} thr sized=
+lab_gro() {
+    local h=${1:?lab_gro HOST}
+    ethtool -K "lab-$h" tso off >/dev/null || return 1
+    lab_exec "$h" ethtool -K eth0 gro on >/dev/null
+}
+
+lab_segment() {
+    lab_exec "${1:?lab_segment HOST}" ethtool -K eth0 tx-udp-segmentation off >/dev/null
+}
+
+# lab__loss_rule CALLER PCT MINLEN -> the nftables words that count and drop
+# PCT% of UDP of at least MINLEN bytes ("" when PCT is 0)
+lab__loss_rule() {
+    local who=$1 pct=$2 min=$3 thr sized=
     thr=$(echo "$pct" | awk '/^[0-9]+(\.[0-9]+)?$/ && $1 <= 100 { printf "%d\n", $1 * 100 + 0.5; ok = 1 } END { exit !ok }') ||
-        { lab__err "lab_loss: bad percentage '$pct'"; return 1; }
-    case $min in '' | *[!0-9]*) lab__err "lab_loss: bad minimum length '$min'"; return 1 ;; esac
+        { lab__err "$who: bad percentage '$pct'"; return 1; }
+    case $min in '' | *[!0-9]*) lab__err "$who: bad minimum length '$min'"; return 1 ;; esac
+    [ "$thr" = 0 ] && return 0
     [ "$min" -gt 0 ] && sized="meta length >= $min"
     # numgen's values are 0..9999: at 100% there is nothing to draw
     local draw="numgen random mod 10000 < $thr counter"
     [ "$thr" -ge 10000 ] && draw=
+    echo "meta l4proto udp $sized counter $draw drop"
+}
+
+lab_loss_port() {
+    local h=${1:?lab_loss_port HOST PCT [MINLEN]} pct=${2:?lab_loss_port HOST PCT [MINLEN]} rule
+    rule=$(lab__loss_rule lab_loss_port "$pct" "${3:-0}") || return 1
+    nft delete table bridge "lab_loss_$h" 2>/dev/null || true
+    [ -z "$rule" ] && return 0
+    nft -f - <<EOF
+table bridge lab_loss_$h {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        oifname "lab-$h" $rule
+    }
+}
+EOF
+}
+
+lab_loss() {
+    local h=${1:?lab_loss HOST PCT [MINLEN]} pct=${2:?lab_loss HOST PCT [MINLEN]} rule
+    rule=$(lab__loss_rule lab_loss "$pct" "${3:-0}") || return 1
     lab_exec "$h" nft delete table inet lab_loss 2>/dev/null || true
-    [ "$thr" = 0 ] && return 0
+    [ -z "$rule" ] && return 0
     lab_exec "$h" nft -f - <<EOF
 table inet lab_loss {
     chain input {
         type filter hook input priority -10; policy accept;
-        iifname != "lo" meta l4proto udp $sized counter $draw drop
+        iifname != "lo" $rule
     }
 }
 EOF

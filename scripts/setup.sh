@@ -11,7 +11,8 @@
 # linux-image-amd64, busybox-static, binutils (strip), grub-common,
 # grub-pc-bin, grub-efi-amd64-bin, xorriso, qemu-system-x86 and ovmf; for the
 # network boot from the imaging server: ipxe-qemu (the iPXE ROMs of qemu's NICs)
-# and dnsmasq-base (the proxy-DHCP configuration of docs/BOOT.md, tested).
+# and dnsmasq-base (the proxy-DHCP configuration of docs/BOOT.md, tested);
+# ethtool (the lab's NICs that join datagrams, GRO: a session test, the bench).
 # Does nothing when all are present.
 set -euo pipefail
 need=()
@@ -21,7 +22,7 @@ for pair in nft:nftables ip:iproute2 unshare:util-linux losetup:mount mkfs.ext4:
             mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs \
             curl:curl chromium:chromium chromedriver:chromium-driver python3:python3 \
             strip:binutils grub-mkrescue:grub-common xorriso:xorriso qemu-system-x86_64:qemu-system-x86 \
-            dnsmasq:dnsmasq-base; do
+            dnsmasq:dnsmasq-base ethtool:ethtool; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
