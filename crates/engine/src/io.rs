@@ -10,9 +10,9 @@
 //!
 //! A client's group socket asks for UDP GRO: the kernel may then hand over a
 //! run of equal-sized datagrams of one sender as one buffer (what a NIC or a
-//! veth with NAPI aggregated), which the slab splits back into datagrams. One
-//! trip through the stack and one `recvmmsg` slot then carry up to 44 wire
-//! datagrams, which is most of a client's system time at line rate.
+//! veth with NAPI aggregated), which the slab splits back into datagrams: one
+//! trip through the stack and one `recvmmsg` slot for up to 44 wire datagrams,
+//! where the per-datagram cost was most of a client's system time.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::ops::Deref;

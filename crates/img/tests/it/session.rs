@@ -93,7 +93,13 @@ for i in 1 2 3; do lab_gro h$i && lab_loss_port h$i 5 512 || exit 1; done"#;
     let repair: f64 = text
         .lines()
         .find(|l| l.contains(" sent, repair "))
-        .and_then(|l| l.rsplit("repair ").next()?.trim_end_matches('%').parse().ok())
+        .and_then(|l| {
+            l.rsplit("repair ")
+                .next()?
+                .trim_end_matches('%')
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no repair figure\n{text}"));
     assert!(repair < 30.0, "repair {repair}%\n{text}");
 }
