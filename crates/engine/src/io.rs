@@ -426,6 +426,9 @@ impl Net {
         let unicast_rx = unicast
             .try_clone()
             .map_err(|e| EngineError::io("cloning the unicast socket", e))?;
+        // A GRO slot holds one datagram when nothing was joined (a NIC that
+        // does not, a slow stretch): twice the memory keeps 1,024 of them in
+        // the pool, against 3,584 in plain slots. Pages are touched only when used.
         let group_pool = if gro {
             Pool::new(GRO_SLOTS, GRO_SLOT, 2 * POOL_BYTES)
         } else {
