@@ -83,20 +83,43 @@ impl Drop for Loop {
     }
 }
 
-/// A mount, unmounted on drop.
-struct Mount(PathBuf);
+/// A mount: [`Mount::unmount`] ends it and checks that it ended; a drop (a
+/// test that panicked) only tries.
+struct Mount(PathBuf, bool);
 
 impl Mount {
     fn new(dev: &str, dir: &Path) -> Self {
         fs::create_dir_all(dir).expect("mount point");
         sh("mount", &[dev, p(dir)]);
-        Self(dir.to_path_buf())
+        Self(dir.to_path_buf(), true)
+    }
+
+    /// Unmounts, retrying for up to 5 s while the mount is busy: a mount left
+    /// in place keeps its journal dirty (`needs_recovery`), and `img make`
+    /// rightly refuses such a filesystem.
+    fn unmount(mut self) {
+        let mut last = String::new();
+        for _ in 0..50 {
+            let o = Command::new("umount")
+                .arg(&self.0)
+                .output()
+                .expect("umount");
+            if o.status.success() {
+                self.1 = false;
+                return;
+            }
+            last = String::from_utf8_lossy(&o.stderr).into_owned();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("umount {} failed for 5 s: {last}", self.0.display());
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        if self.1 {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
     }
 }
 
@@ -223,7 +246,7 @@ fn build_disk(dir: &Path) -> (PathBuf, Content) {
             }
         }
         sh("sync", &[]);
-        drop(m);
+        m.unmount();
     }
     // NTFS, with ntfscp.
     {
@@ -422,7 +445,7 @@ fn ext4_disk(dir: &Path) -> (PathBuf, Vec<(String, Vec<u8>)>) {
         fs::write(m.0.join(format!("f{i}")), &data).expect("write");
         files.push((format!("f{i}"), data));
     }
-    drop(m);
+    m.unmount();
     drop(l);
     (disk, files)
 }
