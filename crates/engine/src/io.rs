@@ -11,8 +11,8 @@
 //! A client's group socket asks for UDP GRO: the kernel may then hand over a
 //! run of equal-sized datagrams of one sender as one buffer (what a NIC or a
 //! veth with NAPI aggregated), which the slab splits back into datagrams: one
-//! trip through the stack and one `recvmmsg` slot for up to 44 wire datagrams,
-//! where the per-datagram cost was most of a client's system time.
+//! trip through the stack and one `recvmmsg` slot for up to 44 wire datagrams.
+//! System time was about 60% of a lone client's CPU at line rate.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::ops::Deref;
