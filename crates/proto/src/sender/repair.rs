@@ -261,9 +261,10 @@ impl Window {
     /// At the end of the run, once every object's first pass is sent and nothing is owed, the
     /// link would stand idle for a feedback round while the last objects' needs come back: each
     /// object last sent after `since` (whose needs cannot all be back yet) and owed nothing gets,
-    /// once, the repair a receiver losing `loss` would ask for, and a margin, so a typical receiver
-    /// finishes a round earlier. What a receiver then still lacks comes by its needs as before,
-    /// less what of this is in flight to it. Returns whether any was owed.
+    /// once, the repair a receiver losing `loss` would ask for, and a margin, less the repair it
+    /// already had (that reached every receiver), so a typical receiver finishes a round earlier.
+    /// What a receiver then still lacks comes by its needs as before, less what of this is in
+    /// flight to it. Returns whether any was owed.
     pub(crate) fn owe_tail(&mut self, loss: f64, since: Instant) -> bool {
         if loss <= 0.0 || self.next_obj < self.pushed {
             return false;
@@ -277,8 +278,12 @@ impl Window {
             }
             let want =
                 (f64::from(o.k) * loss.min(MAX_PLANNED_LOSS) * TAIL_MARGIN).ceil() as u32 + 1;
+            // An object whose needs came back while the last objects went out was paid for them:
+            // a second allowance on top of that repair went to receivers that had it all (8 lab
+            // clients at 10% loss: 115 symbols more per such object, after 94 that completed it).
+            let sent = o.next_repair - o.pending.len() as u32;
             let room = (MAX_ESI - o.k).saturating_sub(o.next_repair);
-            o.owed = want.min(room);
+            o.owed = want.saturating_sub(sent).min(room);
             owed |= o.owed > 0;
         }
         self.look |= owed;
@@ -547,6 +552,31 @@ mod tests {
         );
         while w.next(later, &mut stats).is_some() {}
         assert!(!w.owe_tail(0.1, now), "once per object");
+    }
+
+    #[test]
+    fn the_tail_counts_the_repair_an_object_already_had() {
+        let now = Instant::now();
+        let mut w = window(3, 1000);
+        let k = w.objects[0].k;
+        let want = (f64::from(k) * 0.4 * TAIL_MARGIN).ceil() as u32 + 1;
+        first_pass(&mut w, now);
+        // Object 1's needs came back and were paid before the end; object 2's went over the tail.
+        w.on_need(1, 3, 1000, None);
+        w.on_need(2, 40, 1000, None);
+        let mut stats = Stats::default();
+        let mut seq = 1000;
+        while let Some(s) = w.next(now, &mut stats) {
+            seq += 1;
+            w.record_seq(s.object, seq, now);
+        }
+        assert_eq!(stats.repair_sent, 43);
+        assert!(w.owe_tail(0.4, now));
+        assert_eq!(
+            (w.owed(0), w.owed(1), w.owed(2)),
+            (want, want - 3, 0),
+            "the allowance less what each already had"
+        );
     }
 
     #[test]
