@@ -459,15 +459,28 @@ impl Assembly {
 /// symbol, a coefficient times it. One encoder build from a cached plan ([`encoder`]), over
 /// symbols widened by one byte per missing symbol (a 1 in its own byte), gives both: each repair
 /// symbol of it is the zeroed object's, followed by its coefficients. What is left is an m × m
-/// system for the m missing symbols. At 2% loss (m ≈ 15 in a 1 MiB object) this took 0.9–1.2 ms
-/// where RaptorQ's decoder took 1.6–2.2 in the same loop, and 8-client lab sessions used 9% less
-/// CPU; the m² symbol multiply-adds reach the decoder's cost near 40 missing, so above
-/// [`MAX_MISSING`] the decoder runs.
+/// system for the m missing symbols, eliminated with raptorq's vectorised GF(256) arithmetic.
+///
+/// The build costs about what one of the master's encoder builds costs, the elimination m² symbol
+/// multiply-adds; RaptorQ's decoder costs about two builds. Timed in one loop (1 MiB objects,
+/// K = 739): 1.4 ms at m = 15 (2% loss), 1.8 at 80 (10%), 2.4 at 120, where the decoder took 2.4
+/// to 2.5 ms whatever m. With 256 KiB objects the two met near m = 70 (K = 185), with 64 KiB near
+/// m = 28 (K = 47): about m² = 17 K to 26 K. So the direct solve runs while m² ≤ [`WORTH`] × K.
 mod direct {
     use super::{extended_source_block_symbols, oti, PlanCache, SourceBlockEncoder};
+    use raptorq::{Octet, Symbol};
 
-    /// Most missing source symbols solved for directly.
-    pub(super) const MAX_MISSING: usize = 32;
+    /// Most missing source symbols solved for directly, whatever K.
+    pub(super) const MAX_MISSING: usize = 128;
+
+    /// The direct solve runs while m² ≤ `WORTH` × K: below where it met the decoder in the timings
+    /// above, with room for a slower host.
+    const WORTH: usize = 12;
+
+    /// Whether `m` missing of `k` are solved for directly.
+    pub(super) fn worth(m: usize, k: u32) -> bool {
+        m <= MAX_MISSING && m * m <= WORTH * k as usize
+    }
 
     /// The widened block is kept for the next solve on the thread up to this size (a 1 MiB
     /// object's is 1.1 MB): a fresh one per object cost page faults and the kernel's zeroing.
@@ -475,60 +488,6 @@ mod direct {
 
     thread_local! {
         static WIDE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-
-    /// Products in GF(256) of RFC 6330 §5.7 (x⁸ + x⁴ + x³ + x² + 1): `MUL[a][b]` (64 KiB, so a
-    /// multiply-add over a symbol is one lookup per byte).
-    static MUL: [[u8; 256]; 256] = {
-        let mut exp = [0u8; 512];
-        let mut log = [0u8; 256];
-        let mut x: u16 = 1;
-        let mut i = 0;
-        while i < 255 {
-            exp[i] = x as u8;
-            exp[i + 255] = x as u8;
-            log[x as usize] = i as u8;
-            x <<= 1;
-            if x & 0x100 != 0 {
-                x ^= 0x11d;
-            }
-            i += 1;
-        }
-        let mut mul = [[0u8; 256]; 256];
-        let mut a = 1;
-        while a < 256 {
-            let mut b = 1;
-            while b < 256 {
-                mul[a][b] = exp[log[a] as usize + log[b] as usize];
-                b += 1;
-            }
-            a += 1;
-        }
-        mul
-    };
-
-    fn mul(a: u8, b: u8) -> u8 {
-        MUL[usize::from(a)][usize::from(b)]
-    }
-
-    /// The inverse of `a` ≠ 0 (the field is small enough to look it up in its row).
-    fn inv(a: u8) -> u8 {
-        let row = &MUL[usize::from(a)];
-        (1..=255u8).find(|&b| row[usize::from(b)] == 1).unwrap_or(0)
-    }
-
-    /// `out += c · src`, symbol by symbol.
-    fn mul_add(out: &mut [u8], src: &[u8], c: u8) {
-        match c {
-            0 => {}
-            1 => out.iter_mut().zip(src).for_each(|(o, s)| *o ^= s),
-            _ => {
-                let row = &MUL[usize::from(c)];
-                out.iter_mut()
-                    .zip(src)
-                    .for_each(|(o, s)| *o ^= row[usize::from(*s)]);
-            }
-        }
     }
 
     /// Fills the missing source symbols of `buf` (the object of `k` symbols of `t` bytes, zero
@@ -553,7 +512,7 @@ mod direct {
                 *e >= k && d.len() == ts && u64::from(*e - k) + u64::from(extended) < 1 << 24
             })
             .collect();
-        if m == 0 || m > MAX_MISSING || rows.len() < m || buf.len() != k as usize * ts {
+        if m == 0 || !worth(m, k) || rows.len() < m || buf.len() != k as usize * ts {
             return false;
         }
         let plan = PlanCache::get(extended);
@@ -584,11 +543,11 @@ mod direct {
             }
             enc
         });
-        // Gauss-Jordan on the coefficient rows, with what each row became as a combination of
-        // the rows taken (so the symbols are combined only once, at the end).
+        // Gauss-Jordan on the coefficient rows, each followed by what it became as a combination
+        // of the rows taken, so that the symbols are combined only once, at the end.
         let n = rows.len().min(m + 4);
-        let mut a: Vec<Vec<u8>> = Vec::with_capacity(n);
-        let mut rest: Vec<Vec<u8>> = Vec::with_capacity(n);
+        let mut a: Vec<Symbol> = Vec::with_capacity(n);
+        let mut rest: Vec<Symbol> = Vec::with_capacity(n);
         for (r, (esi, data)) in rows.iter().take(n).enumerate() {
             let Some(mut y) = enc.repair_packets(esi - k, 1).pop().map(|p| p.split().1) else {
                 return false;
@@ -599,38 +558,43 @@ mod direct {
             let mut c = y.split_off(ts);
             // What the repair holds beyond the object with its holes zeroed.
             y.iter_mut().zip(data).for_each(|(o, s)| *o ^= s);
-            rest.push(y);
+            rest.push(Symbol::new(y));
             c.resize(m + n, 0);
             c[m + r] = 1;
-            a.push(c);
+            a.push(Symbol::new(c));
         }
         let mut pivot_row = Vec::with_capacity(m);
         for col in 0..m {
             let next = pivot_row.len();
-            let Some(p) = (next..n).find(|&r| a[r][col] != 0) else {
+            let Some(p) = (next..n).find(|&r| a[r].as_bytes()[col] != 0) else {
                 return false;
             };
             a.swap(next, p);
-            let f = inv(a[next][col]);
-            a[next].iter_mut().for_each(|v| *v = mul(*v, f));
-            let pivot = a[next].clone();
-            for (r, row) in a.iter_mut().enumerate() {
-                let c = row[col];
-                if r != next && c != 0 {
-                    row.iter_mut()
-                        .zip(&pivot)
-                        .for_each(|(d, s)| *d ^= mul(c, *s));
+            let f = Octet::one() / Octet::new(a[next].as_bytes()[col]);
+            a[next].mulassign_scalar(&f);
+            let (above, from) = a.split_at_mut(next);
+            let Some((pivot, below)) = from.split_first_mut() else {
+                return false;
+            };
+            for row in above.iter_mut().chain(below) {
+                let c = row.as_bytes()[col];
+                if c != 0 {
+                    row.fused_addassign_mul_scalar(pivot, &Octet::new(c));
                 }
             }
             pivot_row.push(next);
         }
+        // Only rows taken as pivots enter another row, so each missing symbol combines at most
+        // m of the repairs.
         for (col, &i) in missing.iter().enumerate() {
-            let row = &a[pivot_row[col]];
-            let out = &mut buf[i * ts..(i + 1) * ts];
-            out.fill(0);
-            for (j, y) in rest.iter().enumerate() {
-                mul_add(out, y, row[m + j]);
+            let row = a[pivot_row[col]].as_bytes();
+            let mut out = Symbol::zero(ts);
+            for (y, &c) in rest.iter().zip(&row[m..]) {
+                if c != 0 {
+                    out.fused_addassign_mul_scalar(y, &Octet::new(c));
+                }
             }
+            buf[i * ts..(i + 1) * ts].copy_from_slice(out.as_bytes());
         }
         true
     }
@@ -840,9 +804,10 @@ mod tests {
             (1000, 64),
             (5000, 64),
             (100_000, 1395),
+            (300_000, 1395),
         ] {
             let k = source_count(len as u32, t) as usize;
-            for lose in [1, 2, 5, 17, direct::MAX_MISSING] {
+            for lose in [1, 2, 5, 17, most_direct(k as u32)] {
                 if lose > k {
                     continue;
                 }
@@ -923,12 +888,30 @@ mod tests {
         assert_eq!(buf, d);
     }
 
+    /// The most missing symbols of `k` the direct solve takes.
+    fn most_direct(k: u32) -> usize {
+        (1..=k as usize)
+            .filter(|&m| direct::worth(m, k))
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn the_direct_solve_stops_where_the_decoder_is_cheaper() {
+        // K of 1 MiB, 256 KiB and 64 KiB objects of 1420-byte symbols, and the largest K.
+        assert_eq!(most_direct(739), 94);
+        assert_eq!(most_direct(185), 47);
+        assert_eq!(most_direct(47), 23);
+        assert_eq!(most_direct(MAX_K), direct::MAX_MISSING);
+    }
+
     #[test]
     fn the_decoder_takes_what_the_direct_solve_does_not() {
         let (len, t) = (100_000usize, 1395u16);
         let k = source_count(len as u32, t);
+        let most = most_direct(k);
         // Too many holes, too few repairs: nothing is touched, and a job still decodes.
-        for (lose, give) in [(direct::MAX_MISSING + 1, direct::MAX_MISSING + 5), (6, 5)] {
+        for (lose, give) in [(most + 1, most + 5), (6, 5)] {
             let Holed {
                 d,
                 mut buf,
