@@ -214,11 +214,18 @@ impl Objects {
             if self.decoded.contains(o) {
                 continue;
             }
-            let count = self
+            let count = match self
                 .partial
                 .get(&o)
                 .and_then(|c| c.iter().map(Assembly::need).min())
-                .map_or(NEED_ALL, |n| n.clamp(1, u32::from(NEED_ALL - 1)) as u16);
+            {
+                // Enough is held and a decode runs (on a busy client, tens of milliseconds in a
+                // queue); if it fails, the object asks for one more then. Asking for one now cost
+                // the master an encoder build for a symbol nobody needed.
+                Some(0) => continue,
+                Some(n) => n.min(u32::from(NEED_ALL - 1)) as u16,
+                None => NEED_ALL,
+            };
             needs.push(Need { object: o, count });
         }
         needs
@@ -374,6 +381,10 @@ mod tests {
         }
         let job = job.expect("a decode job once K symbols are held");
         assert_eq!(job.object(), 5);
+        assert!(
+            o.needs(6).iter().all(|n| n.object != 5),
+            "nothing is asked for while the decode runs"
+        );
         let done = job.run();
         assert_eq!(done.session, 9);
         assert_eq!(
@@ -395,7 +406,16 @@ mod tests {
             o.offer(1, 640, r[0].0, &r[0].1, T, Some(9)),
             Offer::Decode(_)
         ));
+        assert!(o.needs(2).iter().all(|n| n.object != 1));
         assert_eq!(o.decode_done(1, 640, failed(), Some(9)), Offer::Stored);
+        assert_eq!(
+            o.needs(2).last(),
+            Some(&Need {
+                object: 1,
+                count: 1
+            }),
+            "a failed decode asks for one more"
+        );
         assert!(matches!(
             o.offer(1, 640, r[1].0, &r[1].1, T, Some(9)),
             Offer::Decode(_)
