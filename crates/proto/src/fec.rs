@@ -805,6 +805,7 @@ mod tests {
             (5000, 64),
             (100_000, 1395),
             (300_000, 1395),
+            (1 << 20, 1420),
         ] {
             let k = source_count(len as u32, t) as usize;
             for lose in [1, 2, 5, 17, most_direct(k as u32)] {
