@@ -1741,3 +1741,42 @@ fn a_registration_outlasts_heavy_loss_both_ways() {
         sim.assert_exact(0, r);
     }
 }
+
+/// Clients whose decodes queue behind each other (on a busy host a decode waits tens of
+/// milliseconds for a thread) ask for nothing while they run: the master builds no more encoders
+/// and sends no more repair than to clients that decode at once. (When a decoding object was
+/// asked for as one symbol, every Status meanwhile cost the master a build and a symbol.)
+#[test]
+fn slow_decodes_cost_the_master_no_builds_and_no_repair() {
+    let objs = objects(71, &[1_000_000; 30]);
+    let run = |decode: Option<Duration>| {
+        let mut sim = Sim::new(71);
+        let mut cfg = sender_cfg("lab3", 0x5D, &objs);
+        cfg.min_clients = Some(8);
+        sim.add_sender(cfg, objs.clone(), b"root".to_vec());
+        for i in 0..8 {
+            let mut rc = receiver_cfg("lab3", 100 + i);
+            rc.offload_decode = true;
+            let r = sim.add_receiver(rc, Link::lossy(0.02), Link::clean(), 0);
+            sim.receivers[r].decode_time = decode;
+        }
+        run_to_finish(&mut sim, 5_000_000);
+        for r in 0..8 {
+            sim.assert_exact(0, r);
+        }
+        let st = sim.senders[0].tx.stats();
+        (st.encoders_built, st.repair_sent)
+    };
+    let (builds_fast, repair_fast) = run(None);
+    let (builds_slow, repair_slow) = run(Some(Duration::from_millis(25)));
+    eprintln!("builds {builds_fast} / {builds_slow}, repair {repair_fast} / {repair_slow}");
+    // Before the fix: 1,158 builds and 5,155 repair symbols against 50 and 782.
+    assert!(
+        builds_slow <= builds_fast + builds_fast / 5 + 2,
+        "{builds_slow} encoder builds with slow decodes, {builds_fast} with instant ones"
+    );
+    assert!(
+        repair_slow <= repair_fast + repair_fast / 10 + 8,
+        "repair {repair_slow} with slow decodes, {repair_fast} with instant ones"
+    );
+}

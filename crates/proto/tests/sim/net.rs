@@ -8,15 +8,15 @@
 //! A group datagram is one shared `Rc<[u8]>` for all receivers; only corruption and forging copy.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use imgcast_proto::wire::{self, Body, Header};
 use imgcast_proto::{
-    Dest, PacketKey, Receiver, ReceiverConfig, ReceiverEvent, Rejection, Sender, SenderConfig,
-    SenderEvent, SessionName,
+    Decoded, Dest, PacketKey, Receiver, ReceiverConfig, ReceiverEvent, Rejection, Sender,
+    SenderConfig, SenderEvent, SessionName,
 };
 
 use crate::disk::Disk;
@@ -89,6 +89,11 @@ pub(crate) struct RxNode {
     pub(crate) downlink: Option<Bottleneck>,
     /// A writer with a bounded rate; `None` writes at once.
     pub(crate) disk: Option<Disk>,
+    /// How long each offloaded decode takes, one at a time (a client whose decode threads are
+    /// busy); `None` decodes at once.
+    pub(crate) decode_time: Option<Duration>,
+    /// Offloaded decodes running or queued: the result, and when it is handed back.
+    decodes: VecDeque<(Instant, Decoded)>,
     pub(crate) join_at: Instant,
     pub(crate) die_at: Option<Instant>,
     pub(crate) policy: Policy,
@@ -413,6 +418,8 @@ impl Sim {
             up,
             downlink: None,
             disk: None,
+            decode_time: None,
+            decodes: VecDeque::new(),
             join_at,
             die_at: None,
             policy: Policy::default(),
@@ -677,6 +684,11 @@ impl Sim {
                 n.rx.object_done(index);
             }
         }
+        while n.decodes.front().is_some_and(|(t, _)| *t <= now) {
+            if let Some((_, done)) = n.decodes.pop_front() {
+                n.rx.decode_done(now, done);
+            }
+        }
         self.try_report(r);
         for _ in 0..MAX_PER_INSTANT {
             while let Some(t) = self.receivers[r].rx.poll_transmit(now) {
@@ -687,6 +699,7 @@ impl Sim {
                 let next = [
                     n.rx.poll_timeout(),
                     n.disk.as_ref().and_then(Disk::next_done),
+                    n.decodes.front().map(|(t, _)| *t),
                 ]
                 .into_iter()
                 .flatten()
@@ -769,8 +782,14 @@ impl Sim {
                 }
             }
             ReceiverEvent::Completed => n.completed_at = Some(now),
-            // The engine's decode threads, here at once.
-            ReceiverEvent::Decode(job) => n.rx.decode_done(now, job.clone().run()),
+            // The engine's decode threads: at once, or one after another at `decode_time` each.
+            ReceiverEvent::Decode(job) => match n.decode_time {
+                None => n.rx.decode_done(now, job.clone().run()),
+                Some(d) => {
+                    let start = n.decodes.back().map_or(now, |(t, _)| (*t).max(now));
+                    n.decodes.push_back((start + d, job.clone().run()));
+                }
+            },
             _ => {}
         }
     }
