@@ -214,17 +214,17 @@ impl Objects {
             if self.decoded.contains(o) {
                 continue;
             }
-            let count = match self
-                .partial
-                .get(&o)
-                .and_then(|c| c.iter().map(Assembly::need).min())
-            {
-                // Enough is held and a decode runs (on a busy client, tens of milliseconds in a
-                // queue); if it fails, the object asks for one more then. Asking for one now cost
-                // the master an encoder build for a symbol nobody needed.
-                Some(0) => continue,
-                Some(n) => n.min(u32::from(NEED_ALL - 1)) as u16,
+            // A candidate that holds enough has a decode running (on a busy client, tens of
+            // milliseconds in a queue); if it fails, it asks for one more then. Asking for one now
+            // cost the master an encoder build for a symbol nobody needed. The other candidate
+            // still asks for what it lacks: a rival length kept decoding must not silence it.
+            let count = match self.partial.get(&o) {
                 None => NEED_ALL,
+                Some(c) => match c.iter().map(Assembly::need).filter(|&n| n > 0).min() {
+                    Some(n) => n.min(u32::from(NEED_ALL - 1)) as u16,
+                    None if c.is_empty() => NEED_ALL,
+                    None => continue,
+                },
             };
             needs.push(Need { object: o, count });
         }
@@ -407,6 +407,16 @@ mod tests {
             Offer::Decode(_)
         ));
         assert!(o.needs(2).iter().all(|n| n.object != 1));
+        // A rival length for the same object asks for what it lacks while the decode runs.
+        let rival = symbols(&[3u8; 300]); // K = 5
+        o.offer(1, 300, 0, &rival[0], T, Some(9));
+        assert_eq!(
+            o.needs(2).last(),
+            Some(&Need {
+                object: 1,
+                count: 4
+            })
+        );
         assert_eq!(o.decode_done(1, 640, failed(), Some(9)), Offer::Stored);
         assert_eq!(
             o.needs(2).last(),
