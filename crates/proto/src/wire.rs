@@ -8,8 +8,9 @@ use crate::protect::{PacketKey, TAG_LEN};
 
 /// First four bytes of every packet.
 pub const MAGIC: [u8; 4] = *b"IMGC";
-/// Protocol version carried by every packet (3: the master's Data packets have a short header).
-pub const VERSION: u8 = 3;
+/// Protocol version carried by every packet (3: the master's Data packets have a short header;
+/// 4: Status lists the holes of an object, and Patch packets fill them).
+pub const VERSION: u8 = 4;
 /// Bytes of the long header: magic, version, type, flags, name hash, session id, sender, seq.
 pub const HEADER_LEN: usize = 4 + 1 + 1 + 1 + 8 + 8 + 8 + 8;
 /// Bytes of the short header of the master's Data packets: magic, version, type, flags, session
@@ -29,6 +30,14 @@ pub const MAX_LABEL: usize = 64;
 pub const MAX_REASON: usize = 256;
 /// Most need entries in one Status.
 pub const MAX_NEEDS: usize = 64;
+/// Most objects whose holes one Status lists.
+pub const MAX_HOLED: usize = 64;
+/// Most holes listed for one object: beyond this, RaptorQ repair is the cheaper answer.
+pub const MAX_HOLES: usize = 128;
+/// Bytes of a Patch's packed symbol ids: with them a Patch is exactly as long as a Data packet.
+pub const PATCH_ID_BYTES: usize = 11;
+/// Most symbol ids one Patch combines (4 bits count them).
+pub const MAX_PATCH_IDS: usize = 15;
 /// Symbol ids are 24-bit (RFC 6330).
 pub const MAX_ESI: u32 = 1 << 24;
 /// Need value meaning "I have no symbol of this object yet (its length is unknown to me)".
@@ -49,9 +58,9 @@ const KNOWN_FLAGS: u8 = FLAG_KEYED | FLAG_UNICAST | FLAG_SHORT;
 const SHORT_SEQ_LIMIT: u64 = 1 << 48;
 
 /// Whether a sealed packet of this type, sender and number has the short header: the master's
-/// Data, while its number fits in 48 bits.
+/// Data and Patch packets, while its number fits in 48 bits.
 fn short_form(kind: u8, sender: u64, seq: u64) -> bool {
-    kind == Body::DATA && sender == MASTER && seq < SHORT_SEQ_LIMIT
+    (kind == Body::DATA || kind == Body::PATCH) && sender == MASTER && seq < SHORT_SEQ_LIMIT
 }
 
 /// Why bytes are not a valid packet.
@@ -247,7 +256,7 @@ impl Header {
             return Err(DecodeError::BadValue { field: "flags" });
         }
         if flags & FLAG_SHORT != 0 {
-            if kind != Body::DATA {
+            if kind != Body::DATA && kind != Body::PATCH {
                 return Err(DecodeError::BadValue { field: "flags" });
             }
             let session_id = r.u64("session id")?;
@@ -457,6 +466,83 @@ impl<'a> DataRef<'a> {
     }
 }
 
+/// A Patch: the byte-wise XOR of some source symbols of one object. A receiver that holds all of
+/// them but one recovers that one; the master picks the symbols from the holes receivers listed,
+/// at most one hole of each receiver per Patch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patch {
+    /// Object index.
+    pub object: u32,
+    /// The source symbol ids combined, ascending (1 to [`patch_capacity`] of them).
+    pub esis: Vec<u32>,
+    /// Exactly `symbol_size` bytes: their XOR.
+    pub symbol: Vec<u8>,
+}
+
+/// Bits one id takes in a Patch whose largest id is `max`.
+pub(crate) fn patch_id_width(max: u32) -> u32 {
+    (32 - max.leading_zeros()).max(1)
+}
+
+/// Most ids a Patch carries when its largest id is below `k`.
+pub fn patch_capacity(k: u32) -> usize {
+    let w = patch_id_width(k.saturating_sub(1)) as usize;
+    (PATCH_ID_BYTES * 8 / w).min(MAX_PATCH_IDS)
+}
+
+/// Packs ascending `esis` (at most 16 bits each) as `n << 4 | (width - 1)` and
+/// [`PATCH_ID_BYTES`] bytes of big-endian bit fields; `None` if they do not fit.
+fn pack_patch_ids(esis: &[u32]) -> Option<(u8, [u8; PATCH_ID_BYTES])> {
+    let max = *esis.iter().max()?;
+    let w = patch_id_width(max);
+    if w > 16 || esis.len() > MAX_PATCH_IDS || esis.len() * w as usize > PATCH_ID_BYTES * 8 {
+        return None;
+    }
+    let mut bits = 0u128;
+    for &e in esis {
+        bits = (bits << w) | u128::from(e);
+    }
+    bits <<= PATCH_ID_BYTES as u32 * 8 - esis.len() as u32 * w;
+    let mut out = [0; PATCH_ID_BYTES];
+    out.copy_from_slice(&bits.to_be_bytes()[16 - PATCH_ID_BYTES..]);
+    Some(((esis.len() as u8) << 4 | (w - 1) as u8, out))
+}
+
+/// The inverse of [`pack_patch_ids`]; refuses every encoding it would not make (no ids, ids not
+/// ascending, a width wider than the largest id needs, bits set past the last id).
+fn unpack_patch_ids(nw: u8, packed: [u8; PATCH_ID_BYTES]) -> Result<Vec<u32>, DecodeError> {
+    let bad = Err(DecodeError::BadValue { field: "patch ids" });
+    let (n, w) = (u32::from(nw >> 4), u32::from(nw & 15) + 1);
+    if n == 0 || n * w > PATCH_ID_BYTES as u32 * 8 {
+        return bad;
+    }
+    let mut full = [0u8; 16];
+    full[16 - PATCH_ID_BYTES..].copy_from_slice(&packed);
+    let bits = u128::from_be_bytes(full);
+    let unused = PATCH_ID_BYTES as u32 * 8 - n * w;
+    if unused > 0 && bits & ((1u128 << unused) - 1) != 0 {
+        return bad;
+    }
+    let mask = (1u128 << w) - 1;
+    let esis: Vec<u32> = (0..n)
+        .map(|i| ((bits >> (PATCH_ID_BYTES as u32 * 8 - (i + 1) * w)) & mask) as u32)
+        .collect();
+    let max = esis.last().copied().unwrap_or(0);
+    if !esis.windows(2).all(|p| p[0] < p[1]) || patch_id_width(max) != w {
+        return bad;
+    }
+    Ok(esis)
+}
+
+/// The holes of one object a receiver lists: every source symbol id it lacks, ascending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holes {
+    /// Object index.
+    pub object: u32,
+    /// 1 to [`MAX_HOLES`] source symbol ids, ascending.
+    pub esis: Vec<u16>,
+}
+
 /// "I still lack `count` symbols of `object`".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Need {
@@ -488,6 +574,9 @@ pub struct Status {
     pub rejected: u32,
     /// Incomplete objects, most urgent first.
     pub needs: Vec<Need>,
+    /// For some of those (in a small group), exactly which source symbols are missing: the master
+    /// may answer them with Patches instead of RaptorQ repair, which costs the receiver a decode.
+    pub holes: Vec<Holes>,
 }
 
 /// Master to group, while running: what receivers need to pace their feedback and to keep quiet
@@ -552,11 +641,15 @@ pub enum Body {
     /// Type 11: the client heard its Report acknowledged as the run's last (`AckKind::Last`) and
     /// leaves (sent twice): a master need not linger for a repeat of that Report.
     Bye,
+    /// Type 12.
+    Patch(Patch),
 }
 
 impl Body {
     /// The type code of [`Body::Data`], the one type parsed by borrowing ([`Opened::data`]).
     pub const DATA: u8 = 5;
+    /// The type code of [`Body::Patch`], which shares Data's short header.
+    pub const PATCH: u8 = 12;
 
     /// The type code on the wire.
     pub fn kind(&self) -> u8 {
@@ -572,6 +665,7 @@ impl Body {
             Self::Abort { .. } => 9,
             Self::Advert(_) => 10,
             Self::Bye => 11,
+            Self::Patch(_) => Self::PATCH,
         }
     }
 
@@ -629,6 +723,25 @@ impl Body {
                 out.extend_from_slice(&s.expected.to_be_bytes());
                 out.extend_from_slice(&s.rejected.to_be_bytes());
                 put_needs(out, &s.needs);
+                let holes = &s.holes[..s.holes.len().min(MAX_HOLED)];
+                out.push(holes.len() as u8);
+                for h in holes {
+                    let esis = &h.esis[..h.esis.len().min(MAX_HOLES)];
+                    out.extend_from_slice(&h.object.to_be_bytes());
+                    out.push(esis.len() as u8);
+                    for e in esis {
+                        out.extend_from_slice(&e.to_be_bytes());
+                    }
+                }
+            }
+            Self::Patch(p) => {
+                out.extend_from_slice(&p.object.to_be_bytes());
+                // The sender plans within `patch_capacity`; ids that do not fit are a bug, and
+                // encode as a malformed Patch (no ids) that every receiver refuses.
+                let (nw, ids) = pack_patch_ids(&p.esis).unwrap_or((0, [0; PATCH_ID_BYTES]));
+                out.push(nw);
+                out.extend_from_slice(&ids);
+                out.extend_from_slice(&p.symbol);
             }
             Self::Advert(a) => {
                 out.extend_from_slice(&a.clients.to_be_bytes());
@@ -708,6 +821,7 @@ impl Body {
                     expected: r.u32("expected")?,
                     rejected: r.u32("rejected")?,
                     needs: read_needs(r)?,
+                    holes: read_holes(r)?,
                 };
                 Self::Status(s)
             }
@@ -733,6 +847,20 @@ impl Body {
                 owed: read_needs(r)?,
             }),
             11 => Self::Bye,
+            Self::PATCH => {
+                let object = r.u32("object")?;
+                let nw = r.u8("patch ids")?;
+                let esis = unpack_patch_ids(nw, r.array("patch ids")?)?;
+                let symbol = r.take(r.buf.len(), "symbol")?.to_vec();
+                if symbol.is_empty() {
+                    return Err(DecodeError::Truncated { field: "symbol" });
+                }
+                Self::Patch(Patch {
+                    object,
+                    esis,
+                    symbol,
+                })
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.end()?;
@@ -765,6 +893,36 @@ fn read_needs(r: &mut Reader<'_>) -> Result<Vec<Need>, DecodeError> {
                 object: r.u32("need object")?,
                 count: r.u16("need count")?,
             })
+        })
+        .collect()
+}
+
+/// A count byte and up to [`MAX_HOLED`] (object u32, m u8, m × id u16) lists, ids ascending.
+fn read_holes(r: &mut Reader<'_>) -> Result<Vec<Holes>, DecodeError> {
+    let n = usize::from(r.u8("holed count")?);
+    if n > MAX_HOLED {
+        return Err(DecodeError::TooLong {
+            field: "holes",
+            len: n,
+            max: MAX_HOLED,
+        });
+    }
+    (0..n)
+        .map(|_| {
+            let object = r.u32("holed object")?;
+            let m = usize::from(r.u8("hole count")?);
+            if m == 0 || m > MAX_HOLES {
+                return Err(DecodeError::BadValue {
+                    field: "hole count",
+                });
+            }
+            let esis = (0..m)
+                .map(|_| r.u16("hole"))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !esis.windows(2).all(|p| p[0] < p[1]) {
+                return Err(DecodeError::BadValue { field: "holes" });
+            }
+            Ok(Holes { object, esis })
         })
         .collect()
 }
@@ -1017,6 +1175,20 @@ mod tests {
                         count: NEED_ALL,
                     },
                 ],
+                holes: vec![Holes {
+                    object: 1,
+                    esis: vec![0, 5, 700, 65_535],
+                }],
+            }),
+            Body::Patch(Patch {
+                object: 4,
+                esis: vec![3, 17, 600, 751, 752, 1000, 1023, 2047],
+                symbol: vec![5; 100],
+            }),
+            Body::Patch(Patch {
+                object: 0,
+                esis: vec![0],
+                symbol: vec![1; 10],
             }),
             Body::End {
                 trailer: vec![9; 32],
@@ -1073,6 +1245,42 @@ mod tests {
     }
 
     #[test]
+    fn patch_ids_pack_into_eleven_bytes_and_only_one_way() {
+        assert_eq!(patch_capacity(1), MAX_PATCH_IDS);
+        assert_eq!(
+            patch_capacity(752),
+            8,
+            "10-bit ids: eight receivers per Patch"
+        );
+        assert_eq!(patch_capacity(2048), 8);
+        assert_eq!(patch_capacity(2049), 7);
+        assert_eq!(patch_capacity(56_403), 5);
+        for esis in [vec![0], vec![1, 2], vec![0, 511, 1023], (0..15).collect()] {
+            let (nw, ids) = pack_patch_ids(&esis).expect("fits");
+            assert_eq!(unpack_patch_ids(nw, ids), Ok(esis));
+        }
+        assert_eq!(pack_patch_ids(&(0..16).collect::<Vec<_>>()), None);
+        assert_eq!(pack_patch_ids(&[70_000]), None);
+        assert_eq!(pack_patch_ids(&(1000..1009).collect::<Vec<_>>()), None);
+        let (nw, ids) = pack_patch_ids(&[3, 9]).expect("fits");
+        // Unordered, repeated, too wide a width, a stray bit after the ids, no ids.
+        let (w, n) = (nw & 15, nw >> 4);
+        let reject = |nw: u8, ids: [u8; PATCH_ID_BYTES]| unpack_patch_ids(nw, ids).is_err();
+        let mut swapped = [0u8; PATCH_ID_BYTES];
+        swapped[0] = 9 << 4; // ids 9, 3 at width 4
+        swapped[0] |= 3;
+        assert!(reject(2 << 4 | 3, swapped));
+        let mut same = [0u8; PATCH_ID_BYTES];
+        same[0] = 9 << 4 | 9;
+        assert!(reject(2 << 4 | 3, same));
+        assert!(reject(n << 4 | (w + 1), ids));
+        let mut stray = ids;
+        stray[PATCH_ID_BYTES - 1] |= 1;
+        assert!(reject(nw, stray));
+        assert!(reject(w, ids));
+    }
+
+    #[test]
     fn round_trip_and_every_truncation_fails() {
         for p in samples() {
             let mut buf = Vec::new();
@@ -1082,6 +1290,7 @@ mod tests {
             // receiver against the session's symbol size, so only the fixed part must be whole.
             let must_fail = match p.body {
                 Body::Data(_) => DATA_OVERHEAD - TAG_LEN + 1,
+                Body::Patch(_) => HEADER_LEN + 4 + 1 + PATCH_ID_BYTES + 1,
                 _ => buf.len(),
             };
             for cut in 0..must_fail {
@@ -1090,7 +1299,7 @@ mod tests {
             let mut longer = buf.clone();
             longer.push(0);
             // Data takes the rest as its symbol; every other type refuses trailing bytes.
-            if !matches!(p.body, Body::Data(_)) {
+            if !matches!(p.body, Body::Data(_) | Body::Patch(_)) {
                 assert_eq!(Packet::decode(&longer), Err(DecodeError::TrailingBytes(1)));
             }
         }
@@ -1250,9 +1459,9 @@ mod tests {
         // flag on another type is refused before any key is looked for.
         for q in samples() {
             let sealed = seal(&q, &check);
-            let short = matches!(q.body, Body::Data(_)) && q.sender == MASTER;
+            let short = matches!(q.body, Body::Data(_) | Body::Patch(_)) && q.sender == MASTER;
             assert_eq!(Header::peek(&sealed).map(|h| h.short()), Ok(short));
-            if !matches!(q.body, Body::Data(_)) {
+            if !matches!(q.body, Body::Data(_) | Body::Patch(_)) {
                 let mut bad = sealed.clone();
                 bad[6] |= FLAG_SHORT;
                 assert_eq!(

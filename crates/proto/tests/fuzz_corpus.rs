@@ -149,6 +149,10 @@ fn samples() -> Vec<(&'static str, Packet)> {
                         count: wire::NEED_ALL,
                     },
                 ],
+                holes: vec![wire::Holes {
+                    object: 1,
+                    esis: vec![0],
+                }],
             }),
         ),
         (
