@@ -23,6 +23,20 @@ fn oti(k: u32, t: u16) -> ObjectTransmissionInformation {
     ObjectTransmissionInformation::new(u64::from(k) * u64::from(t), t, 1, 1, 1)
 }
 
+/// The XOR of source symbols `esis` of `data` (zero-padded like [`source_symbol`]): a Patch.
+pub(crate) fn xor_sources(data: &[u8], esis: &[u32], t: u16) -> Vec<u8> {
+    let t = usize::from(t);
+    let mut out = vec![0u8; t];
+    for &e in esis {
+        let start = (e as usize * t).min(data.len());
+        let end = (start + t).min(data.len());
+        for (a, b) in out.iter_mut().zip(&data[start..end]) {
+            *a ^= b;
+        }
+    }
+    out
+}
+
 /// Source symbol `esi` of `data`, zero-padded to `t` bytes.
 pub(crate) fn source_symbol(data: &[u8], esi: u32, t: u16) -> Vec<u8> {
     let t = usize::from(t);
@@ -394,6 +408,39 @@ impl Assembly {
         self.try_decode(offload)
     }
 
+    /// The source symbols it lacks, ascending, when they may be listed for Patches: the object is
+    /// in place (no decode has taken it), at most `max` are missing and ids fit in 16 bits.
+    pub(crate) fn holes(&self, max: usize) -> Option<Vec<u16>> {
+        let missing = (self.k - self.sources) as usize;
+        if !self.in_place() || missing == 0 || missing > max || self.k > 1 << 16 {
+            return None;
+        }
+        let holes = self.have.iter().enumerate().filter(|(_, h)| !**h);
+        Some(holes.map(|(i, _)| i as u16).collect())
+    }
+
+    /// A Patch: the XOR of source symbols `esis` (ascending). When it holds all of them but one,
+    /// that one is this XOR with the others; anything else (it lacks none, or two, or the object
+    /// is not in place) is of no use here.
+    pub(crate) fn patch(&mut self, esis: &[u32], symbol: &[u8], offload: Option<u64>) -> Added {
+        let t = usize::from(self.t);
+        if symbol.len() != t || !self.in_place() || esis.iter().any(|&e| e >= self.k) {
+            return Added::Duplicate;
+        }
+        let mut lacking = esis.iter().filter(|&&e| !self.have[e as usize]);
+        let (Some(&hole), None) = (lacking.next(), lacking.next()) else {
+            return Added::Duplicate;
+        };
+        let mut recovered = symbol.to_vec();
+        for &e in esis.iter().filter(|&&e| e != hole) {
+            let e = e as usize;
+            for (a, b) in recovered.iter_mut().zip(&self.buf[e * t..(e + 1) * t]) {
+                *a ^= b;
+            }
+        }
+        self.add(hole, &recovered, offload)
+    }
+
     /// Decodes (or hands out the job) once enough symbols are held and none is running.
     fn try_decode(&mut self, offload: Option<u64>) -> Added {
         if self.need() > 0 || self.decoding {
@@ -640,6 +687,42 @@ mod tests {
                 .collect();
             assert_eq!(want[0].0, k + 3);
             assert_eq!(repair(&encoder(&d, t), 3, 20), want, "k {k}");
+        }
+    }
+
+    #[test]
+    fn a_patch_fills_the_one_hole_it_holds_and_nothing_else() {
+        let t = 64u16;
+        let d = data(1000); // K = 16
+        let k = source_count(d.len() as u32, t);
+        let mut a = Assembly::new(d.len() as u32, t);
+        for e in (0..k).filter(|e| ![3, 9, 15].contains(e)) {
+            a.add(e, &source_symbol(&d, e, t), None);
+        }
+        assert_eq!(a.holes(128), Some(vec![3, 9, 15]));
+        assert_eq!(a.holes(2), None, "more holes than may be listed");
+        // Two holes in one patch: of no use; no hole: a duplicate.
+        assert_eq!(
+            a.patch(&[3, 9], &xor_sources(&d, &[3, 9], t), None),
+            Added::Duplicate
+        );
+        assert_eq!(
+            a.patch(&[1, 2], &xor_sources(&d, &[1, 2], t), None),
+            Added::Duplicate
+        );
+        assert_eq!(
+            a.patch(&[1, 3, 4], &xor_sources(&d, &[1, 3, 4], t), None),
+            Added::Stored
+        );
+        assert_eq!(
+            a.patch(&[9, 10], &xor_sources(&d, &[9, 10], t), None),
+            Added::Stored
+        );
+        assert_eq!(a.holes(128), Some(vec![15]));
+        // The last symbol is padded: the patch's XOR is of padded symbols.
+        match a.patch(&[0, 15], &xor_sources(&d, &[0, 15], t), None) {
+            Added::Complete(out) => assert_eq!(out, d),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -26,6 +26,10 @@ pub(crate) const NEED_CHECK: Duration = Duration::from_millis(20);
 /// 5 ms advertisement delay), so the first report's advertisement silences the rest.
 pub(crate) const NEED_BACKOFF: Duration = Duration::from_millis(40);
 
+/// Receivers of a group of at most this many list their holes (which source symbols they lack)
+/// for Patches: feedback that grows with the losses is affordable for a room, not for a hall.
+pub(crate) const PATCH_GROUP: u32 = 32;
+
 /// The feedback interval for `clients` live receivers of a master sending `data_pps` data packets
 /// per second.
 pub(crate) fn interval(clients: usize, data_pps: f64) -> Duration {

@@ -73,6 +73,10 @@ pub struct Stats {
     pub repair_sent: u64,
     /// Repair encoders built (sender): the expensive step, done lazily.
     pub encoders_built: u64,
+    /// Patches sent (sender); source symbols recovered from Patches (receiver).
+    pub patches: u64,
+    /// Decodes run or handed out (receiver): what Patches spare a receiver.
+    pub decodes: u64,
     /// Datagrams received.
     pub packets_received: u64,
     /// Bytes received.

@@ -16,12 +16,12 @@ use crate::fec::{self, DecodeJob, Decoded, MAX_K};
 use crate::feedback;
 use crate::key::SessionKey;
 use crate::name::SessionName;
-use crate::protect::PacketKey;
+use crate::protect::{PacketKey, TAG_LEN};
 use crate::replay::ReplayWindow;
 use crate::sender::tie_break;
 use crate::wire::{
-    self, AckKind, Announce, Body, DataRef, Header, Need, OpenError, Packet, Phase, Register,
-    Report, Status, MASTER, MAX_SESSION_INFO, NEED_ALL,
+    self, AckKind, Announce, Body, DataRef, Header, Holes, Need, OpenError, Packet, Phase,
+    Register, Report, Status, MASTER, MAX_SESSION_INFO, NEED_ALL,
 };
 use crate::{Dest, Rng, Stats, Transmit, MAX_WINDOW};
 use objects::{Objects, Offer};
@@ -696,6 +696,7 @@ impl Receiver {
                     owed: a.owed,
                 });
             }
+            Body::Patch(p) if !unicast => self.on_patch(now, &p),
             Body::End { trailer } => {
                 if !self.trailers.contains(&trailer) {
                     if self.trailers.len() < MAX_TRAILERS {
@@ -959,6 +960,30 @@ impl Receiver {
         self.on_offer(now, d.object, offer);
     }
 
+    /// A Patch: fills one hole when we lack exactly one of the symbols it combines.
+    fn on_patch(&mut self, now: Instant, p: &wire::Patch) {
+        if !matches!(self.state, State::Registering | State::Running) {
+            self.stats.ignored += 1;
+            return;
+        }
+        let Some(s) = &self.session else { return };
+        if p.symbol.len() != usize::from(s.symbol_size)
+            || p.object >= s.object_count
+            || p.object >= self.objects.confirmed.low.saturating_add(s.window)
+            || self.events.len() >= MAX_EVENTS
+        {
+            self.stats.dropped_invalid_data += 1;
+            return;
+        }
+        self.last_data = Some(now);
+        let offload = self.offload();
+        let offer = self.objects.patch(p.object, &p.esis, &p.symbol, offload);
+        if !matches!(offer, Offer::Duplicate) {
+            self.stats.patches += 1;
+        }
+        self.on_offer(now, p.object, offer);
+    }
+
     /// The session id decode jobs carry, when decodes are offloaded.
     fn offload(&self) -> Option<u64> {
         self.cfg.offload_decode.then(|| self.session_id()).flatten()
@@ -968,7 +993,10 @@ impl Receiver {
         match offer {
             Offer::Duplicate => self.stats.duplicates += 1,
             Offer::Stored => {}
-            Offer::Decode(job) => self.events.push_back(ReceiverEvent::Decode(job)),
+            Offer::Decode(job) => {
+                self.stats.decodes += 1;
+                self.events.push_back(ReceiverEvent::Decode(job));
+            }
             Offer::Complete(bytes) if self.state == State::Registering => {
                 // Not ours to hand out yet: the engine opens its target only at the start.
                 self.held.push((object, bytes));
@@ -1101,6 +1129,7 @@ impl Receiver {
         }
         self.seq_at_status = self.highest_seq;
         self.received_since = 0;
+        let (needs, holes) = self.with_holes(needs);
         Status {
             low: self.objects.confirmed.low,
             objects_done: self.objects.objects_done,
@@ -1113,7 +1142,46 @@ impl Receiver {
             expected,
             rejected: self.objects.rejected,
             needs,
+            holes,
         }
+    }
+
+    /// In a small group ([`feedback::PATCH_GROUP`]), the holes of each need that can list them,
+    /// as many as fit one packet of the session's size. A need with holes asks for Patches, a
+    /// need without for RaptorQ repair; so a need whose holes do not fit is left for the next
+    /// Status rather than sent without them.
+    fn with_holes(&self, needs: Vec<Need>) -> (Vec<Need>, Vec<Holes>) {
+        let small = self
+            .advert
+            .as_ref()
+            .is_some_and(|a| a.clients <= feedback::PATCH_GROUP);
+        let Some(s) = self.session.as_ref().filter(|_| small) else {
+            return (needs, Vec::new());
+        };
+        // A Status of the session's packet size: fixed fields, counts, needs and holes, the tag.
+        let mut room = (usize::from(s.symbol_size) + wire::DATA_OVERHEAD)
+            .saturating_sub(wire::HEADER_LEN + 40 + 2 + TAG_LEN + 6 * needs.len());
+        let (mut kept, mut holes) = (Vec::with_capacity(needs.len()), Vec::new());
+        for n in needs {
+            if n.count == NEED_ALL {
+                kept.push(n);
+                continue;
+            }
+            match self.objects.holes(n.object, wire::MAX_HOLES) {
+                None => kept.push(n),
+                Some(esis) if holes.len() < wire::MAX_HOLED && 5 + 2 * esis.len() <= room => {
+                    room -= 5 + 2 * esis.len();
+                    holes.push(Holes {
+                        object: n.object,
+                        esis,
+                    });
+                    kept.push(n);
+                }
+                // Left out: its need entry's room is free again.
+                Some(_) => room += 6,
+            }
+        }
+        (kept, holes)
     }
 
     fn on_time(&mut self, now: Instant) {

@@ -121,6 +121,39 @@ impl Objects {
         self.settle(object, pos, len, added)
     }
 
+    /// A Patch of `object`: it applies to the candidate of the object's first-seen length (a
+    /// rival length is a stranger's, and a Patch names none).
+    pub(crate) fn patch(
+        &mut self,
+        object: u32,
+        esis: &[u32],
+        symbol: &[u8],
+        offload: Option<u64>,
+    ) -> Offer {
+        if self.decoded.contains(object) {
+            return Offer::Duplicate;
+        }
+        let Some(&len) = self.first_len.get(&object) else {
+            return Offer::Duplicate;
+        };
+        let Some(candidates) = self.partial.get_mut(&object) else {
+            return Offer::Duplicate;
+        };
+        let Some(pos) = candidates.iter().position(|a| a.len == len) else {
+            return Offer::Duplicate;
+        };
+        let added = candidates[pos].patch(esis, symbol, offload);
+        self.settle(object, pos, len, added)
+    }
+
+    /// The holes of `object` in its first-seen length, if they may be listed (see
+    /// [`Assembly::holes`]).
+    pub(crate) fn holes(&self, object: u32, max: usize) -> Option<Vec<u16>> {
+        let len = self.first_len.get(&object)?;
+        let a = self.partial.get(&object)?.iter().find(|a| a.len == *len)?;
+        a.holes(max)
+    }
+
     fn settle(&mut self, object: u32, pos: usize, len: u32, added: Added) -> Offer {
         match added {
             Added::Duplicate => Offer::Duplicate,
