@@ -333,6 +333,14 @@ impl Clients {
             })
     }
 
+    /// Live clients that may still lack `object` (their `low` is not above it).
+    pub(crate) fn live_below(&self, object: u32) -> usize {
+        self.map
+            .values()
+            .filter(|c| c.state == ClientState::Live && c.low <= object)
+            .count()
+    }
+
     /// The lowest `low` of the live clients: objects below it can be released.
     pub(crate) fn min_live_low(&self) -> Option<u32> {
         self.map

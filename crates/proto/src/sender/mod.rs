@@ -17,8 +17,8 @@ use crate::fec::{EncodeJob, Encoded, MAX_K};
 use crate::feedback;
 use crate::protect::PacketKey;
 use crate::wire::{
-    self, Ack, AckKind, Advert, Announce, Body, Data, Header, Packet, Phase, Register, Status,
-    MASTER, MAX_NEEDS, MAX_TRAILER,
+    self, Ack, AckKind, Advert, Announce, Body, Data, Header, Packet, Patch, Phase, Register,
+    Status, MASTER, MAX_NEEDS, MAX_TRAILER,
 };
 use crate::{Dest, Stats, Transmit};
 pub use clients::DropReason;
@@ -765,7 +765,28 @@ impl Sender {
         if counts_for_repair {
             for need in &s.needs {
                 let count = repair::with_loss(need.count, loss);
-                self.advert_soon |= self.window.on_need(need.object, count, highest, recent);
+                let holes = s.holes.iter().find(|h| h.object == need.object);
+                let Some(h) =
+                    holes.filter(|_| self.clients.live() <= feedback::PATCH_GROUP as usize)
+                else {
+                    // A need without holes asks for RaptorQ repair.
+                    self.advert_soon |= self.window.use_raptorq(need.object);
+                    self.advert_soon |= self.window.on_need(need.object, count, highest, recent);
+                    continue;
+                };
+                let o = need.object;
+                match self
+                    .window
+                    .on_holes(now, o, client_id, &h.esis, count, highest, recent)
+                {
+                    repair::Holed::Ignored => {}
+                    repair::Holed::Raptor(raised) => self.advert_soon |= raised,
+                    // Every live client that may still lack it reported: no need to wait.
+                    repair::Holed::Gathering(n) if n >= self.clients.live_below(o) => {
+                        self.advert_soon |= self.window.plan(o);
+                    }
+                    repair::Holed::Gathering(_) => {}
+                }
             }
         }
         self.advance_window();
@@ -902,6 +923,7 @@ impl Sender {
             self.next_tick = now + TICK;
             self.housekeeping(now);
         }
+        self.advert_soon |= self.window.plan_due(now);
         let soon = self.advert_soon
             && self
                 .last_advert
@@ -1040,19 +1062,28 @@ impl Sender {
         let credit = Duration::from_millis(4);
         self.next_send = self.next_send.max(now.checked_sub(credit).unwrap_or(now)) + gap;
         let object = sym.object;
-        let t = self.packet(
-            Dest::Group,
-            Body::Data(Data {
+        let patch = sym.patch.clone();
+        let body = match sym.patch {
+            Some(esis) => Body::Patch(Patch {
+                object,
+                esis,
+                symbol: sym.bytes,
+            }),
+            None => Body::Data(Data {
                 object,
                 object_len: sym.object_len,
                 esi: sym.esi,
                 sent_through: self.window.next_obj,
                 symbol: sym.bytes,
             }),
-        );
+        };
+        let t = self.packet(Dest::Group, body);
         let seq = self.group_seq;
         self.log_sent(seq, now);
-        self.window.record_seq(object, seq, now);
+        match patch {
+            Some(esis) => self.window.record_patch(object, seq, now, esis),
+            None => self.window.record_seq(object, seq, now),
+        }
         self.pacer.on_sent(t.payload.len());
         Some(self.count(t))
     }
@@ -1094,6 +1125,9 @@ impl Sender {
                 }
                 if self.has_data() {
                     at(self.next_send);
+                }
+                if let Some(g) = self.window.next_gather() {
+                    at(g);
                 }
             }
             State::Aborted => {
