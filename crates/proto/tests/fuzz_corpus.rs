@@ -129,6 +129,14 @@ fn samples() -> Vec<(&'static str, Packet)> {
             }),
         ),
         (
+            "patch",
+            Body::Patch(wire::Patch {
+                object: 1,
+                esis: vec![0, 1],
+                symbol: vec![3; 185],
+            }),
+        ),
+        (
             "status",
             Body::Status(Status {
                 low: 1,
@@ -209,7 +217,7 @@ fn write_seeds() {
         p.encode(&mut plain);
         write_seed("proto_packet", name, &plain);
         let [check, keyed] = proto_packet::keys(&p.name_hash, p.session_id);
-        if matches!(name, "announce" | "data" | "status") {
+        if matches!(name, "announce" | "data" | "patch" | "status") {
             write_seed(
                 "proto_packet",
                 &format!("{name}-sealed"),
