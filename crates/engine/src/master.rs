@@ -470,9 +470,10 @@ fn end_client(
     on_event(SessionEvent::ClientEnded { id, result });
 }
 
+/// Repair per source symbol: RaptorQ repair symbols and Patches alike.
 fn repair_ratio(stats: &proto::Stats) -> f64 {
     if stats.source_sent > 0 {
-        stats.repair_sent as f64 / stats.source_sent as f64
+        (stats.repair_sent + stats.patches) as f64 / stats.source_sent as f64
     } else {
         0.0
     }
