@@ -147,6 +147,14 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         Ok(head)
     }
+    /// The rest of a Data or Patch body: its symbol, never empty.
+    fn symbol(&mut self) -> Result<&'a [u8], DecodeError> {
+        let symbol = self.take(self.buf.len(), "symbol")?;
+        if symbol.is_empty() {
+            return Err(DecodeError::Truncated { field: "symbol" });
+        }
+        Ok(symbol)
+    }
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
         let mut a = [0; N];
         a.copy_from_slice(self.take(N, field)?);
@@ -441,10 +449,7 @@ impl<'a> DataRef<'a> {
             return Err(DecodeError::BadValue { field: "symbol id" });
         }
         let sent_through = r.u32("sent through")?;
-        let symbol = r.take(r.buf.len(), "symbol")?;
-        if symbol.is_empty() {
-            return Err(DecodeError::Truncated { field: "symbol" });
-        }
+        let symbol = r.symbol()?;
         Ok(Self {
             object,
             object_len,
@@ -851,14 +856,10 @@ impl Body {
                 let object = r.u32("object")?;
                 let nw = r.u8("patch ids")?;
                 let esis = unpack_patch_ids(nw, r.array("patch ids")?)?;
-                let symbol = r.take(r.buf.len(), "symbol")?.to_vec();
-                if symbol.is_empty() {
-                    return Err(DecodeError::Truncated { field: "symbol" });
-                }
                 Self::Patch(Patch {
                     object,
                     esis,
-                    symbol,
+                    symbol: r.symbol()?.to_vec(),
                 })
             }
             other => return Err(DecodeError::UnknownType(other)),
