@@ -277,7 +277,7 @@ impl Window {
         }
         let in_first_pass = object == self.next_obj;
         let next_esi = self.next_esi;
-        let Some(o) = self.objects.get_mut((object - self.base) as usize) else {
+        let Some(o) = self.obj_mut(object) else {
             return false;
         };
         // Source symbols not sent yet will still come: they are not repair.
@@ -462,7 +462,7 @@ impl Window {
         if object < self.base || object >= self.next_obj.min(self.pushed) {
             return Holed::Ignored;
         }
-        let Some(o) = self.objects.get_mut((object - self.base) as usize) else {
+        let Some(o) = self.obj_mut(object) else {
             return Holed::Ignored;
         };
         if o.raptor {
@@ -499,10 +499,7 @@ impl Window {
     /// A need without holes for `object`: RaptorQ repairs it from now on, and the holes already
     /// reported count as needs.
     pub(crate) fn use_raptorq(&mut self, object: u32) -> bool {
-        let Some(o) = object
-            .checked_sub(self.base)
-            .and_then(|i| self.objects.get_mut(i as usize))
-        else {
+        let Some(o) = self.obj_mut(object) else {
             return false;
         };
         o.raptor = true;
@@ -520,10 +517,7 @@ impl Window {
     /// RaptorQ repair the same reports ask for (a larger group, overlapping holes), the object
     /// goes to RaptorQ instead. Returns whether anything was planned or owed.
     pub(crate) fn plan(&mut self, object: u32) -> bool {
-        let Some(o) = object
-            .checked_sub(self.base)
-            .and_then(|i| self.objects.get_mut(i as usize))
-        else {
+        let Some(o) = self.obj_mut(object) else {
             return false;
         };
         o.gather_until = None;
@@ -572,10 +566,7 @@ impl Window {
 
     /// Remembers that group packet `seq` was a Patch of `esis` of `object`.
     pub(crate) fn record_patch(&mut self, object: u32, seq: u64, now: Instant, esis: Vec<u32>) {
-        let Some(o) = object
-            .checked_sub(self.base)
-            .and_then(|i| self.objects.get_mut(i as usize))
-        else {
+        let Some(o) = self.obj_mut(object) else {
             return;
         };
         if o.patch_log.len() >= MAX_PATCH_LOG {
@@ -586,10 +577,7 @@ impl Window {
 
     /// Remembers that group packet `seq` carried a symbol of `object`.
     pub(crate) fn record_seq(&mut self, object: u32, seq: u64, now: Instant) {
-        let Some(o) = object
-            .checked_sub(self.base)
-            .and_then(|i| self.objects.get_mut(i as usize))
-        else {
+        let Some(o) = self.obj_mut(object) else {
             return;
         };
         if o.seqs.len() >= MAX_SEQS_PER_OBJECT {
@@ -609,6 +597,12 @@ impl Window {
                 o.enc = None;
             }
         }
+    }
+
+    /// The window's entry for `object`, if it is in the window.
+    fn obj_mut(&mut self, object: u32) -> Option<&mut Obj> {
+        let i = object.checked_sub(self.base)?;
+        self.objects.get_mut(i as usize)
     }
 
     #[cfg(test)]
