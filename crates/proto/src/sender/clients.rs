@@ -333,11 +333,13 @@ impl Clients {
             })
     }
 
-    /// Live clients that may still lack `object` (their `low` is not above it).
-    pub(crate) fn live_below(&self, object: u32) -> usize {
+    /// Live clients that may still lack `object` (their `low` is not above it), less loss
+    /// outliers when `skip_outliers` (their reports do not count, so nobody waits for them).
+    pub(crate) fn live_below(&self, object: u32, skip_outliers: bool) -> usize {
         self.map
             .values()
             .filter(|c| c.state == ClientState::Live && c.low <= object)
+            .filter(|c| !(skip_outliers && c.outlier))
             .count()
     }
 
@@ -565,6 +567,9 @@ mod tests {
         assert!(c.sweep(t, sweep).is_empty(), "holding starts now");
         assert!(c.map[&4].outlier, "30% against 1%");
         assert!(!c.map[&1].outlier);
+        // Nobody gathers holes waiting for the outlier's, which do not count when moving.
+        assert_eq!((c.live_below(64, false), c.live_below(64, true)), (4, 3));
+        assert_eq!((c.live_below(63, false), c.live_below(0, true)), (1, 1));
         let later = t + SLOW_HOLD;
         let tick = |c: &mut Clients, at: Instant| {
             for id in 1..=4 {

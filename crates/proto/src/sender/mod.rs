@@ -782,7 +782,7 @@ impl Sender {
                     repair::Holed::Ignored => {}
                     repair::Holed::Raptor(raised) => self.advert_soon |= raised,
                     // Every live client that may still lack it reported: no need to wait.
-                    repair::Holed::Gathering(n) if n >= self.clients.live_below(o) => {
+                    repair::Holed::Gathering(n) if n >= self.clients.live_below(o, moving) => {
                         self.advert_soon |= self.window.plan(o);
                     }
                     repair::Holed::Gathering(_) => {}
