@@ -1524,12 +1524,15 @@ fn a_receiver_at_30_percent_loss_does_not_raise_the_repair_of_the_others() {
         for r in 0..4 {
             sim.assert_exact(0, r);
         }
+        // In a room this small most repair goes as Patches: they count as repair too.
         let st = sim.senders[0].tx.stats().clone();
-        (st.repair_sent, sim)
+        (st.repair_sent + st.patches, sim)
     };
     let (own, _) = run(false);
     let (with_outlier, sim) = run(true);
-    println!("repair symbols: {own} for the four alone, {with_outlier} beside a 30% receiver");
+    println!(
+        "repair symbols and Patches: {own} for the four alone, {with_outlier} beside a 30% receiver"
+    );
     assert!(
         with_outlier as f64 <= own as f64 * 1.25 + 20.0,
         "the outlier raised the repair: {with_outlier} against {own}"
@@ -1743,35 +1746,43 @@ fn a_registration_outlasts_heavy_loss_both_ways() {
     }
 }
 
+/// A room of 8 receivers at `loss` that decode off their protocol thread (each decode taking
+/// `decode`, one after another, when given), run to the end: 30 objects of 1 MB, every copy exact.
+fn room_of_eight(loss: f64, decode: Option<Duration>) -> Sim {
+    let objs = objects(71, &[1_000_000; 30]);
+    let mut sim = Sim::new(71);
+    let mut cfg = sender_cfg("lab3", 0x5D, &objs);
+    cfg.min_clients = Some(8);
+    sim.add_sender(cfg, objs, b"root".to_vec());
+    for i in 0..8 {
+        let mut rc = receiver_cfg("lab3", 100 + i);
+        rc.offload_decode = true;
+        let r = sim.add_receiver(rc, Link::lossy(loss), Link::clean(), 0);
+        sim.receivers[r].decode_time = decode;
+    }
+    run_to_finish(&mut sim, 5_000_000);
+    for r in 0..8 {
+        sim.assert_exact(0, r);
+    }
+    sim
+}
+
 /// Clients whose decodes queue behind each other (on a busy host a decode waits tens of
 /// milliseconds for a thread) ask for nothing while they run: the master builds no more encoders
 /// and sends no more repair than to clients that decode at once. (When a decoding object was
-/// asked for as one symbol, every Status meanwhile cost the master a build and a symbol.)
+/// asked for as one symbol, every Status meanwhile cost the master a build and a symbol.) At 10%
+/// loss, where Patches leave about 90 of the 240 objects to a decode.
 #[test]
 fn slow_decodes_cost_the_master_no_builds_and_no_repair() {
-    let objs = objects(71, &[1_000_000; 30]);
     let run = |decode: Option<Duration>| {
-        let mut sim = Sim::new(71);
-        let mut cfg = sender_cfg("lab3", 0x5D, &objs);
-        cfg.min_clients = Some(8);
-        sim.add_sender(cfg, objs.clone(), b"root".to_vec());
-        for i in 0..8 {
-            let mut rc = receiver_cfg("lab3", 100 + i);
-            rc.offload_decode = true;
-            let r = sim.add_receiver(rc, Link::lossy(0.02), Link::clean(), 0);
-            sim.receivers[r].decode_time = decode;
-        }
-        run_to_finish(&mut sim, 5_000_000);
-        for r in 0..8 {
-            sim.assert_exact(0, r);
-        }
+        let sim = room_of_eight(0.10, decode);
         let st = sim.senders[0].tx.stats();
         (st.encoders_built, st.repair_sent)
     };
     let (builds_fast, repair_fast) = run(None);
     let (builds_slow, repair_slow) = run(Some(Duration::from_millis(25)));
     eprintln!("builds {builds_fast} / {builds_slow}, repair {repair_fast} / {repair_slow}");
-    // Before the fix: 1,158 builds and 5,155 repair symbols against 50 and 782.
+    // Without the fix: 81 builds and 2,288 repair symbols against 12 and 1,380.
     assert!(
         builds_slow <= builds_fast + builds_fast / 5 + 2,
         "{builds_slow} encoder builds with slow decodes, {builds_fast} with instant ones"
@@ -1787,20 +1798,7 @@ fn slow_decodes_cost_the_master_no_builds_and_no_repair() {
 #[test]
 fn small_rooms_are_repaired_by_patches_without_decodes() {
     for (loss, max_decodes, max_extra) in [(0.02, 48, 0.07), (0.10, 140, 0.25)] {
-        let objs = objects(71, &[1_000_000; 30]);
-        let mut sim = Sim::new(71);
-        let mut cfg = sender_cfg("lab3", 0x5D, &objs);
-        cfg.min_clients = Some(8);
-        sim.add_sender(cfg, objs.clone(), b"root".to_vec());
-        for i in 0..8 {
-            let mut rc = receiver_cfg("lab3", 100 + i);
-            rc.offload_decode = true;
-            sim.add_receiver(rc, Link::lossy(loss), Link::clean(), 0);
-        }
-        run_to_finish(&mut sim, 5_000_000);
-        for r in 0..8 {
-            sim.assert_exact(0, r);
-        }
+        let sim = room_of_eight(loss, None);
         let st = sim.senders[0].tx.stats().clone();
         let decodes: u64 = (0..8).map(|r| sim.receivers[r].rx.stats().decodes).sum();
         let patched: u64 = (0..8).map(|r| sim.receivers[r].rx.stats().patches).sum();
