@@ -32,6 +32,10 @@ const REPEAT_EVERY: Duration = Duration::from_millis(100);
 const REPEATS: u8 = 5;
 /// How often End is repeated while receivers finish.
 const END_EVERY: Duration = Duration::from_millis(500);
+/// The gaps before End's first repeats: a receiver that holds every object but lost End would
+/// otherwise wait [`END_EVERY`] for it. (In the simulator, 8 receivers at 10% loss: one in two
+/// sessions ended 0.5 s late, some 1 s.)
+const END_FIRST_GAPS: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(40)];
 /// Housekeeping period (drops, window, finish check).
 const TICK: Duration = Duration::from_millis(100);
 /// A round trip's allowance beside the feedback interval, for the objects the end's repair ahead
@@ -224,6 +228,8 @@ pub struct Sender {
     start_repeats: u8,
     next_start: Instant,
     next_end: Option<Instant>,
+    /// End packets sent.
+    ends_sent: usize,
     abort: Option<(String, u8, Instant)>,
     next_send: Instant,
     next_tick: Instant,
@@ -287,6 +293,7 @@ impl Sender {
             start_repeats: 0,
             next_start: now,
             next_end: None,
+            ends_sent: 0,
             abort: None,
             next_send: now,
             next_tick: now,
@@ -934,7 +941,9 @@ impl Sender {
         let first_pass_done = self.window.next_obj >= self.cfg.object_count;
         if let (Some(trailer), true) = (&self.trailer, first_pass_done) {
             if self.next_end.is_none_or(|t| now >= t) {
-                self.next_end = Some(now + END_EVERY);
+                let gap = END_FIRST_GAPS.get(self.ends_sent).copied();
+                self.next_end = Some(now + gap.unwrap_or(END_EVERY));
+                self.ends_sent += 1;
                 let body = Body::End {
                     trailer: trailer.clone(),
                 };

@@ -56,6 +56,11 @@ struct HoleReport {
 /// How long the master gathers the holes of an object after the first report: receivers look for
 /// needs every 20 ms and report after a back-off of at most 40 ms.
 const GATHER: Duration = Duration::from_millis(70);
+/// The same for a later round of the object: its holes are the few Patches some receiver lost,
+/// and a receiver that got all of its own reports nothing, so waiting for everyone would only
+/// hold the last objects of a session (the simulator's rooms of 8, 30 MB: 0.33 → 0.29 s at 2%
+/// loss, 0.40 → 0.32 s at 5%, 0.49 → 0.37 s at 10%, for 0.3–1.1% more bytes).
+const REGATHER: Duration = Duration::from_millis(20);
 /// Patches remembered per object to tell in-flight ones from lost ones.
 const MAX_PATCH_LOG: usize = 1024;
 
@@ -95,6 +100,8 @@ struct Obj {
     patch_log: VecDeque<(u64, Instant, Vec<u32>)>,
     /// A need without holes came: RaptorQ repairs this object from now on.
     raptor: bool,
+    /// Rounds of Patches planned.
+    rounds: u32,
 }
 
 /// One symbol ready to go.
@@ -165,6 +172,7 @@ impl Window {
             patches: VecDeque::new(),
             patch_log: VecDeque::new(),
             raptor: false,
+            rounds: 0,
         });
         self.pushed += 1;
     }
@@ -492,7 +500,8 @@ impl Window {
             highest,
             recent,
         });
-        o.gather_until.get_or_insert(now + GATHER);
+        let gather = if o.rounds == 0 { GATHER } else { REGATHER };
+        o.gather_until.get_or_insert(now + gather);
         Holed::Gathering(o.reports.len())
     }
 
@@ -542,6 +551,7 @@ impl Window {
             return self.use_raptorq(object);
         }
         o.patches.extend(patches);
+        o.rounds += 1;
         self.look = true;
         true
     }
