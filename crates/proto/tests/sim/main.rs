@@ -1821,8 +1821,8 @@ fn small_rooms_are_repaired_by_patches_without_decodes() {
 /// The end of a lossy session costs no timer: a receiver that lost End has it again within
 /// 60 ms, not the 500 ms of End's steady repeat, and a later round of an object's Patches waits
 /// 20 ms for its few holes, not the 70 ms of a first round. Six rooms of 8 at 5% loss: 30 MB at
-/// 1 Gbit/s is 0.25 s. (Before: End came up to 0.5 s late in one room of two, and the rooms took
-/// 0.40 s on average, up to 0.46.)
+/// 1 Gbit/s is 0.25 s. (With End only every 500 ms, some rooms ended 0.4 s late; with 70 ms for
+/// every round, the rooms took 0.40 s on average, up to 0.46.)
 #[test]
 fn the_end_of_a_lossy_session_waits_for_no_timer() {
     for seed in 1..=6 {
