@@ -172,6 +172,23 @@ impl<'a> Reader<'a> {
     fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array(field)?))
     }
+    /// A list's count byte (`field`), refused as `list` too long above `max`.
+    fn count8(
+        &mut self,
+        field: &'static str,
+        list: &'static str,
+        max: usize,
+    ) -> Result<usize, DecodeError> {
+        let len = usize::from(self.u8(field)?);
+        if len > max {
+            return Err(DecodeError::TooLong {
+                field: list,
+                len,
+                max,
+            });
+        }
+        Ok(len)
+    }
     fn bytes16(&mut self, field: &'static str, max: usize) -> Result<Vec<u8>, DecodeError> {
         let len = usize::from(self.u16(field)?);
         if len > max {
@@ -880,14 +897,7 @@ fn put_needs(out: &mut Vec<u8>, needs: &[Need]) {
 }
 
 fn read_needs(r: &mut Reader<'_>) -> Result<Vec<Need>, DecodeError> {
-    let n = usize::from(r.u8("need count")?);
-    if n > MAX_NEEDS {
-        return Err(DecodeError::TooLong {
-            field: "needs",
-            len: n,
-            max: MAX_NEEDS,
-        });
-    }
+    let n = r.count8("need count", "needs", MAX_NEEDS)?;
     (0..n)
         .map(|_| {
             Ok(Need {
@@ -900,14 +910,7 @@ fn read_needs(r: &mut Reader<'_>) -> Result<Vec<Need>, DecodeError> {
 
 /// A count byte and up to [`MAX_HOLED`] (object u32, m u8, m × id u16) lists, ids ascending.
 fn read_holes(r: &mut Reader<'_>) -> Result<Vec<Holes>, DecodeError> {
-    let n = usize::from(r.u8("holed count")?);
-    if n > MAX_HOLED {
-        return Err(DecodeError::TooLong {
-            field: "holes",
-            len: n,
-            max: MAX_HOLED,
-        });
-    }
+    let n = r.count8("holed count", "holes", MAX_HOLED)?;
     (0..n)
         .map(|_| {
             let object = r.u32("holed object")?;
@@ -1121,6 +1124,36 @@ pub fn open_borrowed<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_count_above_its_bound_is_refused_before_its_items() {
+        let over = [MAX_NEEDS as u8 + 1, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            read_needs(&mut Reader { buf: &over }),
+            Err(DecodeError::TooLong {
+                field: "needs",
+                len: MAX_NEEDS + 1,
+                max: MAX_NEEDS
+            })
+        );
+        let over = [MAX_HOLED as u8 + 1, 0, 0, 0, 0, 1, 0, 0];
+        assert_eq!(
+            read_holes(&mut Reader { buf: &over }),
+            Err(DecodeError::TooLong {
+                field: "holes",
+                len: MAX_HOLED + 1,
+                max: MAX_HOLED
+            })
+        );
+        // At the bound the items are read, and a short list is cut, not too long.
+        let at = [MAX_NEEDS as u8, 0, 0, 0, 1, 0, 2];
+        assert_eq!(
+            read_needs(&mut Reader { buf: &at }),
+            Err(DecodeError::Truncated {
+                field: "need object"
+            })
+        );
+    }
     use crate::SessionKey;
     use proptest::prelude::*;
 
